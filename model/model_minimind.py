@@ -1,0 +1,564 @@
+"""MiniMind: a small Llama-style decoder (dense or MoE) in plain PyTorch.
+
+One file, top to bottom: config -> RMSNorm -> RoPE (with optional YaRN) -> attention (GQA, SDPA, KV cache)
+-> SwiGLU feed-forward -> MoE feed-forward -> decoder block -> model -> causal-LM head.
+
+The state-dict keys are exactly those of the original MiniMind2 release, so its `.pth` files load with
+`strict=True`, and the math is exactly Llama's, so the dense model can be exported to `LlamaForCausalLM`.
+The classes subclass transformers' `PretrainedConfig` / `PreTrainedModel` / `GenerationMixin`, so
+`save_pretrained`, `from_pretrained(trust_remote_code=True)` and `generate()` work (transformers 4.57 and 5.x).
+"""
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+import transformers
+from torch import nn
+from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import MoeCausalLMOutputWithPast
+
+TRANSFORMERS_V5 = int(transformers.__version__.split(".")[0]) >= 5
+
+# YaRN settings used by the original MiniMind when `inference_rope_scaling=True`:
+# a model trained at 2048 tokens is stretched 16x.
+YARN_ROPE_SCALING = {
+    "type": "yarn",
+    "factor": 16,
+    "original_max_position_embeddings": 2048,
+    "beta_fast": 32,
+    "beta_slow": 1,
+    "attention_factor": 1.0,
+}
+
+
+class MiniMindConfig(PretrainedConfig):
+    model_type = "minimind"
+
+    def __init__(
+        self,
+        dropout: float = 0.0,
+        bos_token_id: int = 1,
+        eos_token_id: int = 2,
+        pad_token_id: int = 0,
+        hidden_act: str = "silu",
+        hidden_size: int = 512,
+        intermediate_size: Optional[int] = None,
+        max_position_embeddings: int = 32768,
+        num_attention_heads: int = 8,
+        num_hidden_layers: int = 8,
+        num_key_value_heads: int = 2,
+        vocab_size: int = 6400,
+        rms_norm_eps: float = 1e-5,
+        rope_theta: float = 1e6,
+        inference_rope_scaling: bool = False,
+        flash_attn: bool = True,
+        # --- MoE ---
+        use_moe: bool = False,
+        num_experts_per_tok: int = 2,
+        n_routed_experts: int = 4,
+        n_shared_experts: int = 1,
+        scoring_func: str = "softmax",
+        aux_loss_alpha: float = 0.1,
+        seq_aux: bool = True,
+        norm_topk_prob: bool = True,
+        initializer_range: float = 0.02,
+        tie_word_embeddings: bool = True,
+        **kwargs,
+    ):
+        self.dropout = dropout
+        self.hidden_act = hidden_act
+        self.hidden_size = hidden_size
+        # Upstream rule: 8/3 * hidden, rounded up to a multiple of 64 (SwiGLU keeps the MLP's FLOPs ~ 4h^2 * 2).
+        if intermediate_size is None:
+            intermediate_size = 64 * math.ceil(hidden_size * 8 / 3 / 64)
+        self.intermediate_size = intermediate_size
+        self.max_position_embeddings = max_position_embeddings
+        self.num_attention_heads = num_attention_heads
+        self.num_hidden_layers = num_hidden_layers
+        self.num_key_value_heads = num_key_value_heads if num_key_value_heads is not None else num_attention_heads
+        self.vocab_size = vocab_size
+        self.rms_norm_eps = rms_norm_eps
+        self.rope_theta = rope_theta
+        # Upstream configs store the YaRN dict as `rope_scaling`; transformers 5 reinterprets that name
+        # (`rope_parameters`), so we keep only the switch and derive the dict (see `yarn_scaling`).
+        rope_scaling = kwargs.pop("rope_scaling", None)
+        if isinstance(rope_scaling, dict) and rope_scaling.get("type", rope_scaling.get("rope_type")) == "yarn":
+            inference_rope_scaling = True
+        self.inference_rope_scaling = inference_rope_scaling
+        self.flash_attn = flash_attn
+        self.use_moe = use_moe
+        self.num_experts_per_tok = num_experts_per_tok
+        self.n_routed_experts = n_routed_experts
+        self.n_shared_experts = n_shared_experts
+        self.scoring_func = scoring_func
+        self.aux_loss_alpha = aux_loss_alpha
+        self.seq_aux = seq_aux
+        self.norm_topk_prob = norm_topk_prob
+        self.initializer_range = initializer_range
+        assert hidden_size % num_attention_heads == 0, (
+            f"hidden_size {hidden_size} must be divisible by num_attention_heads {num_attention_heads}")
+        assert num_attention_heads % self.num_key_value_heads == 0, (
+            f"num_attention_heads {num_attention_heads} must be a multiple of num_key_value_heads "
+            f"{self.num_key_value_heads}")
+        assert scoring_func == "softmax", f"unsupported MoE scoring_func {scoring_func!r} (only 'softmax')"
+        super().__init__(bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                         tie_word_embeddings=tie_word_embeddings, **kwargs)
+
+    @property
+    def yarn_scaling(self) -> Optional[dict]:
+        """The YaRN `rope_scaling` dict when `inference_rope_scaling` is on, else None."""
+        return dict(YARN_ROPE_SCALING) if self.inference_rope_scaling else None
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # Normalise in fp32 for stability under bf16/fp16 autocast, then cast back (as Llama does).
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.type_as(x)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Rotary position embedding
+# ----------------------------------------------------------------------------------------------------------------
+def rope_inv_freq(dim: int, base: float, rope_scaling: Optional[dict] = None, end: Optional[int] = None):
+    """Inverse frequencies theta_i = base^(-2i/dim), optionally YaRN-scaled; returns (inv_freq, attention_factor).
+
+    YaRN ("NTK-by-parts"): with r_i = L_orig / wavelength_i the number of rotations a dimension makes in the
+    original context, dimensions that rotate many times (r > beta_fast) keep their frequency (extrapolate),
+    dimensions that rotate less than beta_slow times are divided by `factor` (interpolate), and a linear ramp
+    in between blends the two: f'_i = f_i * ((1 - gamma_i) + gamma_i / factor).
+    """
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    attn_factor = 1.0
+    if rope_scaling is not None:
+        orig_max = rope_scaling.get("original_max_position_embeddings", 2048)
+        factor = rope_scaling.get("factor", 4)
+        beta_fast = rope_scaling.get("beta_fast", 32.0)
+        beta_slow = rope_scaling.get("beta_slow", 1.0)
+        attn_factor = rope_scaling.get("attention_factor", 1.0)
+        if end is None or end / orig_max > 1.0:
+            # Dimension index at which a frequency makes `n_rot` full rotations over the original context.
+            def correction_dim(n_rot):
+                return (dim * math.log(orig_max / (n_rot * 2 * math.pi))) / (2 * math.log(base))
+
+            low = max(math.floor(correction_dim(beta_fast)), 0)
+            high = min(math.ceil(correction_dim(beta_slow)), dim // 2 - 1)
+            ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / max(high - low, 0.001), 0, 1)
+            inv_freq = inv_freq * (1 - ramp + ramp / factor)
+    return inv_freq, attn_factor
+
+
+def precompute_freqs_cis(dim: int, end: int = 32 * 1024, rope_base: float = 1e6, rope_scaling: Optional[dict] = None):
+    """cos/sin tables of shape (end, dim), laid out for HF-style `rotate_half` (the two halves repeat)."""
+    inv_freq, attn_factor = rope_inv_freq(dim, rope_base, rope_scaling, end)
+    t = torch.arange(end, dtype=torch.float32)
+    freqs = torch.outer(t, inv_freq)
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos() * attn_factor, emb.sin() * attn_factor
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary_pos_emb(q, k, cos, sin):
+    """q, k: (B, heads, T, D); cos, sin: (B, T, D)."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    q_embed = (q * cos) + (rotate_half(q) * sin)
+    k_embed = (k * cos) + (rotate_half(k) * sin)
+    return q_embed.to(q.dtype), k_embed.to(k.dtype)
+
+
+class MiniMindRotaryEmbedding(nn.Module):
+    """Holds the cos/sin tables as *non-persistent* buffers: they never enter the state dict (MiniMind2 keys),
+    and `_init_weights` recomputes them whenever transformers materialises the model from the meta device."""
+
+    def __init__(self, config: MiniMindConfig):
+        super().__init__()
+        self.config = config
+        cos, sin = self.compute(config)
+        self.register_buffer("freqs_cos", cos, persistent=False)
+        self.register_buffer("freqs_sin", sin, persistent=False)
+
+    @staticmethod
+    def compute(config: MiniMindConfig):
+        return precompute_freqs_cis(config.head_dim, config.max_position_embeddings, config.rope_theta,
+                                    config.yarn_scaling)
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        cos, sin = self.compute(self.config)
+        if self.freqs_cos.is_meta:
+            self.freqs_cos, self.freqs_sin = cos, sin
+        else:
+            self.freqs_cos.copy_(cos)
+            self.freqs_sin.copy_(sin)
+
+    def forward(self, position_ids):
+        # position_ids: (B, T) -> gathered (B, T, D). A gather (not a slice by a Python int taken from a tensor)
+        # keeps decoding free of host syncs and supports per-row positions (left padding, packed documents).
+        return self.freqs_cos[position_ids], self.freqs_sin[position_ids]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# KV cache
+# ----------------------------------------------------------------------------------------------------------------
+class StaticKVCache:
+    """A preallocated KV cache: `update` writes into fixed buffers instead of `torch.cat` per token.
+
+    It follows the small part of transformers' `Cache` interface the model uses (`update`, `get_seq_length`),
+    so our own decoders (eval, serving, RL rollouts) use it, while `generate()` may pass transformers'
+    DynamicCache instead. Layout per layer: (B, kv_heads, max_len, head_dim), like transformers.
+    """
+
+    is_compileable = False
+
+    def __init__(self, config: MiniMindConfig, batch_size: int, max_len: int, device=None, dtype=torch.float32):
+        shape = (batch_size, config.num_key_value_heads, max_len, config.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
+        self.max_len = max_len
+        self.seen = 0  # tokens already stored (same for every layer once a forward completes)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen
+
+    def update(self, key, value, layer_idx: int, cache_kwargs=None):
+        start, n = self.seen, key.shape[2]
+        assert start + n <= self.max_len, f"StaticKVCache overflow: {start}+{n} > max_len {self.max_len}"
+        self.k[layer_idx][:, :, start:start + n] = key
+        self.v[layer_idx][:, :, start:start + n] = value
+        if layer_idx == len(self.k) - 1:
+            self.seen = start + n
+        return self.k[layer_idx][:, :, :start + n], self.v[layer_idx][:, :, :start + n]
+
+    def reorder(self, keep: torch.Tensor):
+        """Keep only the batch rows in `keep` (used when finished sequences leave a batch)."""
+        self.k = [t[keep] for t in self.k]
+        self.v = [t[keep] for t in self.v]
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(B, kv_heads, T, D) -> (B, kv_heads * n_rep, T, D) for grouped-query attention."""
+    if n_rep == 1:
+        return x
+    b, h, t, d = x.shape
+    return x[:, :, None].expand(b, h, n_rep, t, d).reshape(b, h * n_rep, t, d)
+
+
+def build_attention_mask(attention_mask, q_len: int, kv_len: int, device):
+    """Boolean mask (B, 1, q_len, kv_len), True = attend; None when plain causal attention suffices.
+
+    `attention_mask` is the usual (B, kv_len) 0/1 padding mask, or an already-built 4D mask (passed through).
+    The i-th query sits at absolute position kv_len - q_len + i, so it sees keys 0..that position.
+    """
+    if attention_mask is not None and attention_mask.dim() == 4:
+        return attention_mask.bool()
+    if attention_mask is None and q_len == kv_len:
+        return None  # SDPA's is_causal fast path
+    q_pos = torch.arange(kv_len - q_len, kv_len, device=device)
+    k_pos = torch.arange(kv_len, device=device)
+    mask = (k_pos[None, :] <= q_pos[:, None])[None, None]  # (1, 1, q, kv)
+    if attention_mask is not None:
+        mask = mask & attention_mask[:, None, None, :kv_len].bool()
+        # A left-padding query row would see no key at all (softmax of nothing = NaN); let it see itself.
+        # Its output is never used (labels/mask are 0 there), this only keeps the numbers finite.
+        mask = mask | (k_pos[None, :] == q_pos[:, None])[None, None]
+    return mask
+
+
+class Attention(nn.Module):
+    def __init__(self, config: MiniMindConfig, layer_idx: int = 0):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads = config.num_attention_heads
+        self.n_kv_heads = config.num_key_value_heads
+        self.n_rep = self.n_heads // self.n_kv_heads
+        self.head_dim = config.head_dim
+        self.q_proj = nn.Linear(config.hidden_size, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=False)
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.dropout = config.dropout
+        self.flash = config.flash_attn
+
+    def forward(self, x, position_embeddings, past_key_values=None, attention_mask=None):
+        bsz, seq_len, _ = x.shape
+        q = self.q_proj(x).view(bsz, seq_len, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(bsz, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(bsz, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        cos, sin = position_embeddings
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        if past_key_values is not None:
+            k, v = past_key_values.update(k, v, self.layer_idx)
+        kv_len = k.shape[2]
+        k, v = repeat_kv(k, self.n_rep), repeat_kv(v, self.n_rep)
+        dropout_p = self.dropout if self.training else 0.0
+        if self.flash:
+            if attention_mask is None:
+                out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=seq_len > 1)
+            else:
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=dropout_p)
+        else:  # the textbook computation, kept for reading and for checking SDPA
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+            if attention_mask is None and seq_len > 1:
+                attention_mask = torch.ones(seq_len, kv_len, device=x.device, dtype=torch.bool).tril(kv_len - seq_len)
+            if attention_mask is not None:
+                scores = scores.masked_fill(~attention_mask, float("-inf"))
+            scores = self.attn_dropout(F.softmax(scores.float(), dim=-1).type_as(q))
+            out = scores @ v
+        out = out.transpose(1, 2).reshape(bsz, seq_len, -1)
+        return self.resid_dropout(self.o_proj(out))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: down(act(gate(x)) * up(x))."""
+
+    def __init__(self, config: MiniMindConfig, intermediate_size: Optional[int] = None):
+        super().__init__()
+        inter = intermediate_size or config.intermediate_size
+        self.gate_proj = nn.Linear(config.hidden_size, inter, bias=False)
+        self.down_proj = nn.Linear(inter, config.hidden_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, inter, bias=False)
+        self.dropout = nn.Dropout(config.dropout)
+        self.act_fn = transformers.activations.ACT2FN[config.hidden_act]
+
+    def forward(self, x):
+        return self.dropout(self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Mixture of experts
+# ----------------------------------------------------------------------------------------------------------------
+class MoEGate(nn.Module):
+    """Softmax router with top-k selection and the DeepSeek-style load-balancing auxiliary loss."""
+
+    def __init__(self, config: MiniMindConfig):
+        super().__init__()
+        self.top_k = config.num_experts_per_tok
+        self.n_routed_experts = config.n_routed_experts
+        self.alpha = config.aux_loss_alpha
+        self.seq_aux = config.seq_aux
+        self.norm_topk_prob = config.norm_topk_prob
+        self.weight = nn.Parameter(torch.empty((self.n_routed_experts, config.hidden_size)))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    def forward(self, hidden_states):
+        bsz, seq_len, h = hidden_states.shape
+        x = hidden_states.reshape(-1, h)
+        scores = F.linear(x, self.weight).softmax(dim=-1)  # (N, E)
+        topk_weight, topk_idx = torch.topk(scores, k=self.top_k, dim=-1, sorted=False)
+        if self.top_k > 1 and self.norm_topk_prob:
+            topk_weight = topk_weight / (topk_weight.sum(dim=-1, keepdim=True) + 1e-20)
+
+        aux_loss = scores.new_zeros(())
+        if self.training and self.alpha > 0.0:
+            # Penalise routers that send most tokens to few experts: sum_e f_e * P_e, where f_e is the
+            # (normalised) fraction of routing slots that chose expert e and P_e its mean router probability.
+            if self.seq_aux:  # per sequence, then averaged
+                idx = topk_idx.view(bsz, -1)
+                ce = torch.zeros(bsz, self.n_routed_experts, device=x.device, dtype=scores.dtype)
+                ce.scatter_add_(1, idx, torch.ones_like(idx, dtype=scores.dtype))
+                ce = ce / (seq_len * self.top_k / self.n_routed_experts)
+                aux_loss = (ce * scores.view(bsz, seq_len, -1).mean(dim=1)).sum(dim=1).mean() * self.alpha
+            else:  # over the whole batch
+                fi = F.one_hot(topk_idx.view(-1), self.n_routed_experts).to(scores.dtype).mean(0)
+                aux_loss = (scores.mean(0) * fi * self.n_routed_experts).sum() * self.alpha
+        return topk_idx, topk_weight, aux_loss
+
+
+class MOEFeedForward(nn.Module):
+    def __init__(self, config: MiniMindConfig):
+        super().__init__()
+        self.config = config
+        self.experts = nn.ModuleList([FeedForward(config) for _ in range(config.n_routed_experts)])
+        self.gate = MoEGate(config)
+        if config.n_shared_experts > 0:
+            self.shared_experts = nn.ModuleList([FeedForward(config) for _ in range(config.n_shared_experts)])
+        self.aux_loss = None
+
+    def forward(self, x):
+        identity = x
+        orig_shape = x.shape
+        topk_idx, topk_weight, aux_loss = self.gate(x)
+        flat = x.reshape(-1, x.shape[-1])
+        y = self.dispatch(flat, topk_idx, topk_weight).view(orig_shape)
+        if self.config.n_shared_experts > 0:
+            for expert in self.shared_experts:
+                y = y + expert(identity)
+        self.aux_loss = aux_loss
+        return y
+
+    def dispatch(self, x, topk_idx, topk_weight):
+        """Vectorised routing: sort the (token, slot) pairs by expert, run each expert once on its contiguous
+        slice, and scatter-add the weighted outputs back. Same result as looping over tokens, no per-expert
+        boolean masks over the whole batch."""
+        n_tokens, k = topk_idx.shape
+        flat_expert = topk_idx.reshape(-1)
+        order = flat_expert.argsort(stable=True)
+        token_of_slot = order // k
+        counts = torch.bincount(flat_expert, minlength=len(self.experts)).tolist()
+        gathered = x[token_of_slot]
+        weights = topk_weight.reshape(-1)[order].unsqueeze(-1)
+        out = torch.zeros_like(x)
+        start = 0
+        for e, n in enumerate(counts):
+            if n == 0:
+                if self.training:  # keep every expert in the graph so DDP sees a gradient for each parameter
+                    out = out + 0.0 * sum(p.sum() for p in self.experts[e].parameters()).to(out.dtype)
+                continue
+            end = start + n
+            expert_out = self.experts[e](gathered[start:end]) * weights[start:end].to(x.dtype)
+            out.index_add_(0, token_of_slot[start:end], expert_out.to(out.dtype))
+            start = end
+        return out
+
+    def dispatch_reference(self, x, topk_idx, topk_weight):
+        """The straightforward per-expert loop with masks (the original's training path), kept for tests."""
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            for slot in range(topk_idx.shape[1]):
+                sel = topk_idx[:, slot] == e
+                if sel.any():
+                    out[sel] += expert(x[sel]) * topk_weight[sel, slot, None].to(x.dtype)
+        return out
+
+
+class MiniMindBlock(nn.Module):
+    def __init__(self, layer_id: int, config: MiniMindConfig):
+        super().__init__()
+        self.self_attn = Attention(config, layer_idx=layer_id)
+        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.mlp = FeedForward(config) if not config.use_moe else MOEFeedForward(config)
+
+    def forward(self, hidden_states, position_embeddings, past_key_values=None, attention_mask=None):
+        h = hidden_states + self.self_attn(self.input_layernorm(hidden_states), position_embeddings,
+                                           past_key_values, attention_mask)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class MiniMindPreTrainedModel(PreTrainedModel):
+    config_class = MiniMindConfig
+    base_model_prefix = "model"
+    _no_split_modules = ["MiniMindBlock"]
+    _supports_cache_class = True
+    _supports_static_cache = False
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            module.weight.normal_(mean=0.0, std=std)
+            if module.bias is not None:
+                module.bias.zero_()
+        elif isinstance(module, nn.Embedding):
+            module.weight.normal_(mean=0.0, std=std)
+        elif isinstance(module, RMSNorm):
+            module.weight.fill_(1.0)
+        elif isinstance(module, MoEGate):
+            nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+        elif isinstance(module, MiniMindRotaryEmbedding):
+            # Recomputed from the config, never "if it looks empty": after a meta-device init its contents are
+            # undefined, and a zero check would miss garbage.
+            module.reset_parameters()
+
+
+class MiniMindModel(MiniMindPreTrainedModel):
+    def __init__(self, config: MiniMindConfig):
+        super().__init__(config)
+        self.vocab_size, self.num_hidden_layers = config.vocab_size, config.num_hidden_layers
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList([MiniMindBlock(i, config) for i in range(config.num_hidden_layers)])
+        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = MiniMindRotaryEmbedding(config)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                use_cache: bool = False, inputs_embeds=None, **kwargs):
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        bsz, seq_len = inputs_embeds.shape[:2]
+        if use_cache and past_key_values is None:
+            from transformers import DynamicCache
+            past_key_values = DynamicCache()
+        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if position_ids is None:
+            position_ids = torch.arange(past_len, past_len + seq_len, device=inputs_embeds.device)
+            position_ids = position_ids.unsqueeze(0).expand(bsz, -1)
+        position_embeddings = self.rotary_emb(position_ids)
+        position_embeddings = tuple(p.to(inputs_embeds.dtype) for p in position_embeddings)
+
+        # An all-ones padding mask carries no information: drop it so SDPA can take the causal fast path.
+        # (Checking it costs a host sync, so only do it when no cache is in play, i.e. training / prefill.)
+        mask = None
+        if attention_mask is not None:
+            mask = build_attention_mask(attention_mask, seq_len, past_len + seq_len, inputs_embeds.device)
+        elif seq_len > 1 and past_len > 0:  # chunked prefill against a cache: causal with an offset
+            mask = build_attention_mask(None, seq_len, past_len + seq_len, inputs_embeds.device)
+
+        hidden_states = self.dropout(inputs_embeds)
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, position_embeddings, past_key_values, mask)
+        hidden_states = self.norm(hidden_states)
+        aux_loss = sum((l.mlp.aux_loss for l in self.layers if isinstance(l.mlp, MOEFeedForward)),
+                       hidden_states.new_zeros(()))
+        return hidden_states, past_key_values if use_cache or past_key_values is not None else None, aux_loss
+
+
+class MiniMindForCausalLM(MiniMindPreTrainedModel, GenerationMixin):
+    # transformers 5 wants {tied: source}; 4.x wants a list of tied keys.
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"} if TRANSFORMERS_V5 else ["lm_head.weight"]
+
+    def __init__(self, config: Optional[MiniMindConfig] = None):
+        config = config or MiniMindConfig()
+        super().__init__(config)
+        self.model = MiniMindModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        # Tie explicitly as well, so a plain `MiniMindForCausalLM(cfg)` shares the matrix on every version.
+        self.lm_head.weight = self.model.embed_tokens.weight
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                use_cache: bool = False, labels=None, logits_to_keep=0, inputs_embeds=None, **kwargs):
+        hidden_states, past_key_values, aux_loss = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, use_cache=use_cache, inputs_embeds=inputs_embeds)
+        # Only the last `logits_to_keep` positions need logits when generating: skips a (T x vocab) matmul.
+        sl = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, sl, :])
+        loss = None
+        if labels is not None:
+            # Next-token prediction: position t predicts token t+1; -100 marks positions without a target.
+            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).float(),
+                                   labels[:, 1:].reshape(-1), ignore_index=-100)
+        return MoeCausalLMOutputWithPast(loss=loss, aux_loss=aux_loss, logits=logits,
+                                         past_key_values=past_key_values)
+
+
+MiniMindConfig.register_for_auto_class()
+MiniMindForCausalLM.register_for_auto_class("AutoModelForCausalLM")

@@ -1,0 +1,672 @@
+"""Everything the stage scripts share, written once.
+
+A stage script (train_pretrain.py, train_full_sft.py, ...) holds only its own algorithm: its dataset, its
+loss, its flags. This module holds the rest:
+
+  paths          repo-root-relative defaults, weight / resume file names
+  arguments      the upstream-compatible common flags (`add_common_args`)
+  devices        NPU -> CUDA -> MPS -> CPU, dtype choice, autocast, GradScaler
+  distributed    torchrun / DDP init and cleanup (nccl, hccl or gloo)
+  model          config from flags, `init_model` (strict weight loading + tokenizer)
+  optimisation   AdamW, cosine LR with a floor, accumulation + clipping (`Optimizer step` in `TrainLoop`)
+  data order     `ResumableSampler`: the same shuffled order every run, skipping what a resume already consumed
+  checkpoints    atomic writes, half-precision weights, full resume state
+  logging        rank-0 console + progress bar + JSONL metrics + optional wandb / swanlab
+  the loop       `train_supervised`: the loop shared by pretrain, SFT, LoRA, DPO, distillation and reasoning
+"""
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Sampler
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
+
+DEFAULT_TOKENIZER = ROOT / "model"
+DEFAULT_OUT = ROOT / "out"
+DEFAULT_CHECKPOINTS = ROOT / "checkpoints"
+
+
+# ================================================================================================================
+# Arguments
+# ================================================================================================================
+def add_common_args(parser: argparse.ArgumentParser, *, stage: str, data_path: str, epochs=1, batch_size=32,
+                    learning_rate=5e-4, max_seq_len=512, from_weight="none", accumulation_steps=1,
+                    save_interval=1000, log_interval=100):
+    """The flags every stage shares, with the original MiniMind's names. Paths default to the repo root."""
+    p = parser
+    p.add_argument("--save_dir", type=str, default=str(DEFAULT_OUT), help="where weights are written")
+    p.add_argument("--save_weight", type=str, default=stage, help="prefix of the saved weight file")
+    p.add_argument("--checkpoint_dir", type=str, default=str(DEFAULT_CHECKPOINTS), help="resume checkpoints")
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--batch_size", type=int, default=batch_size, help="per-device micro-batch size")
+    p.add_argument("--learning_rate", type=float, default=learning_rate)
+    p.add_argument("--min_lr_ratio", type=float, default=0.1, help="cosine schedule floor, as a fraction of lr")
+    p.add_argument("--warmup_steps", type=int, default=0)
+    p.add_argument("--weight_decay", type=float, default=0.0)
+    p.add_argument("--device", type=str, default=None, help="default: npu, then cuda, then mps, then cpu")
+    p.add_argument("--dtype", type=str, default="auto", choices=["auto", "bfloat16", "float16", "float32"],
+                   help="auto = bf16 where supported, fp16 + GradScaler on older GPUs, fp32 on CPU")
+    p.add_argument("--num_workers", type=int, default=2)
+    p.add_argument("--accumulation_steps", type=int, default=accumulation_steps)
+    p.add_argument("--grad_clip", type=float, default=1.0)
+    p.add_argument("--log_interval", type=int, default=log_interval)
+    p.add_argument("--save_interval", type=int, default=save_interval)
+    p.add_argument("--hidden_size", type=int, default=512)
+    p.add_argument("--num_hidden_layers", type=int, default=8)
+    p.add_argument("--num_attention_heads", type=int, default=8)
+    p.add_argument("--num_key_value_heads", type=int, default=2)
+    p.add_argument("--max_seq_len", type=int, default=max_seq_len)
+    p.add_argument("--use_moe", type=int, default=0, choices=[0, 1])
+    p.add_argument("--data_path", type=str, default=str(ROOT / data_path))
+    p.add_argument("--tokenizer_path", type=str, default=str(DEFAULT_TOKENIZER))
+    p.add_argument("--from_weight", type=str, default=from_weight,
+                   help="stage name to start from (out/{name}_{hidden}.pth), a .pth path, or 'none'")
+    p.add_argument("--from_resume", type=int, default=0, choices=[0, 1], help="1 = continue from checkpoints/")
+    p.add_argument("--use_wandb", action="store_true", help="log to wandb (or swanlab, see --logger)")
+    p.add_argument("--wandb_project", type=str, default=f"MiniMind-{stage}")
+    p.add_argument("--logger", type=str, default="wandb", choices=["wandb", "swanlab"])
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--max_steps", type=int, default=0, help="stop after this many optimizer steps (0 = no limit)")
+    p.add_argument("--skip_bad_lines", action="store_true", help="skip malformed JSONL lines instead of failing")
+    p.add_argument("--pad_to_max", action="store_true",
+                   help="pad every sample to --max_seq_len like the original MiniMind (slower; for comparison)")
+    p.add_argument("--use_compile", type=int, default=0, choices=[0, 1], help="torch.compile the model")
+    return p
+
+
+# ================================================================================================================
+# Devices, precision, distributed
+# ================================================================================================================
+def is_npu_available() -> bool:
+    try:
+        import torch_npu  # noqa: F401
+    except ImportError:
+        return False
+    return torch.npu.is_available()
+
+
+def default_device() -> str:
+    if is_npu_available():
+        return "npu:0"
+    if torch.cuda.is_available():
+        return "cuda:0"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    kind = torch.device(device).type
+    if name == "auto":
+        if kind == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if kind == "npu":
+            return torch.bfloat16
+        return torch.float32  # CPU/MPS: autocast buys little and costs accuracy
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
+
+
+def autocast_context(device: str, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+@dataclass
+class DistState:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: str = "cpu"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def ddp(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device_arg: Optional[str] = None) -> DistState:
+    """Start the process group when launched by torchrun; pick this process's device.
+
+    RANK decides rank-0 work (logging, saving), LOCAL_RANK the device on this node, so multi-node runs
+    (`torchrun --nnodes N --node_rank R --master_addr HOST ...`) work unchanged.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    device = device_arg or default_device()
+    if world_size <= 1:
+        return DistState(device=device)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    kind = torch.device(device).type
+    if kind == "cuda":
+        device, backend = f"cuda:{local_rank}", "nccl"
+        torch.cuda.set_device(local_rank)
+    elif kind == "npu":
+        device, backend = f"npu:{local_rank}", "hccl"
+        torch.npu.set_device(local_rank)
+    else:
+        backend = "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return DistState(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+
+
+def cleanup_distributed():
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def setup_seed(seed: int):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def unwrap(model):
+    """The plain module under DDP and/or torch.compile wrappers."""
+    model = model.module if isinstance(model, DistributedDataParallel) else model
+    return getattr(model, "_orig_mod", model)
+
+
+# ================================================================================================================
+# Model and weights
+# ================================================================================================================
+def model_config_from_args(args, **overrides) -> MiniMindConfig:
+    kw = dict(hidden_size=args.hidden_size, num_hidden_layers=args.num_hidden_layers,
+              num_attention_heads=args.num_attention_heads, num_key_value_heads=args.num_key_value_heads,
+              use_moe=bool(args.use_moe))
+    kw.update(overrides)
+    return MiniMindConfig(**kw)
+
+
+def weight_name(stage: str, config: MiniMindConfig) -> str:
+    return f"{stage}_{config.hidden_size}{'_moe' if config.use_moe else ''}"
+
+
+def weight_path(save_dir, stage: str, config: MiniMindConfig) -> Path:
+    return Path(save_dir) / f"{weight_name(stage, config)}.pth"
+
+
+def resume_path(checkpoint_dir, stage: str, config: MiniMindConfig) -> Path:
+    return Path(checkpoint_dir) / f"{weight_name(stage, config)}_resume.pth"
+
+
+def load_tokenizer(path=DEFAULT_TOKENIZER):
+    from transformers import AutoTokenizer
+    path = Path(path)
+    if not (path / "tokenizer.json").exists():
+        raise FileNotFoundError(f"no tokenizer.json in {path} (train one with trainer/train_tokenizer.py)")
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def load_state_dict_file(path) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]  # a resume checkpoint also holds the weights
+    return state
+
+
+class WeightLoadError(RuntimeError):
+    """A weight file that does not fit the model (wrong stage, size or vocab)."""
+
+
+def load_weights(model, path, what="weights"):
+    """strict=True load with an actionable message instead of a 60-line key dump."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: file not found: {path}")
+    state = load_state_dict_file(path)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        cfg = getattr(model, "config", None)
+        hint = ""
+        if cfg is not None:
+            hint = (f" The model was built with hidden_size={cfg.hidden_size}, num_hidden_layers="
+                    f"{cfg.num_hidden_layers}, use_moe={int(cfg.use_moe)}, vocab_size={cfg.vocab_size}; "
+                    f"the file was probably trained with different --hidden_size/--num_hidden_layers/--use_moe.")
+        first = str(e).splitlines()[0:3]
+        raise WeightLoadError(f"{what}: {path} does not match the model.{hint}\n" + "\n".join(first)) from None
+    return model
+
+
+def init_model(config: MiniMindConfig, from_weight: str = "none", save_dir=DEFAULT_OUT,
+               tokenizer_path=DEFAULT_TOKENIZER, device="cpu", log=print):
+    """Build the model, load `from_weight` strictly, and load the tokenizer; check they agree on the vocab."""
+    tokenizer = load_tokenizer(tokenizer_path)
+    if len(tokenizer) > config.vocab_size:
+        raise ValueError(f"tokenizer at {tokenizer_path} has {len(tokenizer)} tokens but the model's vocab_size "
+                         f"is {config.vocab_size}")
+    model = MiniMindForCausalLM(config)
+    if from_weight and from_weight != "none":
+        path = Path(from_weight) if from_weight.endswith(".pth") else weight_path(save_dir, from_weight, config)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"--from_weight {from_weight}: {path} not found. Train that stage first, point --save_dir at the "
+                f"folder holding it, check --hidden_size/--use_moe, or pass --from_weight none.")
+        load_weights(model, path, f"--from_weight {from_weight}")
+        log(f"loaded weights from {path}")
+    n = sum(p.numel() for p in model.parameters())
+    log(f"model: {n / 1e6:.3f}M parameters (hidden={config.hidden_size}, layers={config.num_hidden_layers}, "
+        f"moe={int(config.use_moe)})")
+    return model.to(device), tokenizer
+
+
+# ================================================================================================================
+# Checkpoints: atomic writes
+# ================================================================================================================
+def atomic_save(obj, path):
+    """torch.save to a temp file in the same folder, then os.replace: a crash never leaves a torn file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def half_state_dict(model) -> dict:
+    """Weights for release/inference: half precision on CPU, like the original MiniMind's .pth files."""
+    return {k: (v.half() if v.is_floating_point() else v).cpu() for k, v in unwrap(model).state_dict().items()}
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict):
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_resume(path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# ================================================================================================================
+# Learning rate
+# ================================================================================================================
+def get_lr(step: int, total_steps: int, lr: float, min_lr_ratio: float = 0.1, warmup_steps: int = 0) -> float:
+    """Linear warmup, then cosine decay from lr down to a floor of lr * min_lr_ratio at the last step."""
+    if warmup_steps and step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    floor = lr * min_lr_ratio
+    return floor + (lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# ================================================================================================================
+# Data order
+# ================================================================================================================
+class ResumableSampler(Sampler):
+    """A seeded shuffle shared by all ranks, split round-robin between them, that can start mid-epoch.
+
+    The global order of an epoch depends only on (seed, epoch). Position j of that order goes to rank
+    j % world_size. Resuming skips the first `consumed` *global* samples, so a run resumed on a different
+    number of processes still continues exactly where the old one stopped in the same order.
+    """
+
+    def __init__(self, n: int, rank: int = 0, world_size: int = 1, seed: int = 42, shuffle: bool = True):
+        self.n, self.rank, self.world_size, self.seed, self.shuffle = n, rank, world_size, seed, shuffle
+        self.epoch, self.consumed = 0, 0
+
+    def set_epoch(self, epoch: int, consumed: int = 0):
+        self.epoch, self.consumed = epoch, consumed
+
+    def global_order(self) -> list:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        pad = (-len(order)) % self.world_size  # every rank gets the same count (DDP steps in lockstep)
+        return order + order[:pad]
+
+    def __iter__(self):
+        order = self.global_order()[self.consumed:]
+        return iter(order[self.rank::self.world_size])
+
+    def __len__(self):
+        return (math.ceil(self.n / self.world_size) * self.world_size - self.consumed) // self.world_size
+
+
+# ================================================================================================================
+# Logging
+# ================================================================================================================
+class MetricsLogger:
+    """Rank-0 console lines, a tqdm bar (on a terminal), JSONL metrics in out/logs/, optional wandb/swanlab."""
+
+    def __init__(self, args, stage_name: str, dist_state: DistState, run_id: Optional[str] = None):
+        self.enabled = dist_state.is_main
+        self.run, self.run_id, self.bar = None, run_id, None
+        self.path = Path(args.save_dir) / "logs" / f"{stage_name}.jsonl"
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not args.from_resume and self.path.exists():
+            self.path.unlink()  # a fresh run starts a fresh log; a resumed one appends
+        if args.use_wandb:
+            tracker = __import__(args.logger)
+            kwargs = dict(project=args.wandb_project, name=stage_name, config=vars(args))
+            if run_id:
+                kwargs.update(id=run_id, resume="allow")
+            self.run = tracker.init(**kwargs)
+            self.run_id = getattr(self.run, "id", None)
+
+    def info(self, msg: str):
+        if self.enabled:
+            if self.bar is not None:
+                self.bar.write(msg)
+            else:
+                print(msg, flush=True)
+
+    def start_bar(self, total: int, initial: int):
+        if self.enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+
+    def bar_update(self, **postfix):
+        if self.bar is not None:
+            self.bar.update(1)
+            if postfix:
+                self.bar.set_postfix(postfix, refresh=False)
+
+    def log(self, metrics: dict):
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        if self.run is not None:
+            self.run.log(metrics)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        if self.run is not None:
+            self.run.finish()
+
+
+def format_eta(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
+# ================================================================================================================
+# The supervised training loop
+# ================================================================================================================
+@dataclass
+class Batch:
+    """What a stage's loss function returns for one micro-batch."""
+    loss: torch.Tensor                 # scalar to minimise
+    n_tokens: torch.Tensor             # real (non-padding) tokens processed, for tokens/s
+    metrics: Optional[dict] = None     # extra scalars to log (tensors; averaged over the log interval)
+
+
+class TrainLoop:
+    """Optimiser, schedule, accumulation, clipping, DDP, logging, checkpointing and exact resume for one stage.
+
+    A stage script builds the model and a dataset, then calls `TrainLoop(...).run(dataset, collate, loss_fn)`
+    where `loss_fn(model, batch) -> Batch` is its whole algorithm. RL stages, whose data comes from rollouts,
+    use the pieces (`optimizer_step`, `save`, `logger`) in their own loop.
+    """
+
+    def __init__(self, args, stage: str, model, dist_state: DistState, extra_state: Optional[dict] = None,
+                 params=None):
+        self.args, self.stage, self.ds = args, stage, dist_state
+        self.device = dist_state.device
+        self.config = unwrap(model).config
+        self.name = weight_name(args.save_weight, self.config)
+        self.dtype = resolve_dtype(args.dtype, self.device)
+        self.autocast = autocast_context(self.device, self.dtype)
+        self.scaler = torch.amp.GradScaler(torch.device(self.device).type,
+                                           enabled=self.dtype == torch.float16)
+        self.extra_state = extra_state or {}  # modules saved/resumed alongside (e.g. a PPO critic)
+        params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+        self.params = params
+        fused = torch.device(self.device).type == "cuda"
+        self.optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay,
+                                           fused=fused)
+        self.step, self.epoch, self.consumed = 0, 0, 0
+        self.resume_file = resume_path(args.checkpoint_dir, args.save_weight, self.config)
+        run_id = None
+        self.model = model
+        if args.from_resume:
+            run_id = self._load_resume()
+        self.logger = MetricsLogger(args, self.name, dist_state, run_id)
+        if torch.device(self.device).type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        if args.use_compile:
+            self.model = torch.compile(self.model)
+        if dist_state.ddp:
+            kind = torch.device(self.device).type
+            ids = [dist_state.local_rank] if kind in ("cuda", "npu") else None
+            self.model = DistributedDataParallel(self.model, device_ids=ids)
+
+    # ---------------------------------------------------------------- resume
+    def _load_resume(self):
+        if not self.resume_file.is_file():
+            self.log_main(f"--from_resume 1: no checkpoint at {self.resume_file}, starting fresh")
+            return None
+        ck = load_resume(self.resume_file)
+        unwrap(self.model).load_state_dict(ck["model"], strict=True)
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scaler.load_state_dict(ck["scaler"])
+        for name, module in self.extra_state.items():
+            module.load_state_dict(ck["extra"][name], strict=True)
+        self.step, self.epoch, self.consumed = ck["step"], ck["epoch"], ck["consumed"]
+        set_rng_state(ck["rng"])
+        if ck["world_size"] != self.ds.world_size:
+            self.log_main(f"resuming a {ck['world_size']}-process run on {self.ds.world_size} processes: "
+                          f"continuing after sample {self.consumed} of epoch {self.epoch + 1}")
+        self.log_main(f"resumed from {self.resume_file}: epoch {self.epoch + 1}, step {self.step}")
+        return ck.get("run_id")
+
+    def log_main(self, msg):
+        if self.ds.is_main:
+            print(msg, flush=True)
+
+    # ---------------------------------------------------------------- saving
+    def save(self, final: bool = False):
+        """Half-precision weights to out/ and the full resume state to checkpoints/, both atomically."""
+        if self.ds.is_main:
+            model = unwrap(self.model)
+            atomic_save(self.weights_to_save(model), weight_path(self.args.save_dir, self.args.save_weight,
+                                                                 self.config))
+            for name, module in self.extra_state.items():
+                atomic_save(half_state_dict(module), weight_path(self.args.save_dir, name, self.config))
+            atomic_save({
+                "model": {k: v.cpu() for k, v in model.state_dict().items()},  # full precision for exact resume
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "extra": {n: m.state_dict() for n, m in self.extra_state.items()},
+                "step": self.step, "epoch": self.epoch, "consumed": self.consumed,
+                "world_size": self.ds.world_size, "rng": rng_state(),
+                "run_id": self.logger.run_id, "args": {k: v for k, v in vars(self.args).items()
+                                                       if isinstance(v, (int, float, str, bool, type(None)))},
+            }, self.resume_file)
+        if self.ds.ddp:
+            dist.barrier()
+
+    def weights_to_save(self, model) -> dict:
+        """What goes to out/{stage}_{hidden}.pth; LoRA overrides this to save only the adapter."""
+        return half_state_dict(model)
+
+    # ---------------------------------------------------------------- one optimizer step
+    def set_lr(self, total_steps: int) -> float:
+        lr = get_lr(self.step, total_steps, self.args.learning_rate, self.args.min_lr_ratio, self.args.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def backward(self, loss):
+        self.scaler.scale(loss).backward()
+
+    def optimizer_step(self) -> torch.Tensor:
+        """Unscale, clip, step, zero grads; returns the pre-clip grad norm (a tensor: no host sync)."""
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.args.grad_clip if self.args.grad_clip > 0
+                                                   else float("inf"))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return grad_norm
+
+    def reduce_mean(self, values: torch.Tensor) -> torch.Tensor:
+        if self.ds.ddp:
+            values = values.clone()
+            dist.all_reduce(values, op=dist.ReduceOp.SUM)
+            values /= self.ds.world_size
+        return values
+
+    # ---------------------------------------------------------------- the supervised loop
+    def run(self, dataset, collate_fn, loss_fn: Callable, shuffle: bool = True):
+        args, ds = self.args, self.ds
+        sampler = ResumableSampler(len(dataset), ds.rank, ds.world_size, seed=args.seed, shuffle=shuffle)
+        samples_per_micro = args.batch_size * ds.world_size
+        micro_per_epoch = math.ceil(math.ceil(len(dataset) / ds.world_size) / args.batch_size)
+        steps_per_epoch = math.ceil(micro_per_epoch / args.accumulation_steps)
+        total_steps = steps_per_epoch * args.epochs
+        last_step = min(total_steps, args.max_steps) if args.max_steps else total_steps
+        self.logger.info(f"[{self.name}] {len(dataset)} samples, {ds.world_size} process(es), "
+                         f"{steps_per_epoch} steps/epoch x {args.epochs} epochs = {total_steps} optimizer steps "
+                         f"(micro-batch {args.batch_size}, accumulation {args.accumulation_steps}, "
+                         f"device {self.device}, dtype {str(self.dtype).replace('torch.', '')})")
+        self.model.train()
+        self.logger.start_bar(last_step, self.step)
+        pin = torch.device(self.device).type == "cuda"
+        t0, tokens_since, steps_since = time.time(), 0, 0
+        acc, acc_n = None, 0  # running sums since the last log line, kept on device (no per-step host sync)
+        t_start, start_step = time.time(), self.step
+        done = self.step >= last_step
+        while self.epoch < args.epochs and not done:
+            sampler.set_epoch(self.epoch, self.consumed)
+            loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, collate_fn=collate_fn,
+                                num_workers=args.num_workers, pin_memory=pin, drop_last=False,
+                                persistent_workers=False)
+            micro_left = len(loader)
+            group, group_size = 0, min(args.accumulation_steps, micro_left)
+            for batch in loader:
+                batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
+                         for k, v in batch.items()}
+                if group == 0:
+                    lr = self.set_lr(total_steps)
+                group += 1
+                sync = group == group_size
+                # Under DDP, gradients are all-reduced only on the micro-batch that ends an accumulation group.
+                ctx = self.model.no_sync() if ds.ddp and not sync else nullcontext()
+                with ctx:
+                    with self.autocast:
+                        out: Batch = loss_fn(self.model, batch)
+                    self.backward(out.loss / group_size)
+                stats = {"loss": out.loss.detach().float()}
+                for k, v in (out.metrics or {}).items():
+                    stats[k] = v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v))
+                stats = {k: v.to(self.device) for k, v in stats.items()}
+                acc = stats if acc is None else {k: acc[k] + stats[k] for k in acc}
+                acc_n += 1
+                tokens_since = tokens_since + out.n_tokens.detach()
+                self.consumed += samples_per_micro
+                micro_left -= 1
+                if not sync:
+                    continue
+                grad_norm = self.optimizer_step()
+                group, group_size = 0, min(args.accumulation_steps, micro_left)
+                steps_since += 1
+                if micro_left == 0:  # epoch finished: the next one starts from its beginning
+                    self.epoch, self.consumed = self.epoch + 1, 0
+                done = self.step >= last_step
+                if self.step % args.log_interval == 0 or done or self.step == 1:
+                    self._log(acc, acc_n, tokens_since, steps_since, t0, lr, grad_norm, t_start, start_step,
+                              last_step)
+                    acc, acc_n, tokens_since, steps_since, t0 = None, 0, 0, 0, time.time()
+                else:
+                    self.logger.bar_update()
+                if self.step % args.save_interval == 0 and not done:
+                    self.save()
+                if done:
+                    break
+        self.save(final=True)
+        self.logger.info(f"[{self.name}] done: {self.step} steps in {format_eta(time.time() - t_start)}; "
+                         f"weights -> {weight_path(args.save_dir, args.save_weight, self.config)}")
+        self.logger.close()
+
+    def _log(self, acc, acc_n, tokens, steps, t0, lr, grad_norm, t_start, start_step, last_step):
+        keys = list(acc)
+        vals = torch.stack([acc[k] for k in keys] + [torch.as_tensor(tokens, device=self.device).float(),
+                                                      grad_norm.detach().float().to(self.device)])
+        vals = self.reduce_mean(vals).tolist()  # the one host sync per log interval
+        metrics = {k: v / acc_n for k, v in zip(keys, vals[:len(keys)])}
+        dt = max(time.time() - t0, 1e-9)
+        tok_s = vals[len(keys)] * self.ds.world_size / dt
+        elapsed = time.time() - t_start
+        eta = elapsed / max(1, self.step - start_step) * (last_step - self.step)
+        row = {"step": self.step, "epoch": self.epoch + (1 if self.consumed else 0), "lr": lr,
+               "grad_norm": vals[-1], "tokens_per_s": tok_s, **metrics, "time": time.time()}
+        self.logger.log(row)
+        extra = " ".join(f"{k}: {v:.4f}" for k, v in metrics.items() if k != "loss")
+        self.logger.info(f"[{self.name}] step {self.step}/{last_step} loss: {metrics['loss']:.4f} {extra} "
+                         f"lr: {lr:.3e} grad_norm: {vals[-1]:.3f} tok/s: {tok_s:,.0f} ETA: {format_eta(eta)}")
+        self.logger.bar_update(loss=f"{metrics['loss']:.3f}", tok_s=f"{tok_s:,.0f}")
+
+
+def run_main(main: Callable):
+    """Run a stage's main(); user mistakes (missing file, bad data line, mismatched weights) end with one clear
+    `error:` line instead of a traceback. Anything else is a bug and keeps its traceback."""
+    from dataset.lm_dataset import DataFormatError
+    try:
+        main()
+    except (FileNotFoundError, DataFormatError, WeightLoadError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        sys.exit(2)
+
+
+def lm_loss(model, batch) -> Batch:
+    """Next-token cross-entropy over the labelled positions (+ the MoE load-balancing loss).
+
+    No attention mask is passed: padding sits at the end of each row and attention is causal, so real
+    tokens never see it, and SDPA keeps its fast causal kernel.
+    """
+    out = model(input_ids=batch["input_ids"], labels=batch["labels"])
+    loss = out.loss + out.aux_loss
+    return Batch(loss=loss, n_tokens=batch["attention_mask"].sum(),
+                 metrics={"aux_loss": out.aux_loss} if unwrap(model).config.use_moe else None)
