@@ -463,6 +463,7 @@ class TrainLoop:
         self.optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay,
                                            fused=fused)
         self.step, self.epoch, self.consumed = 0, 0, 0
+        self.rescale_step = False  # set when a resume changes the world size
         self.resume_file = resume_path(args.checkpoint_dir, args.save_weight, self.config)
         run_id = None
         self.model = model
@@ -492,7 +493,8 @@ class TrainLoop:
             module.load_state_dict(ck["extra"][name], strict=True)
         self.step, self.epoch, self.consumed = ck["step"], ck["epoch"], ck["consumed"]
         set_rng_state(ck["rng"])
-        if ck["world_size"] != self.ds.world_size:
+        self.rescale_step = ck["world_size"] != self.ds.world_size
+        if self.rescale_step:
             self.log_main(f"resuming a {ck['world_size']}-process run on {self.ds.world_size} processes: "
                           f"continuing after sample {self.consumed} of epoch {self.epoch + 1}")
         self.log_main(f"resumed from {self.resume_file}: epoch {self.epoch + 1}, step {self.step}")
@@ -564,6 +566,12 @@ class TrainLoop:
         micro_per_epoch = math.ceil(math.ceil(len(dataset) / ds.world_size) / args.batch_size)
         steps_per_epoch = math.ceil(micro_per_epoch / args.accumulation_steps)
         total_steps = steps_per_epoch * args.epochs
+        if self.rescale_step:
+            # Steps are counted per process group: with a new world size the same number of consumed samples is
+            # a different number of optimizer steps, and the LR schedule must continue from that position.
+            self.step = self.epoch * steps_per_epoch + math.ceil(
+                self.consumed / (samples_per_micro * args.accumulation_steps))
+            self.log_main(f"step rescaled to {self.step} for world size {ds.world_size}")
         last_step = min(total_steps, args.max_steps) if args.max_steps else total_steps
         self.logger.info(f"[{self.name}] {len(dataset)} samples, {ds.world_size} process(es), "
                          f"{steps_per_epoch} steps/epoch x {args.epochs} epochs = {total_steps} optimizer steps "

@@ -1,0 +1,207 @@
+"""Datasets: formats, token-by-token SFT masks, bad-line errors, dynamic padding, resumable sampling."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dataset.lm_dataset import (DataFormatError, DPODataset, JsonlFile, PadCollator, PretrainDataset,  # noqa: E402
+                                RLAIFDataset, SFTDataset, check_pretrain)
+from trainer.trainer_utils import ResumableSampler, load_tokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer(ROOT / "model")
+
+
+def write_jsonl(path, records):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n"
+                            for r in records), encoding="utf-8")
+    return path
+
+
+CONV = {"conversations": [
+    {"role": "system", "content": "You are MiniMind."},
+    {"role": "user", "content": "你好"},
+    {"role": "assistant", "content": "你好！我是MiniMind。"},
+    {"role": "user", "content": "1+1=?"},
+    {"role": "assistant", "content": "1+1=2 😀"},
+]}
+
+
+def test_sft_mask_token_by_token(tok, tmp_path):
+    ds = SFTDataset(write_jsonl(tmp_path / "sft.jsonl", [CONV]), tok, max_length=512)
+    item = ds[0]
+    ids, labels = item["input_ids"], item["labels"]
+    # Build the expected sequence piece by piece from the template's pieces, marking what must be learned.
+    im_start, im_end = tok.bos_token_id, tok.eos_token_id
+    enc = lambda s: tok(s, add_special_tokens=False).input_ids  # noqa: E731
+    expected, learn = [], []
+    for turn in CONV["conversations"]:
+        head = [im_start] + enc(f"{turn['role']}\n")
+        body = enc(turn["content"]) + [im_end]
+        tail = enc("\n")
+        is_assistant = turn["role"] == "assistant"
+        expected += head + body + tail
+        learn += [0] * len(head) + [int(is_assistant)] * len(body) + [0] * len(tail)
+    assert ids == expected
+    assert [int(l != -100) for l in labels] == learn
+    assert all(l == t for l, t in zip(labels, ids) if l != -100)
+    # The learned tokens decode to exactly the two replies, each closed by <|im_end|>.
+    learned = tok.decode([t for t, m in zip(ids, learn) if m], skip_special_tokens=False)
+    assert learned == "你好！我是MiniMind。<|im_end|>1+1=2 😀<|im_end|>"
+
+
+def test_sft_with_tools_masks_only_assistant(tok, tmp_path):
+    rec = {"tools": [{"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}],
+           "conversations": [{"role": "user", "content": "time?"},
+                             {"role": "assistant", "content": "", "tool_calls": [
+                                 {"type": "function", "function": {"name": "get_time", "arguments": {}}}]},
+                             {"role": "tool", "content": "12:00"},
+                             {"role": "assistant", "content": "It is 12:00."}]}
+    item = SFTDataset(write_jsonl(tmp_path / "t.jsonl", [rec]), tok)[0]
+    learned = tok.decode([t for t, l in zip(item["input_ids"], item["labels"]) if l != -100])
+    assert "get_time" in learned and "It is 12:00." in learned
+    assert "12:00\n</tool_response>" not in learned and "time?" not in learned
+
+
+def test_sft_truncation_keeps_mask_aligned(tok, tmp_path):
+    ds = SFTDataset(write_jsonl(tmp_path / "s.jsonl", [CONV]), tok, max_length=20)
+    item = ds[0]
+    assert len(item["input_ids"]) == len(item["labels"]) == 20
+
+
+def test_pretrain_bos_eos_and_truncation(tok, tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"text": "Hello world. 你好世界。"}, {"text": "x " * 500}])
+    ds = PretrainDataset(path, tok, max_length=32)
+    a = ds[0]["input_ids"]
+    assert a[0] == tok.bos_token_id and a[-1] == tok.eos_token_id
+    assert tok.decode(a[1:-1]) == "Hello world. 你好世界。"
+    b = ds[1]["input_ids"]
+    assert len(b) == 32 and b[0] == tok.bos_token_id and b[-1] == tok.eos_token_id
+
+
+def test_dpo_masks_only_final_response(tok, tmp_path):
+    prompt = [{"role": "user", "content": "Capital of France?"}]
+    rec = {"chosen": prompt + [{"role": "assistant", "content": "Paris."}],
+           "rejected": prompt + [{"role": "assistant", "content": "London."}]}
+    item = DPODataset(write_jsonl(tmp_path / "d.jsonl", [rec]), tok)[0]
+    for side, reply in (("chosen", "Paris."), ("rejected", "London.")):
+        ids, labels = item[f"{side}_input_ids"], item[f"{side}_labels"]
+        assert tok.decode([t for t, l in zip(ids, labels) if l != -100], skip_special_tokens=False) \
+            == reply + "<|im_end|>"
+    batch = PadCollator(0)([item, item])
+    assert batch["input_ids"].shape[0] == 4  # [chosen, chosen, rejected, rejected]
+
+
+def test_rlaif_prompt_ends_with_generation_header(tok, tmp_path):
+    path = write_jsonl(tmp_path / "r.jsonl", [
+        {"conversations": [{"role": "user", "content": "讲个笑话"}, {"role": "assistant", "content": "无"}]},
+        {"question": "What is 2+3?", "answer": "2+3=5\n#### 5"}])
+    ds = RLAIFDataset(path, tok)
+    assert ds[0]["prompt"].endswith("<|im_start|>user\n讲个笑话<|im_end|>\n<|im_start|>assistant\n")
+    assert ds[1]["prompt"].endswith("What is 2+3?<|im_end|>\n<|im_start|>assistant\n")
+    assert ds[1]["answer"].endswith("#### 5")
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def test_malformed_line_names_file_and_line(tok, tmp_path):
+    path = write_jsonl(tmp_path / "bad.jsonl", [{"text": "ok"}, {"text": "ok"}, '{"text": "broken', {"text": "ok"}])
+    with pytest.raises(DataFormatError, match=r"bad\.jsonl:3: invalid JSON"):
+        PretrainDataset(path, tok)
+
+
+def test_wrong_schema_names_file_and_line(tok, tmp_path):
+    path = write_jsonl(tmp_path / "schema.jsonl", [CONV, {"text": "not a conversation"}])
+    with pytest.raises(DataFormatError, match=r"schema\.jsonl:2: .*conversations"):
+        SFTDataset(path, tok)
+
+
+def test_skip_bad_lines_counts_and_skips(tok, tmp_path):
+    path = write_jsonl(tmp_path / "skip.jsonl", [{"text": "a"}, "not json", {"txt": "b"}, "", {"text": "c"}])
+    f = JsonlFile(path, check_pretrain, skip_bad_lines=True, use_cache=False)
+    assert len(f) == 2 and f.n_bad == 2
+    assert [f[i]["text"] for i in range(2)] == ["a", "c"]
+    assert f.location(1).endswith("skip.jsonl:5")
+
+
+def test_missing_file_is_clear(tok, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+        PretrainDataset(tmp_path / "nope.jsonl", tok)
+
+
+def test_index_is_cached_and_invalidated_on_change(tmp_path, monkeypatch):
+    import dataset.lm_dataset as lm
+    monkeypatch.setattr(lm, "CACHE_DIR", tmp_path / "cache")
+    path = write_jsonl(tmp_path / "c.jsonl", [{"text": "a"}, {"text": "b"}])
+    assert len(JsonlFile(path, check_pretrain)) == 2
+    assert len(list((tmp_path / "cache" / "jsonl_index").glob("*.npz"))) == 1
+    write_jsonl(path, [{"text": "a"}, {"text": "b"}, {"text": "c"}])
+    assert len(JsonlFile(path, check_pretrain)) == 3
+
+
+def test_byte_offsets_handle_multibyte_text(tok, tmp_path):
+    recs = [{"text": "中文" * i + "😀"} for i in range(1, 50)]
+    f = JsonlFile(write_jsonl(tmp_path / "m.jsonl", recs), check_pretrain, use_cache=False)
+    assert [f[i] for i in (0, 17, 48)] == [recs[0], recs[17], recs[48]]
+
+
+# ------------------------------------------------------------------------------------------------ batching
+def test_dynamic_padding_loss_equals_unpadded():
+    """Right padding to the batch's longest sample leaves every real position's loss unchanged."""
+    from model.model_minimind import MiniMindConfig, MiniMindForCausalLM
+    torch.manual_seed(0)
+    model = MiniMindForCausalLM(MiniMindConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4)).eval()
+    samples = [{"input_ids": list(range(5, 5 + n)), "labels": list(range(5, 5 + n))} for n in (9, 4, 13)]
+    batch = PadCollator(pad_id=0)(samples)
+    assert batch["input_ids"].shape == (3, 13)
+    assert batch["attention_mask"].sum(1).tolist() == [9, 4, 13]
+    fixed = PadCollator(pad_id=0, pad_to=32)(samples)
+    assert fixed["input_ids"].shape == (3, 32)
+    with torch.no_grad():
+        logits = model(batch["input_ids"]).logits
+        logits_fixed = model(fixed["input_ids"]).logits
+        total, count = 0.0, 0
+        for i, s in enumerate(samples):
+            ids = torch.tensor([s["input_ids"]])
+            ref = model(ids).logits
+            assert torch.allclose(ref[0], logits[i, :len(s["input_ids"])], atol=1e-5)
+            total += torch.nn.functional.cross_entropy(ref[0, :-1], ids[0, 1:], reduction="sum")
+            count += len(s["input_ids"]) - 1
+        padded_loss = model(batch["input_ids"], labels=batch["labels"]).loss
+        fixed_loss = model(fixed["input_ids"], labels=fixed["labels"]).loss
+    assert torch.allclose(padded_loss, total / count, atol=1e-5)
+    assert torch.allclose(fixed_loss, padded_loss, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ sampler
+def test_sampler_is_deterministic_and_resumes_mid_epoch():
+    s = ResumableSampler(23, seed=7)
+    s.set_epoch(1)
+    full = list(s)
+    assert sorted(full) == list(range(23))
+    s.set_epoch(1, consumed=10)
+    assert list(s) == full[10:] and len(s) == 13
+    s.set_epoch(2)
+    assert list(s) != full, "each epoch reshuffles"
+
+
+def test_sampler_resume_on_a_different_world_size():
+    """Samples consumed by 2 ranks, then resumed on 3: the union continues the same global order."""
+    n, consumed = 40, 12
+    one = ResumableSampler(n, seed=3)
+    one.set_epoch(0)
+    order = list(one)
+    ranks = []
+    for r in range(3):
+        s = ResumableSampler(n, rank=r, world_size=3, seed=3)
+        s.set_epoch(0, consumed=consumed)
+        ranks.append(list(s))
+    interleaved = [ranks[j % 3][j // 3] for j in range(sum(map(len, ranks)))]
+    assert interleaved[:n - consumed] == order[consumed:]
+    assert len({len(r) for r in ranks}) == 1, "every rank must get the same number of samples"
