@@ -148,6 +148,11 @@ class JsonlFile:
         self._fh.seek(int(self.offsets[i]))
         return json.loads(self._fh.readline())
 
+    def byte_lengths(self) -> np.ndarray:
+        """Each record's size in bytes: a free, good proxy of its token length (for length-grouped batching)."""
+        size = self.path.stat().st_size
+        return np.diff(np.append(self.offsets, size))
+
     def location(self, i) -> str:
         return f"{self.path}:{int(self.line_numbers[i])}"
 
@@ -285,6 +290,147 @@ class RLAIFDataset(_ChatDataset):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Tokenized cache + packing (pretraining)
+# ----------------------------------------------------------------------------------------------------------------
+def tokenizer_fingerprint(tokenizer) -> str:
+    """Changes whenever the vocabulary, merges, special tokens or chat template change."""
+    h = hashlib.sha1(tokenizer.backend_tokenizer.to_str().encode())
+    h.update(str(getattr(tokenizer, "chat_template", "")).encode())
+    return h.hexdigest()[:16]
+
+
+def content_hash(path: Path) -> str:
+    """sha1 of the file's bytes, memoised by (path, size, mtime) so a relaunch does not re-read gigabytes."""
+    memo = CACHE_DIR / "content_hash" / f"{file_fingerprint(path)}.txt"
+    if memo.exists():
+        return memo.read_text().strip()
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    digest = h.hexdigest()[:16]
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    tmp = memo.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(digest)
+    os.replace(tmp, memo)
+    return digest
+
+
+class TokenCache:
+    """A JSONL of {"text"} tokenized once into a flat uint16 memmap: `<stem>_<filehash>_<tokhash>.bin` holds
+    every document as <|im_start|> text <|im_end|>, back to back; `.idx.npy` holds the document boundaries.
+
+    Keyed by the file's content hash and the tokenizer's hash, so editing either rebuilds it and nothing else
+    does. Training reads the memmap: memory stays flat however large the corpus is. Under DDP, rank 0 builds
+    and the others wait at a barrier.
+    """
+
+    def __init__(self, data_path, tokenizer, skip_bad_lines: bool = False, cache_dir=None, batch_docs=1024):
+        import torch.distributed as dist
+        self.path = Path(data_path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"data file not found: {self.path}")
+        assert len(tokenizer) <= 65535, "uint16 token cache needs a vocabulary below 65536"
+        cache_dir = Path(cache_dir or CACHE_DIR / "tokens")
+        key = f"{self.path.stem}_{content_hash(self.path)}_{tokenizer_fingerprint(tokenizer)}"
+        self.bin_path, self.idx_path = cache_dir / f"{key}.bin", cache_dir / f"{key}.idx.npy"
+        distributed = dist.is_available() and dist.is_initialized()
+        if not self.idx_path.exists() and (not distributed or dist.get_rank() == 0):
+            self._build(tokenizer, skip_bad_lines, batch_docs)
+        if distributed:
+            dist.barrier()
+        self.doc_offsets = np.load(self.idx_path)
+        self.tokens = np.memmap(self.bin_path, dtype=np.uint16, mode="r")
+
+    def _build(self, tokenizer, skip_bad_lines, batch_docs):
+        from tqdm import tqdm
+        data = JsonlFile(self.path, check_pretrain, skip_bad_lines)
+        self.bin_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp_bin = self.bin_path.with_suffix(f".tmp{os.getpid()}")
+        bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+        offsets, total = [0], 0
+        with open(tmp_bin, "wb") as out, tqdm(total=len(data), desc=f"tokenizing {self.path.name}", unit="doc",
+                                              mininterval=2) as bar:
+            for start in range(0, len(data), batch_docs):
+                texts = [str(data[i]["text"]) for i in range(start, min(start + batch_docs, len(data)))]
+                bar.update(len(texts))
+                # The fast tokenizer encodes a batch in parallel in Rust.
+                for ids in tokenizer(texts, add_special_tokens=False).input_ids:
+                    doc = np.asarray([bos] + ids + [eos], dtype=np.uint16)
+                    out.write(doc.tobytes())
+                    total += len(doc)
+                    offsets.append(total)
+        tmp_idx = self.idx_path.with_name(f".{self.idx_path.name}.tmp{os.getpid()}.npy")
+        np.save(tmp_idx, np.asarray(offsets, dtype=np.int64))
+        os.replace(tmp_bin, self.bin_path)
+        os.replace(tmp_idx, self.idx_path)  # the index appears last: its presence means the cache is complete
+        print(f"[data] cached {len(offsets) - 1} documents, {total:,} tokens -> {self.bin_path}")
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens)
+
+
+class PackedPretrainDataset(Dataset):
+    """Pretraining without padding: the token stream cut into fixed blocks of `max_length` tokens.
+
+    Documents are concatenated (each <|im_start|> ... <|im_end|>), so a block may hold several documents and
+    a document may continue into the next block. Every position is a real token: no compute is spent on
+    padding. A document's first token (<|im_start|>) is never a prediction target, exactly as when documents
+    are trained one by one.
+
+    `doc_attention=True` additionally keeps documents from attending to each other: position ids restart at
+    each document and the mask is block-diagonal causal, so a block's loss equals the documents' separate
+    losses. Plain causal packing (the default) is what most pretraining does and is cheaper.
+    """
+
+    def __init__(self, data_path, tokenizer, max_length: int = 512, skip_bad_lines: bool = False,
+                 doc_attention: bool = False, cache_dir=None):
+        self.cache = TokenCache(data_path, tokenizer, skip_bad_lines, cache_dir)
+        self.max_length, self.doc_attention = max_length, doc_attention
+        self.bos_id = tokenizer.bos_token_id
+        self.n_blocks = self.cache.n_tokens // max_length
+        if self.n_blocks == 0:
+            raise DataFormatError(f"{data_path}: only {self.cache.n_tokens} tokens, fewer than one block of "
+                                  f"--max_seq_len {max_length}")
+
+    def __len__(self):
+        return self.n_blocks
+
+    def __getitem__(self, i):
+        ids = torch.from_numpy(self.cache.tokens[i * self.max_length:(i + 1) * self.max_length].astype(np.int64))
+        labels = ids.clone()
+        is_bos = ids == self.bos_id
+        labels[is_bos] = IGNORE_INDEX
+        item = {"input_ids": ids, "labels": labels}
+        if self.doc_attention:
+            # Document id of each position: increments at every <|im_start|>.
+            doc = torch.cumsum(is_bos.long(), 0)
+            starts = torch.zeros_like(ids)
+            first = torch.nonzero(is_bos).flatten()
+            starts[first] = first
+            starts = torch.cummax(starts, 0).values
+            item["position_ids"] = torch.arange(len(ids)) - starts
+            item["doc_ids"] = doc
+        return item
+
+
+def doc_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) document ids -> (B, 1, T, T) boolean mask: causal and within the same document."""
+    t = doc_ids.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=doc_ids.device).tril()
+    same = doc_ids[:, :, None] == doc_ids[:, None, :]
+    return (causal & same)[:, None]
+
+
+def stack_collate(batch):
+    """Fixed-length samples (packed blocks): a plain stack, plus an all-ones attention mask for token counts."""
+    out = {k: torch.stack([b[k] for b in batch]) for k in batch[0]}
+    out["attention_mask"] = torch.ones_like(out["input_ids"])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Batching
 # ----------------------------------------------------------------------------------------------------------------
 class PadCollator:
@@ -295,8 +441,9 @@ class PadCollator:
     for each `*input_ids` key. DPO samples are returned as one batch [chosen; rejected].
     """
 
-    def __init__(self, pad_id: int = 0, pad_to: Optional[int] = None):
-        self.pad_id, self.pad_to = pad_id, pad_to
+    def __init__(self, pad_id: int = 0, pad_to: Optional[int] = None, pad_multiple: int = 1):
+        # pad_multiple rounds the batch length up (e.g. to 64) so torch.compile sees few distinct shapes.
+        self.pad_id, self.pad_to, self.pad_multiple = pad_id, pad_to, pad_multiple
 
     def _pad(self, seqs, value, length):
         out = torch.full((len(seqs), length), value, dtype=torch.long)
@@ -309,10 +456,12 @@ class PadCollator:
             batch = ([{"input_ids": b["chosen_input_ids"], "labels": b["chosen_labels"]} for b in batch]
                      + [{"input_ids": b["rejected_input_ids"], "labels": b["rejected_labels"]} for b in batch])
         length = self.pad_to or max(len(b["input_ids"]) for b in batch)
+        if not self.pad_to and self.pad_multiple > 1:
+            length = -(-length // self.pad_multiple) * self.pad_multiple
         out = {}
         for key in batch[0]:
             seqs = [b[key] for b in batch]
-            if not isinstance(seqs[0], (list, tuple)):
+            if not isinstance(seqs[0], (list, tuple, torch.Tensor)):
                 out[key] = seqs
                 continue
             out[key] = self._pad(seqs, IGNORE_INDEX if key.endswith("labels") else self.pad_id, length)

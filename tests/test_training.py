@@ -78,9 +78,10 @@ def test_pretrain_loss_falls_on_real_text(tmp_path):
     ("train_full_sft.py", ["--from_weight", "none"]),
 ])
 def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path, script, extra):
-    """20 samples, micro-batch 4, accumulation 2 -> 3 steps/epoch (the last one a partial group); 2 epochs.
-    Interrupting after step 4 (inside epoch 2) and resuming must give the same loss at every step."""
-    data = small_pretrain_file(tmp_path) if "pretrain" in script else SAMPLE / "sft.jsonl"
+    """Pretrain: 14 short documents packed into 20 blocks of 64 tokens; micro-batch 4, accumulation 2 -> 3 steps
+    per epoch (the last one a partial group), 2 epochs. SFT: length-grouped, dynamically padded batches.
+    Interrupting after step 4 and resuming must give the same loss at every step."""
+    data = small_pretrain_file(tmp_path, 14) if "pretrain" in script else SAMPLE / "sft.jsonl"
     common = ["--data_path", data, "--batch_size", 4, "--accumulation_steps", 2, "--epochs", 2,
               "--max_seq_len", 64, "--learning_rate", 1e-3, "--log_interval", 1, "--save_interval", 2, *extra]
     if "sft" in script:
@@ -134,7 +135,8 @@ def test_malformed_jsonl_fails_clearly_without_outputs(tmp_path):
     assert p.returncode == 2
     assert f"{data}:2: invalid JSON" in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "out" / "pretrain_64.pth").exists()
-    p = run("train_pretrain.py", "--data_path", data, "--max_steps", 1, "--skip_bad_lines", tmp=tmp_path)
+    p = run("train_pretrain.py", "--data_path", data, "--max_steps", 1, "--skip_bad_lines", "--packing", 0,
+            tmp=tmp_path)
     assert "skipped 1 bad line" in p.stdout
 
 

@@ -33,9 +33,12 @@ def main():
     model, tokenizer = init_model(model_config_from_args(args), args.from_weight, args.save_dir,
                                   args.tokenizer_path, dist_state.device, log)
     train_ds = SFTDataset(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines)
-    collate = PadCollator(tokenizer.pad_token_id, pad_to=args.max_seq_len if args.pad_to_max else None)
+    collate = PadCollator(tokenizer.pad_token_id, pad_to=args.max_seq_len if args.pad_to_max else None,
+                          pad_multiple=64 if args.use_compile else 1)
+    # Length-grouped batches (by record size) + dynamic padding: little compute is spent on padding.
+    lengths = train_ds.data.byte_lengths() if args.group_by_length and not args.pad_to_max else None
 
-    TrainLoop(args, "full_sft", model, dist_state).run(train_ds, collate, lm_loss)
+    TrainLoop(args, "full_sft", model, dist_state).run(train_ds, collate, lm_loss, lengths=lengths)
     cleanup_distributed()
 
 

@@ -8,8 +8,11 @@ Output: out/pretrain_{hidden}[_moe].pth (fp16 weights), checkpoints/pretrain_{hi
     torchrun --nproc_per_node 2 trainer/train_pretrain.py               # DDP
     python trainer/train_pretrain.py --from_resume 1                    # continue after an interruption
 
-Batches are padded only to their own longest sample (not to --max_seq_len as the original did); add
---pad_to_max for the original behaviour.
+Data pipeline: the JSONL is tokenized once into a uint16 memmap cache (.cache/tokens/, keyed by the file's
+and the tokenizer's hashes) and cut into packed blocks of --max_seq_len tokens: no padding at all, and
+memory stays flat however big the corpus is. `--doc_attention 1` also stops documents in one block from
+attending to each other. `--packing 0` trains one document per row with dynamic padding, and `--packing 0
+--pad_to_max` reproduces the original MiniMind (every row padded to --max_seq_len) for comparison.
 """
 import argparse
 import sys
@@ -17,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any directory
 
-from dataset.lm_dataset import PadCollator, PretrainDataset  # noqa: E402
+from dataset.lm_dataset import PackedPretrainDataset, PadCollator, PretrainDataset, stack_collate  # noqa: E402
 from trainer.trainer_utils import (TrainLoop, add_common_args, cleanup_distributed, init_distributed,  # noqa: E402
                                    init_model, lm_loss, model_config_from_args, run_main, setup_seed)
 
@@ -26,6 +29,10 @@ def main():
     parser = argparse.ArgumentParser(description="MiniMind pretraining")
     add_common_args(parser, stage="pretrain", data_path="dataset/pretrain_hq.jsonl", epochs=1, batch_size=32,
                     learning_rate=5e-4, max_seq_len=512, accumulation_steps=8, from_weight="none")
+    parser.add_argument("--packing", type=int, default=1, choices=[0, 1],
+                        help="1: packed blocks from the token cache; 0: one document per row")
+    parser.add_argument("--doc_attention", type=int, default=0, choices=[0, 1],
+                        help="with packing: reset positions and block attention at document boundaries")
     args = parser.parse_args()
 
     dist_state = init_distributed(args.device)
@@ -33,10 +40,17 @@ def main():
     log = print if dist_state.is_main else (lambda *a, **k: None)
     model, tokenizer = init_model(model_config_from_args(args), args.from_weight, args.save_dir,
                                   args.tokenizer_path, dist_state.device, log)
-    train_ds = PretrainDataset(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines)
-    collate = PadCollator(tokenizer.pad_token_id, pad_to=args.max_seq_len if args.pad_to_max else None)
+    if args.packing:
+        train_ds = PackedPretrainDataset(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines,
+                                         doc_attention=bool(args.doc_attention))
+        collate, lengths = stack_collate, None
+    else:
+        train_ds = PretrainDataset(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines)
+        collate = PadCollator(tokenizer.pad_token_id, pad_to=args.max_seq_len if args.pad_to_max else None,
+                              pad_multiple=64 if args.use_compile else 1)
+        lengths = train_ds.data.byte_lengths() if args.group_by_length and not args.pad_to_max else None
 
-    TrainLoop(args, "pretrain", model, dist_state).run(train_ds, collate, lm_loss)
+    TrainLoop(args, "pretrain", model, dist_state).run(train_ds, collate, lm_loss, lengths=lengths)
     cleanup_distributed()
 
 

@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from dataset.lm_dataset import doc_causal_mask  # noqa: E402
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
 
 DEFAULT_TOKENIZER = ROOT / "model"
@@ -87,6 +88,8 @@ def add_common_args(parser: argparse.ArgumentParser, *, stage: str, data_path: s
     p.add_argument("--skip_bad_lines", action="store_true", help="skip malformed JSONL lines instead of failing")
     p.add_argument("--pad_to_max", action="store_true",
                    help="pad every sample to --max_seq_len like the original MiniMind (slower; for comparison)")
+    p.add_argument("--group_by_length", type=int, default=1, choices=[0, 1],
+                   help="batch samples of similar length together so dynamic padding wastes little")
     p.add_argument("--use_compile", type=int, default=0, choices=[0, 1], help="torch.compile the model")
     return p
 
@@ -335,35 +338,66 @@ def get_lr(step: int, total_steps: int, lr: float, min_lr_ratio: float = 0.1, wa
 # Data order
 # ================================================================================================================
 class ResumableSampler(Sampler):
-    """A seeded shuffle shared by all ranks, split round-robin between them, that can start mid-epoch.
+    """A seeded shuffle shared by all ranks, dealt out in micro-batches, that can start mid-epoch.
 
-    The global order of an epoch depends only on (seed, epoch). Position j of that order goes to rank
-    j % world_size. Resuming skips the first `consumed` *global* samples, so a run resumed on a different
-    number of processes still continues exactly where the old one stopped in the same order.
+    The global order of an epoch depends only on (seed, epoch, batch_size, lengths). It is cut into chunks of
+    `batch_size` samples and chunk c goes to rank c % world_size, so one micro-batch step of all ranks consumes
+    batch_size * world_size consecutive samples. Resuming skips the first `consumed` *global* samples: a run
+    resumed on a different number of processes continues exactly where the old one stopped, in the same order.
+
+    With `lengths` (e.g. record sizes), samples are length-grouped: within mega-batches of 64 micro-batches
+    they are sorted by length before being cut into micro-batches, and the micro-batches are shuffled. Each
+    batch then holds similar lengths, so dynamic padding wastes little, while the order stays random.
     """
 
-    def __init__(self, n: int, rank: int = 0, world_size: int = 1, seed: int = 42, shuffle: bool = True):
+    def __init__(self, n: int, rank: int = 0, world_size: int = 1, seed: int = 42, shuffle: bool = True,
+                 batch_size: int = 1, lengths=None):
         self.n, self.rank, self.world_size, self.seed, self.shuffle = n, rank, world_size, seed, shuffle
+        self.batch_size, self.lengths = batch_size, lengths
         self.epoch, self.consumed = 0, 0
 
     def set_epoch(self, epoch: int, consumed: int = 0):
         self.epoch, self.consumed = epoch, consumed
 
     def global_order(self) -> list:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = list(range(self.n))
-        pad = (-len(order)) % self.world_size  # every rank gets the same count (DDP steps in lockstep)
-        return order + order[:pad]
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.n, generator=g).tolist() if self.shuffle else list(range(self.n))
+        b = self.batch_size
+        if self.lengths is not None and b > 1:
+            mega = b * 64
+            by_len = []
+            for s in range(0, len(order), mega):
+                by_len += sorted(order[s:s + mega], key=lambda i: -int(self.lengths[i]))
+            chunks = [by_len[i:i + b] for i in range(0, len(by_len), b)]
+            full, rest = (chunks, []) if len(chunks[-1]) == b else (chunks[:-1], chunks[-1:])
+            perm = torch.randperm(len(full), generator=g).tolist()
+            order = [i for c in [full[j] for j in perm] + rest for i in c]
+        return order
+
+    def remaining(self, consumed: int) -> list:
+        order = self.global_order()
+        rest = order[consumed:]
+        if self.world_size > 1:
+            # Every rank must get the same number of full micro-batches (DDP steps in lockstep): top up what is
+            # left (also after a resume on another world size) with samples from the start of the epoch.
+            pad = (-len(rest)) % (self.batch_size * self.world_size)
+            rest = rest + (order * (1 + pad // max(1, len(order))))[:pad]
+        return rest
 
     def __iter__(self):
-        order = self.global_order()[self.consumed:]
-        return iter(order[self.rank::self.world_size])
+        order = self.remaining(self.consumed)
+        b, w = self.batch_size, self.world_size
+        mine = []
+        for c, i in enumerate(range(0, len(order), b)):
+            if c % w == self.rank:
+                mine += order[i:i + b]
+        return iter(mine)
+
+    def num_micro_batches(self, consumed: int = 0) -> int:
+        return math.ceil(len(self.remaining(consumed)) / (self.batch_size * self.world_size))
 
     def __len__(self):
-        return (math.ceil(self.n / self.world_size) * self.world_size - self.consumed) // self.world_size
+        return len(list(iter(self)))
 
 
 # ================================================================================================================
@@ -559,11 +593,14 @@ class TrainLoop:
         return values
 
     # ---------------------------------------------------------------- the supervised loop
-    def run(self, dataset, collate_fn, loss_fn: Callable, shuffle: bool = True):
+    def run(self, dataset, collate_fn, loss_fn: Callable, shuffle: bool = True, lengths=None):
+        """Train on `dataset` with `loss_fn(model, batch) -> Batch`. `lengths` (one number per sample, e.g.
+        `dataset.data.byte_lengths()`) turns on length-grouped batching."""
         args, ds = self.args, self.ds
-        sampler = ResumableSampler(len(dataset), ds.rank, ds.world_size, seed=args.seed, shuffle=shuffle)
+        sampler = ResumableSampler(len(dataset), ds.rank, ds.world_size, seed=args.seed, shuffle=shuffle,
+                                   batch_size=args.batch_size, lengths=lengths)
         samples_per_micro = args.batch_size * ds.world_size
-        micro_per_epoch = math.ceil(math.ceil(len(dataset) / ds.world_size) / args.batch_size)
+        micro_per_epoch = sampler.num_micro_batches()
         steps_per_epoch = math.ceil(micro_per_epoch / args.accumulation_steps)
         total_steps = steps_per_epoch * args.epochs
         if self.rescale_step:
@@ -671,10 +708,13 @@ def run_main(main: Callable):
 def lm_loss(model, batch) -> Batch:
     """Next-token cross-entropy over the labelled positions (+ the MoE load-balancing loss).
 
-    No attention mask is passed: padding sits at the end of each row and attention is causal, so real
-    tokens never see it, and SDPA keeps its fast causal kernel.
+    No padding mask is passed: padding sits at the end of each row and attention is causal, so real
+    tokens never see it, and SDPA keeps its fast causal kernel. Packed blocks with document-aware attention
+    bring their own position ids and block-diagonal mask.
     """
-    out = model(input_ids=batch["input_ids"], labels=batch["labels"])
+    mask = doc_causal_mask(batch["doc_ids"]) if "doc_ids" in batch else None  # packed, document-aware
+    out = model(input_ids=batch["input_ids"], labels=batch["labels"], attention_mask=mask,
+                position_ids=batch.get("position_ids"))
     loss = out.loss + out.aux_loss
     return Batch(loss=loss, n_tokens=batch["attention_mask"].sum(),
                  metrics={"aux_loss": out.aux_loss} if unwrap(model).config.use_moe else None)
