@@ -156,6 +156,8 @@ def init_distributed(device_arg: Optional[str] = None) -> DistState:
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     device = device_arg or default_device()
+    if device.startswith("npu"):
+        import torch_npu  # noqa: F401  registers the "npu" device type with torch
     if world_size <= 1:
         return DistState(device=device)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
