@@ -65,7 +65,7 @@ def main():
                      "--hidden_size", 128, "--num_hidden_layers", 4, "--num_attention_heads", 4,
                      "--num_key_value_heads", 2, "--prompts_file", prompts,
                      "--output", Path(args.save_dir) / "answers.jsonl", "--temperature", 0,
-                     "--max_new_tokens", 80, *(["--device", args.device] if args.device else [])])
+                     "--max_new_tokens", 80, "--repetition_penalty", 1.2, *(["--device", args.device] if args.device else [])])
     print(f"\nQuick start finished in {time.time() - t0:.0f}s. Weights: {args.save_dir}. "
           f"Chat with it: python eval_llm.py --save_dir {args.save_dir} --hidden_size 128 --num_hidden_layers 4 "
           f"--num_attention_heads 4 --mode interactive")
