@@ -554,8 +554,10 @@ class MiniMindForCausalLM(MiniMindPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             # Next-token prediction: position t predicts token t+1; -100 marks positions without a target.
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).float(),
-                                   labels[:, 1:].reshape(-1), ignore_index=-100)
+            # Mean over labelled positions; a batch with none (e.g. truncated away) gives 0, not NaN.
+            targets = labels[:, 1:].reshape(-1)
+            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).float(), targets,
+                                   ignore_index=-100, reduction="sum") / (targets != -100).sum().clamp(min=1)
         return MoeCausalLMOutputWithPast(loss=loss, aux_loss=aux_loss, logits=logits,
                                          past_key_values=past_key_values)
 

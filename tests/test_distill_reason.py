@@ -1,0 +1,211 @@
+"""Knowledge distillation (trainer/train_distillation.py) and reasoning distillation (trainer/train_reason.py):
+their loss pieces against direct formulas, token-exact tag weighting on real R1-style data, and both scripts
+end to end with resume."""
+import argparse
+import json
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from dataset.lm_dataset import PadCollator, SFTDataset, assistant_mask  # noqa: E402
+from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
+from trainer.train_distillation import (check_same_vocab, distillation_kl, load_teacher,  # noqa: E402
+                                        make_distill_loss_fn)
+from trainer.train_reason import make_reason_loss_fn, reason_token_weights, tag_token_ids  # noqa: E402
+from trainer.trainer_utils import WeightLoadError, atomic_save, half_state_dict, load_tokenizer  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
+TINY = ["--hidden_size", "64", "--num_hidden_layers", "2", "--num_attention_heads", "4", "--num_key_value_heads", "2"]
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny models gain nothing from intra-op threads, and OpenMP threads that spin-wait for a busy core make a
+    loaded CI machine 10x slower; run these tests single-threaded and restore the setting afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_model(seed=0, hidden=64, vocab=6400):
+    torch.manual_seed(seed)
+    return MiniMindForCausalLM(MiniMindConfig(hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
+                                              num_key_value_heads=2, vocab_size=vocab))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Distillation
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_distillation_kl_matches_direct_formula(temperature):
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 5, 13, generator=g) * 3, torch.randn(2, 5, 13, generator=g) * 3
+    mask = torch.tensor([[0, 1, 1, 1, 0], [1, 1, 0, 0, 0]], dtype=torch.bool)
+    got = distillation_kl(s, t, mask, temperature)
+    p_t, p_s = torch.softmax(t / temperature, -1), torch.softmax(s / temperature, -1)
+    per_token = (p_t * (p_t.log() - p_s.log())).sum(-1)          # KL(p_t || p_s) at every position
+    want = per_token[mask].mean() * temperature ** 2
+    torch.testing.assert_close(got, want)
+    assert distillation_kl(s, s, mask, temperature).abs() < 1e-6             # identical models: no KL
+    assert distillation_kl(s, t, torch.zeros_like(mask), temperature) == 0   # nothing labelled: 0, not NaN
+
+
+def test_vocab_mismatch_is_a_clear_error(tmp_path):
+    with pytest.raises(WeightLoadError, match="vocab_size 6500 != student vocab_size 6400"):
+        check_same_vocab(tiny_model(), tiny_model(vocab=6500))
+    check_same_vocab(tiny_model(), tiny_model(hidden=128))  # different sizes are fine
+    # load_teacher reads the vocab from the weight file, so a teacher from another tokenizer is reported as such
+    atomic_save(half_state_dict(tiny_model(hidden=128, vocab=6500)), tmp_path / "full_sft_128.pth")
+    args = argparse.Namespace(teacher_weight="full_sft", save_dir=str(tmp_path), teacher_hidden_size=128,
+                              teacher_num_hidden_layers=2, teacher_num_attention_heads=4,
+                              teacher_num_key_value_heads=2, teacher_use_moe=0)
+    teacher = load_teacher(args, "cpu", log=lambda *a: None)
+    assert teacher.config.vocab_size == 6500 and not any(p.requires_grad for p in teacher.parameters())
+    with pytest.raises(WeightLoadError, match="same tokenizer"):
+        check_same_vocab(tiny_model(), teacher)
+    with pytest.raises(FileNotFoundError, match="teacher_hidden_size"):
+        load_teacher(argparse.Namespace(**{**vars(args), "teacher_hidden_size": 256}), "cpu")
+
+
+def sft_batch(path, n=4, max_len=256):
+    tok = load_tokenizer()
+    ds = SFTDataset(path, tok, max_length=max_len)
+    return PadCollator(tok.pad_token_id)([ds[i] for i in range(n)]), tok, ds
+
+
+def test_distill_loss_fn_limits():
+    batch, _, _ = sft_batch(ROOT / "dataset" / "sample" / "sft.jsonl")
+    student = tiny_model(0)
+    # alpha = 1: plain SFT cross-entropy
+    out = make_distill_loss_fn(tiny_model(1, hidden=128), alpha=1.0, temperature=2.0)(student, batch)
+    ce = student(input_ids=batch["input_ids"], labels=batch["labels"]).loss
+    torch.testing.assert_close(out.loss, ce)
+    torch.testing.assert_close(out.metrics["ce"], ce)
+    assert out.metrics["kl"] > 0
+    # a teacher identical to the student: the KL term vanishes, whatever alpha
+    same = make_distill_loss_fn(tiny_model(0).eval().requires_grad_(False), alpha=0.0, temperature=2.0)(student, batch)
+    assert same.loss.abs() < 1e-5
+    # mixed: alpha * ce + (1 - alpha) * kl
+    mix = make_distill_loss_fn(tiny_model(1, hidden=128), alpha=0.3, temperature=2.0)(student, batch)
+    torch.testing.assert_close(mix.loss, 0.3 * mix.metrics["ce"] + 0.7 * mix.metrics["kl"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reasoning
+# ----------------------------------------------------------------------------------------------------------------
+def reason_data():
+    real = SHARED / "mini" / "reason.jsonl"
+    if not real.exists():
+        pytest.skip(f"{real} not found: real R1-style data lives in …/shared/data")
+    return real
+
+
+def test_tag_weights_are_exactly_the_tag_tokens_of_a_real_sample():
+    tok = load_tokenizer()
+    tag_ids = tag_token_ids(tok)
+    assert tag_ids == [tok.convert_tokens_to_ids(t) for t in ("<think>", "</think>", "<answer>", "</answer>")]
+    ds = SFTDataset(reason_data(), tok, max_length=1024)
+    items = [it for it in (ds[i] for i in range(10)) if len(it["input_ids"]) < 1024][:3]  # whole, untruncated
+    assert len(items) == 3
+    for i, item in enumerate(items):
+        ids, labels = item["input_ids"], torch.tensor(item["labels"])
+        w = reason_token_weights(labels[None], tag_ids, 10.0)[0]
+        for t, (tid, lab, wt) in enumerate(zip(ids, labels.tolist(), w.tolist())):
+            want = 0.0 if lab == -100 else (10.0 if tid in tag_ids else 1.0)
+            assert wt == want, f"sample {i} position {t} token {tok.convert_ids_to_tokens(tid)!r}: {wt} != {want}"
+        weighted = [tok.convert_ids_to_tokens(ids[t]) for t in range(len(ids)) if w[t] == 10.0]
+        assert weighted == ["<think>", "</think>", "<answer>", "</answer>"], weighted  # each tag once, in order
+    # a tag quoted by the user is context, not a target: weight 0
+    text = tok.apply_chat_template([{"role": "user", "content": "what does <think> mean?"},
+                                    {"role": "assistant", "content": "<think>\nhm\n</think>\n<answer>\nx\n</answer>"}],
+                                   tokenize=False)
+    ids = tok(text, add_special_tokens=False).input_ids
+    header = tok("assistant\n", add_special_tokens=False).input_ids
+    mask = assistant_mask(ids, tok.bos_token_id, tok.eos_token_id, header)
+    labels = torch.tensor([t if m else -100 for t, m in zip(ids, mask)])
+    w = reason_token_weights(labels[None], tag_ids, 10.0)[0]
+    first_think = ids.index(tag_ids[0])
+    assert mask[first_think] == 0 and w[first_think] == 0
+    assert (w == 10).sum() == 4
+
+
+def test_reason_loss_weighting():
+    batch, tok, _ = sft_batch(ROOT / "dataset" / "sample" / "reason.jsonl")
+    tag_ids = tag_token_ids(tok)
+    model = tiny_model()
+    ce = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
+    plain = make_reason_loss_fn(tag_ids, 1.0)(model, batch)
+    torch.testing.assert_close(plain.loss, ce)  # weight 1 is ordinary SFT
+    weighted = make_reason_loss_fn(tag_ids, 10.0)(model, batch)
+    logits, targets = model(input_ids=batch["input_ids"]).logits[:, :-1], batch["labels"][:, 1:]
+    per_tok = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
+    is_tag = torch.isin(targets, torch.tensor(tag_ids))
+    n = (targets != -100).sum()
+    assert is_tag.sum() == 4 * 4  # four tags in each of the four samples
+    want = (per_tok.sum() + 9.0 * per_tok[is_tag].sum()) / n  # tags count 10x; normalised by the token count
+    torch.testing.assert_close(weighted.loss, want)
+    torch.testing.assert_close(weighted.metrics["ce"], ce)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Both scripts end to end: 2 steps as real subprocesses (side by side: each is single-process, so on 2 cores
+# this halves the wall time), then --from_resume 1 to step 4 in this process (same CLI and main(), without
+# another ~4 s of imports).
+# ----------------------------------------------------------------------------------------------------------------
+def launch(args, tmp_path):
+    env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1", MINIMIND_CACHE=str(tmp_path / "cache"))
+    return subprocess.Popen([sys.executable] + args, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc, what, timeout=180):
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"{what}: exit {proc.returncode}\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}"
+    return out
+
+
+def run_in_process(args, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", list(args))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    capsys.readouterr()
+    runpy.run_path(args[0], run_name="__main__")
+    return capsys.readouterr().out
+
+
+def test_distillation_and_reason_scripts_resume(tmp_path, monkeypatch, capsys):
+    atomic_save(half_state_dict(tiny_model(0)), tmp_path / "full_sft_64.pth")           # distillation student
+    atomic_save(half_state_dict(tiny_model(1, hidden=128)), tmp_path / "full_sft_128.pth")  # its teacher
+    atomic_save(half_state_dict(tiny_model(2)), tmp_path / "dpo_64.pth")                # reasoning start
+    common = [*TINY, "--save_dir", str(tmp_path), "--checkpoint_dir", str(tmp_path / "ck"), "--device", "cpu",
+              "--num_workers", "0", "--batch_size", "2", "--log_interval", "1", "--max_seq_len", "128",
+              "--learning_rate", "1e-3"]
+    distill = [str(ROOT / "trainer" / "train_distillation.py"), *common,
+               "--data_path", str(ROOT / "dataset/sample/sft.jsonl"), "--teacher_hidden_size", "128",
+               "--teacher_num_hidden_layers", "2", "--teacher_num_attention_heads", "4"]
+    reason = [str(ROOT / "trainer" / "train_reason.py"), *common,
+              "--data_path", str(ROOT / "dataset/sample/reason.jsonl")]
+    procs = [launch(distill + ["--max_steps", "2"], tmp_path), launch(reason + ["--max_steps", "2"], tmp_path)]
+    outs = [finish(p, name) for p, name in zip(procs, ("distillation", "reason"))]
+    assert "teacher:" in outs[0] and "'<think>': 3" in outs[1]
+    for args in (distill, reason):
+        out = run_in_process(args + ["--max_steps", "4", "--from_resume", "1"], monkeypatch, capsys)
+        assert "resumed from" in out and "step 2" in out, out
+    for name, keys in (("full_dist_64", ("ce", "kl")), ("reason_64", ("ce",))):
+        assert (tmp_path / f"{name}.pth").is_file() and (tmp_path / "ck" / f"{name}_resume.pth").is_file()
+        log = [json.loads(line) for line in (tmp_path / "logs" / f"{name}.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in log] == [1, 2, 3, 4], name
+        assert all(k in r for r in log for k in ("loss", *keys)), name
+    state = torch.load(tmp_path / "full_dist_64.pth", weights_only=True)
+    assert set(state) == set(tiny_model().state_dict())  # the student's shape, not the teacher's
+    log = [json.loads(line) for line in (tmp_path / "logs" / "reason_64.jsonl").read_text().splitlines()]
+    assert all(r["loss"] > r["ce"] for r in log)  # tags weigh 10x on top of the per-token mean

@@ -1,0 +1,182 @@
+"""DPO: the loss (trainer/train_dpo.py dpo_loss / sequence_logps), learning on real preference pairs, and the
+script end to end (2-process gloo run, then a resumed single-process run)."""
+import json
+import math
+import os
+import runpy
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from dataset.lm_dataset import DPODataset, PadCollator  # noqa: E402
+from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
+from trainer.train_dpo import dpo_loss, make_dpo_loss_fn, make_reference, sequence_logps  # noqa: E402
+from trainer.trainer_utils import atomic_save, half_state_dict, load_tokenizer  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
+TINY = ["--hidden_size", "64", "--num_hidden_layers", "2", "--num_attention_heads", "4", "--num_key_value_heads", "2"]
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny models gain nothing from intra-op threads, and OpenMP threads that spin-wait for a busy core make a
+    loaded CI machine 10x slower; run these tests single-threaded and restore the setting afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return MiniMindForCausalLM(MiniMindConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                              num_key_value_heads=2))
+
+
+# Fixed log-probs: pair 0 moved towards chosen (h = 2), pair 1 towards rejected (h = -1).
+PC, PR = torch.tensor([-10.0, -5.0]), torch.tensor([-12.0, -4.0])
+RC, RR = torch.tensor([-11.0, -5.0]), torch.tensor([-11.0, -5.0])
+H = [2.0, -1.0]
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.5])
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge"])
+def test_dpo_loss_matches_hand_computation(loss_type, beta):
+    losses, chosen, rejected = dpo_loss(PC, PR, RC, RR, beta, loss_type)
+    expected = {
+        "sigmoid": [math.log(1 + math.exp(-beta * h)) for h in H],   # -log sigmoid(beta h)
+        "ipo": [(h - 1 / (2 * beta)) ** 2 for h in H],
+        "hinge": [max(0.0, 1 - beta * h) for h in H],
+    }[loss_type]
+    torch.testing.assert_close(losses, torch.tensor(expected), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(chosen, torch.tensor([beta * 1.0, 0.0]))      # beta (logpi - logref), chosen
+    torch.testing.assert_close(rejected, torch.tensor([beta * -1.0, beta * 1.0]))
+    with pytest.raises(ValueError, match="loss_type"):
+        dpo_loss(PC, PR, RC, RR, beta, "kto")
+
+
+def test_sequence_logps_matches_manual_gather():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 7, 11, generator=g)
+    labels = torch.randint(0, 11, (3, 7), generator=g)
+    labels[0, :3] = -100          # prompt
+    labels[1, 5:] = -100          # padding
+    labels[2, :] = -100           # nothing labelled -> 0
+    got = sequence_logps(logits, labels)
+    logp = torch.log_softmax(logits, -1)
+    want = torch.zeros(3)
+    for b in range(3):
+        for t in range(1, 7):  # the token at t is predicted by position t-1
+            if labels[b, t] != -100:
+                want[b] += logp[b, t - 1, labels[b, t]]
+    torch.testing.assert_close(got, want)
+    assert got[2] == 0
+
+
+def short_pairs(n=8, max_len=64):
+    data = SHARED / "mini" / "dpo.jsonl"
+    if not data.exists():
+        pytest.skip(f"{data} not found: real preference pairs live in …/shared/data")
+    ds = DPODataset(data, load_tokenizer(), max_length=4096)
+    items = []
+    for i in range(len(ds)):
+        rec = ds.data[i]
+        if sum(len(t.get("content") or "") for t in rec["chosen"] + rec["rejected"]) > 400:
+            continue  # cheap pre-filter on characters before tokenizing
+        it = ds[i]
+        if max(len(it["chosen_input_ids"]), len(it["rejected_input_ids"])) <= max_len:
+            items.append(it)  # whole pairs (nothing truncated), so both responses are scored in full
+        if len(items) == n:
+            break
+    assert len(items) == n, f"only {len(items)} pairs of <= {max_len} tokens in {data}"
+    return PadCollator(0)(items)
+
+
+def test_dpo_on_real_pairs_learns_the_preference():
+    batch = short_pairs()
+    model = tiny_model().train()
+    ref = make_reference(model)
+    assert not any(p.requires_grad for p in ref.parameters())
+    loss_fn = make_dpo_loss_fn(ref, beta=0.1, loss_type="sigmoid")
+
+    start = loss_fn(model, batch)  # policy == reference: every implicit reward is 0
+    assert abs(start.loss.item() - math.log(2)) < 1e-5
+    assert start.metrics["reward_acc"].item() == 0.0 and start.metrics["margin"].item() == 0.0
+
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(12):
+        out = loss_fn(model, batch)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    with torch.no_grad():
+        end = loss_fn(model.eval(), batch)
+    m = {k: v.item() for k, v in end.metrics.items()}
+    assert m["reward_acc"] > 0.5, m
+    assert m["margin"] > 0 and m["chosen_reward"] > m["rejected_reward"], m
+    assert end.loss.item() < 0.5 * math.log(2), end.loss.item()
+    # the reference did not move
+    ref_again = make_reference(tiny_model())
+    assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), ref_again.state_dict().values()))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The script end to end
+# ----------------------------------------------------------------------------------------------------------------
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_script(args, tmp_path, nproc=1, timeout=120):
+    env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1", MINIMIND_CACHE=str(tmp_path / "cache"))
+    launcher = [sys.executable] if nproc == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+        "--master_port", str(free_port())]
+    r = subprocess.run(launcher + args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout[-3000:]}\nstderr:\n{r.stderr[-3000:]}"
+    return r.stdout
+
+
+def run_in_process(script, args, monkeypatch, capsys):
+    """Run a script's __main__ inside this process (its CLI and main(), without paying ~4 s of imports for
+    another interpreter); returns what it printed."""
+    monkeypatch.setattr(sys, "argv", [str(script), *args])
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    capsys.readouterr()
+    runpy.run_path(str(script), run_name="__main__")
+    return capsys.readouterr().out
+
+
+def test_train_dpo_script_ddp_then_resume(tmp_path, monkeypatch, capsys):
+    """2-process gloo run (a real torchrun subprocess), then --from_resume 1 in a single process."""
+    atomic_save(half_state_dict(tiny_model()), tmp_path / "full_sft_64.pth")
+    script = ROOT / "trainer" / "train_dpo.py"
+    common = [*TINY, "--save_dir", str(tmp_path),
+              "--checkpoint_dir", str(tmp_path / "ck"), "--data_path", str(ROOT / "dataset/sample/dpo.jsonl"),
+              "--device", "cpu", "--num_workers", "0", "--batch_size", "2", "--log_interval", "1",
+              "--max_seq_len", "128", "--learning_rate", "1e-3", "--loss_type", "ipo"]
+    out = run_script([str(script), *common, "--max_steps", "2"], tmp_path, nproc=2)
+    assert "2 process(es)" in out and "reward_acc" in out
+    weights = tmp_path / "dpo_64.pth"
+    assert weights.is_file() and (tmp_path / "ck" / "dpo_64_resume.pth").is_file()
+    first = torch.load(weights, weights_only=True)
+    base = half_state_dict(tiny_model())
+    assert set(first) == set(base) and any(not torch.equal(first[k], base[k]) for k in base)  # trained
+
+    out = run_in_process(script, common + ["--max_steps", "6", "--from_resume", "1"], monkeypatch, capsys)
+    assert "resumed from" in out
+    log = [json.loads(line) for line in (tmp_path / "logs" / "dpo_64.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in log]
+    assert steps[:2] == [1, 2] and steps[-1] == 6 and steps == sorted(set(steps)), steps
+    for key in ("loss", "chosen_reward", "rejected_reward", "reward_acc", "margin"):
+        assert all(key in r and math.isfinite(r[key]) for r in log), key
+    assert log[0]["reward_acc"] == 0.0 and abs(log[0]["loss"] - 1 / (4 * 0.1 ** 2)) < 1e-3  # IPO at h=0: (1/2b)^2

@@ -1,0 +1,139 @@
+"""Stage 3 — DPO (Direct Preference Optimization): prefer the chosen answer over the rejected one, without a
+reward model or sampling.
+
+Data:   JSONL of {"chosen": [turns], "rejected": [turns]} sharing the prompt turns (upstream: dpo.jsonl);
+        only the final assistant turn of each side carries labels (DPODataset), and PadCollator stacks a batch
+        of B pairs as one batch of 2B rows [chosen; rejected].
+Loss:   with log π(y|x) the response log-probability SUMMED over its labelled tokens, for the policy πθ and a
+        frozen reference π_ref (a copy of the starting weights),
+            h = [log πθ(y_w) − log π_ref(y_w)] − [log πθ(y_l) − log π_ref(y_l)]
+            sigmoid (DPO, default):  −log σ(β·h)
+            ipo:                     (h − 1/(2β))²
+            hinge (SLiC):            relu(1 − β·h)
+        plus the MoE balance loss. Logged: chosen/rejected rewards β·(log πθ − log π_ref), reward accuracy
+        (chosen reward > rejected reward) and margin (their difference).
+Output: out/dpo_{hidden}[_moe].pth, checkpoints/dpo_{hidden}[_moe]_resume.pth.
+
+    python trainer/train_dpo.py --from_weight full_sft
+    torchrun --nproc_per_node 2 trainer/train_dpo.py
+    python trainer/train_dpo.py --from_resume 1
+
+Defaults follow upstream MiniMind: lr 4e-8 (upstream advises <= 5e-8: larger steps quickly make a small model
+forget its SFT skills), batch 4 pairs, max_seq_len 1024, 1 epoch; β = 0.1 (the DPO paper's value; current
+upstream uses 0.15). The reference model costs one extra forward (no backward) and one model copy in memory.
+"""
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any directory
+
+from dataset.lm_dataset import IGNORE_INDEX, DPODataset, PadCollator  # noqa: E402
+from trainer.trainer_utils import (Batch, TrainLoop, add_common_args, cleanup_distributed,  # noqa: E402
+                                   init_distributed, init_model, model_config_from_args, run_main, setup_seed)
+
+LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+
+
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of log p(token) over each row's labelled tokens: (B, T, V), (B, T) -> (B,).
+
+    Position t predicts token t+1, so logits[:, :-1] are scored against labels[:, 1:]; -100 is skipped.
+    log_softmax is written as logit − logsumexp so the (B, T, V) log-prob tensor is never materialised.
+    """
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    mask = labels != IGNORE_INDEX
+    idx = labels.masked_fill(~mask, 0).unsqueeze(-1)
+    token_logps = logits.gather(-1, idx).squeeze(-1) - logits.logsumexp(-1)
+    return (token_logps * mask).sum(-1)
+
+
+def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+             beta: float = 0.1, loss_type: str = "sigmoid"):
+    """Per-pair preference losses and the implicit rewards β·(log πθ − log π_ref) of each side.
+
+    h is how much more the policy (relative to the reference) prefers the chosen answer:
+        h = (log πθ(y_w) − log π_ref(y_w)) − (log πθ(y_l) − log π_ref(y_l))
+    sigmoid: −log σ(β h)        the DPO loss (Rafailov et al. 2023): a Bradley-Terry likelihood of the
+                                preference under the implicit reward; gradient fades once β h >> 0.
+    ipo:     (h − 1/(2β))²      IPO (Azar et al. 2023): regress h to a finite target instead of pushing it to
+                                infinity, which resists overfitting deterministic preferences. (The paper and TRL
+                                use token-averaged log-probs here; we keep the sums for one consistent h.)
+    hinge:   relu(1 − β h)      SLiC-HF (Zhao et al. 2023): zero loss once the margin β h reaches 1.
+    """
+    h = (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)
+    if loss_type == "sigmoid":
+        losses = -F.logsigmoid(beta * h)
+    elif loss_type == "ipo":
+        losses = (h - 1.0 / (2.0 * beta)) ** 2
+    elif loss_type == "hinge":
+        losses = torch.relu(1.0 - beta * h)
+    else:
+        raise ValueError(f"unknown DPO loss_type {loss_type!r}; choose one of {LOSS_TYPES}")
+    chosen_rewards = beta * (policy_chosen_logps - ref_chosen_logps).detach()
+    rejected_rewards = beta * (policy_rejected_logps - ref_rejected_logps).detach()
+    return losses, chosen_rewards, rejected_rewards
+
+
+def make_reference(model):
+    """A frozen copy of the starting policy: π_ref in every DPO formula."""
+    ref = copy.deepcopy(model).eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+def make_dpo_loss_fn(ref_model, beta: float, loss_type: str):
+    """loss_fn(model, batch) -> Batch for TrainLoop; the batch holds B pairs as rows [chosen; rejected]."""
+
+    def loss_fn(model, batch) -> Batch:
+        input_ids, labels = batch["input_ids"], batch["labels"]
+        n = input_ids.shape[0] // 2
+        # No attention mask: padding sits at the end of each row and attention is causal, so real tokens
+        # never see it (and its labels are -100, so it never enters a sum).
+        with torch.no_grad():
+            ref_logps = sequence_logps(ref_model(input_ids=input_ids).logits, labels)
+        out = model(input_ids=input_ids)
+        logps = sequence_logps(out.logits, labels)
+        losses, chosen_r, rejected_r = dpo_loss(logps[:n], logps[n:], ref_logps[:n], ref_logps[n:],
+                                                beta, loss_type)
+        loss = losses.mean()
+        metrics = {"chosen_reward": chosen_r.mean(), "rejected_reward": rejected_r.mean(),
+                   "reward_acc": (chosen_r > rejected_r).float().mean(), "margin": (chosen_r - rejected_r).mean()}
+        if ref_model.config.use_moe:  # then the logged "loss" includes the balance loss: show both parts
+            metrics.update(dpo_loss=loss.detach(), aux_loss=out.aux_loss.detach())
+        return Batch(loss=loss + out.aux_loss, n_tokens=batch["attention_mask"].sum(), metrics=metrics)
+
+    return loss_fn
+
+
+def main():
+    parser = argparse.ArgumentParser(description="MiniMind DPO")
+    add_common_args(parser, stage="dpo", data_path="dataset/dpo.jsonl", epochs=1, batch_size=4,
+                    learning_rate=4e-8, max_seq_len=1024, from_weight="full_sft", save_interval=100)
+    parser.add_argument("--beta", type=float, default=0.1, help="strength of the pull towards the reference")
+    parser.add_argument("--loss_type", type=str, default="sigmoid", choices=LOSS_TYPES)
+    args = parser.parse_args()
+
+    dist_state = init_distributed(args.device)
+    setup_seed(args.seed)
+    log = print if dist_state.is_main else (lambda *a, **k: None)
+    model, tokenizer = init_model(model_config_from_args(args), args.from_weight, args.save_dir,
+                                  args.tokenizer_path, dist_state.device, log)
+    # The reference is the *starting* weights, also on resume (TrainLoop then loads the trained policy).
+    ref_model = make_reference(model)
+    train_ds = DPODataset(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines)
+    collate = PadCollator(tokenizer.pad_token_id, pad_to=args.max_seq_len if args.pad_to_max else None,
+                          pad_multiple=64 if args.use_compile else 1)
+    lengths = train_ds.data.byte_lengths() if args.group_by_length and not args.pad_to_max else None
+
+    loss_fn = make_dpo_loss_fn(ref_model, args.beta, args.loss_type)
+    TrainLoop(args, "dpo", model, dist_state).run(train_ds, collate, loss_fn, lengths=lengths)
+    cleanup_distributed()
+
+
+if __name__ == "__main__":
+    run_main(main)
