@@ -1,0 +1,846 @@
+"""Throughput benchmark: MiniMind's optimised training / decoding paths against the original MiniMind's (naive).
+
+For each model config and stage it runs a few real optimizer steps on real data and reports tokens/s, padding,
+step time, peak memory and (on CUDA) MFU; then batch-1 / batch-8 decoding and prefill latency.
+
+    python scripts/benchmark.py                                   # 26m, all stages, optimised only
+    python scripts/benchmark.py --compare --configs 26m,104m,moe  # optimised and naive, with speedups
+    python scripts/benchmark.py --compare --stages pretrain,sft --steps 5 --batch_size 8 --max_seq_len 512
+    python scripts/benchmark.py --smoke                           # tiny config, seconds on a CPU (CI)
+
+Stages (one row per config x stage x mode):
+  pretrain  optimised: packed blocks of --max_seq_len tokens (PackedPretrainDataset + stack_collate), no padding.
+            naive:     one document per row, every row padded to --max_seq_len (PretrainDataset + PadCollator(pad_to)).
+  sft       optimised: length-grouped batches (ResumableSampler(lengths=JsonlFile.byte_lengths())) with dynamic
+                       padding to the batch's longest sample (PadCollator()).
+            naive:     random batches padded to --max_seq_len.
+  dpo       policy forward/backward on [chosen; rejected] plus a frozen reference forward under no_grad.
+            optimised: length-grouped + dynamic padding, log-probs as logit - logsumexp (trainer/train_dpo.py).
+            naive:     padded to --max_seq_len, full log_softmax materialised (the original's way).
+  grpo      rollout of --num_generations responses per prompt, a reference forward and the policy
+            forward/backward on the rollout, one optimizer step (rule reward only: no reward model in the timing).
+            optimised: trainer/rl_utils.rollout (model/generation.generate: preallocated KV cache, last-position
+                       logits) and rl_utils.token_logps (only response logits, no materialised log-softmax).
+            naive:     the decoding loop below (DynamicCache, full logits) and upstream's per-row log_softmax.
+  decode    decode_b1: model/generation.stream_generate, one prompt; decode_b8: generation.generate, 8 prompts;
+            prefill:   latency of one forward over a --prefill_len-token prompt (batch 1).
+            naive:     transformers' DynamicCache (torch.cat per token and layer), logits for every position of
+                       each forward (logits_to_keep=0), the attention mask and sequence grown with torch.cat.
+            Decoding always runs --decode_tokens new tokens (EOS disabled) and its tokens/s includes the
+            short prompt's prefill. On CUDA the decode model is cast to --dtype (as for serving); training
+            keeps fp32 weights under autocast, as TrainLoop does.
+
+The optimised mode also uses the vectorised MoE dispatch, fused AdamW on CUDA and, with --compile,
+torch.compile for the training forward (SFT/DPO batches padded to multiples of 64 and every shape compiled
+before timing; GRPO compiled with dynamic shapes, so give it --warmup >= 2; decoding stays eager). The naive
+mode is eager, calls torch.cuda.empty_cache() after every step (a no-op without CUDA, but called), uses the
+per-expert loop MoE (MOEFeedForward.dispatch is replaced by dispatch_reference for the naive rows) and
+non-fused AdamW. Both modes use the same dtype (autocast on CUDA) and the same seeded weights.
+
+Definitions (per measured step, warmup excluded):
+  real tokens    non-padding positions that went through the model, counting every forward: the reference
+                 forward (DPO, GRPO), the rollout (GRPO: real prompt tokens + each generated token once) and the
+                 policy forward/backward. Real tokens/s = their sum / measured time.
+  padded tokens  every position computed, padding included (B x T per forward); padding fraction =
+                 1 - real / padded.
+  step time      wall time of one step (host->device copy, forward, backward, clip, optimizer step; for GRPO
+                 also the rollout and reward), with torch.cuda.synchronize() before and after; the mean is
+                 the headline, the JSON also has the median and minimum (robust to load spikes). Decode: per
+                 generated token; prefill: per forward. Batches are tokenized and collated before timing:
+                 data loading overlaps compute in real training.
+  batch, seq     rows per forward (DPO: 2 x pairs, [chosen; rejected]; GRPO: prompts x generations) and the
+                 longest padded row length of the row's batches.
+  peak memory    CUDA: torch.cuda.max_memory_allocated() during the row (weights, grads, optimizer state,
+                 activations; reset before each row). CPU: growth of the peak resident set size during the
+                 row (Linux VmHWM after resetting it via /proc/self/clear_refs, after malloc_trim; where that
+                 is not allowed, the process-lifetime ru_maxrss growth, which undercounts later rows).
+  model FLOPs    per real token, training (forward + backward): 6*N + 12*L*h*T; forward only (reference,
+                 rollout, decode): 2*N + 4*L*h*T, where N = parameters used per token excluding the input
+                 embedding but counting the lm_head matmul (tied weights counted once; MoE: shared experts +
+                 top-k routed experts only), L = layers, h = hidden size, T = the row's sequence length (for
+                 decode: the mean context). This is the PaLM convention: attention is counted as full (not
+                 causal) and the lm_head as computed at every position, whatever the code skips.
+  MFU            model FLOPs / time / peak dense bf16 FLOP/s of the device (CUDA only; --peak_tflops or a
+                 table by device name).
+
+Weights are random (seeded): throughput does not depend on the values, only on shapes. Lengths come from real
+data: /work/shared/data/bench/*.jsonl (resolved as <repo>/../shared/data/bench), else dataset/sample/*.jsonl;
+the run says which. The first run on a corpus builds the token cache for packed pretraining (not timed).
+CPU timings on a busy machine are noisy: compare modes within one --compare run, look at the median too, and
+use --threads 1 when other jobs share the cores (OpenMP barriers then stall on descheduled threads).
+"""
+import argparse
+import copy
+import ctypes
+import gc
+import json
+import math
+import os
+import platform
+import re
+import resource
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dataset.lm_dataset import (IGNORE_INDEX, DPODataset, PackedPretrainDataset, PadCollator,  # noqa: E402
+                                PretrainDataset, RLAIFDataset, SFTDataset, stack_collate)
+from model.generation import generate, left_pad, stream_generate  # noqa: E402
+from model.model_minimind import MiniMindConfig, MiniMindForCausalLM, MOEFeedForward, StaticKVCache  # noqa: E402
+from trainer.rl_utils import (aggregate_loss, clipped_policy_loss, format_reward, group_advantages,  # noqa: E402
+                              kl_k3, position_ids_from_mask, rollout, step_generator, token_logps)
+from trainer.train_dpo import dpo_loss, make_dpo_loss_fn  # noqa: E402
+from trainer.trainer_utils import (ResumableSampler, autocast_context, default_device, lm_loss,  # noqa: E402
+                                   load_tokenizer, resolve_dtype, setup_seed)
+
+CONFIGS = {
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+    "26m": dict(hidden_size=512, num_hidden_layers=8),
+    "104m": dict(hidden_size=768, num_hidden_layers=16),
+    "moe": dict(hidden_size=640, num_hidden_layers=8, use_moe=True),
+}
+STAGES = ("pretrain", "sft", "dpo", "grpo", "decode")
+BENCH_DIR = ROOT.parent / "shared" / "data" / "bench"
+SAMPLE_DIR = ROOT / "dataset" / "sample"
+DATA_FILES = {"pretrain": "pretrain.jsonl", "sft": "sft.jsonl", "dpo": "dpo.jsonl", "rlaif": "rlaif.jsonl"}
+# Peak dense bf16 tensor-core TFLOP/s (no sparsity), matched by substring of the CUDA device name, first hit wins.
+PEAK_TFLOPS = [("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0), ("A10G", 70.0),
+               ("L40S", 362.0), ("RTX 4090", 165.0), ("RTX 3090", 71.0)]
+SMOKE = dict(configs="tiny", steps=2, warmup=1, batch_size=2, max_seq_len=128, max_gen_len=8, num_generations=2,
+             decode_tokens=8, decode_runs=1, prefill_len=64)
+DEFAULTS = dict(configs="26m", steps=10, warmup=2, batch_size=8, max_seq_len=512, max_gen_len=128,
+                num_generations=4, decode_tokens=128, decode_runs=3, prefill_len=256)
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+# ================================================================================================================
+# Devices, timing, memory
+# ================================================================================================================
+def sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _read_status_kb(field):
+    try:
+        m = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+    except OSError:
+        return None
+    return int(m.group(1)) if m else None
+
+
+class MemoryMeter:
+    """Peak memory of one row; see the module docstring for what each kind means."""
+
+    def __init__(self, device):
+        self.cuda = torch.device(device).type == "cuda"
+        self.device = device
+        if self.cuda:
+            self.kind = "cuda_max_memory_allocated"
+        elif self._reset_hwm() and _read_status_kb("VmHWM") is not None:
+            self.kind = "cpu_peak_rss_delta"
+        else:
+            self.kind = "cpu_maxrss_delta_lifetime"
+
+    @staticmethod
+    def _reset_hwm() -> bool:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # Linux >= 4.0: reset the peak RSS (VmHWM) to the current RSS
+            return True
+        except OSError:
+            return False
+
+    def start(self):
+        gc.collect()
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:  # hand freed heap pages back to the OS, so this row's growth shows up in RSS
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+        if self.kind == "cpu_peak_rss_delta":
+            self.base = _read_status_kb("VmRSS") * 1024
+            self._reset_hwm()
+        else:
+            self.base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def peak_mb(self) -> float:
+        if self.cuda:
+            return torch.cuda.max_memory_allocated(self.device) / 2 ** 20
+        if self.kind == "cpu_peak_rss_delta":
+            peak = _read_status_kb("VmHWM") * 1024
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return max(0, peak - self.base) / 2 ** 20
+
+
+def cpu_name() -> str:
+    try:
+        m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+    except OSError:
+        m = None
+    return f"{m.group(1).strip() if m else platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def peak_tflops_for(device, override):
+    """(peak TFLOP/s or None, where it came from)."""
+    if override:
+        return override, "--peak_tflops"
+    if torch.device(device).type != "cuda":
+        return None, "not a CUDA device: no MFU"
+    name = torch.cuda.get_device_name(device)
+    for key, value in PEAK_TFLOPS:
+        if key.lower() in name.lower():
+            return value, f"table entry {key!r} for {name!r}"
+    return None, f"unknown device {name!r}: pass --peak_tflops for MFU"
+
+
+@contextmanager
+def naive_moe(enabled: bool):
+    """The original MiniMind's MoE: loop over experts and top-k slots with boolean masks."""
+    if not enabled:
+        yield
+        return
+    vectorised = MOEFeedForward.dispatch
+    MOEFeedForward.dispatch = MOEFeedForward.dispatch_reference
+    try:
+        yield
+    finally:
+        MOEFeedForward.dispatch = vectorised
+
+
+# ================================================================================================================
+# Model, FLOPs
+# ================================================================================================================
+def build_model(name, seed, device):
+    setup_seed(seed)  # identical weights in both modes
+    config = MiniMindConfig(**CONFIGS[name])
+    return MiniMindForCausalLM(config).to(device)
+
+
+def flops_params(model) -> dict:
+    """N for the FLOP formulas: parameters used per token, without the embedding lookup, with the lm_head."""
+    cfg = model.config
+    total = sum(p.numel() for p in model.parameters())  # tied embedding / lm_head counted once
+    inactive = 0
+    if cfg.use_moe:
+        per_expert = sum(p.numel() for p in model.model.layers[0].mlp.experts[0].parameters())
+        inactive = cfg.num_hidden_layers * (cfg.n_routed_experts - cfg.num_experts_per_tok) * per_expert
+    # total = embedding (= lm_head, tied) + the rest; the matmul of the lm_head counts, the lookup does not.
+    return {"params_m": total / 1e6, "flops_n": total - inactive, "active_params_m": (total - inactive) / 1e6}
+
+
+def train_flops(n, cfg, tokens, seq_len):
+    return tokens * (6 * n + 12 * cfg.num_hidden_layers * cfg.hidden_size * seq_len)
+
+
+def forward_flops(n, cfg, tokens, seq_len):
+    return tokens * (2 * n + 4 * cfg.num_hidden_layers * cfg.hidden_size * seq_len)
+
+
+# ================================================================================================================
+# Data: batches are built (tokenized, collated) before any timing
+# ================================================================================================================
+def resolve_data(args):
+    if args.data_dir:
+        data_dir, why = Path(args.data_dir), "--data_dir"
+    elif args.smoke:
+        data_dir, why = SAMPLE_DIR, "--smoke uses the bundled sample data"
+    elif all((BENCH_DIR / f).is_file() for f in DATA_FILES.values()):
+        data_dir, why = BENCH_DIR, "real benchmark data"
+    else:
+        data_dir, why = SAMPLE_DIR, f"fallback: {BENCH_DIR} not found"
+    paths = {k: Path(getattr(args, f"{k}_path") or data_dir / f) for k, f in DATA_FILES.items()}
+    for k, p in paths.items():
+        if not p.is_file():
+            raise SystemExit(f"error: {k} data not found: {p}")
+    return paths, f"{data_dir} ({why})"
+
+
+def chunks(order, batch_size, n_batches):
+    """The first n_batches micro-batches of an index order, wrapping around a dataset that is too small."""
+    need = batch_size * n_batches
+    order = list(order)
+    order = (order * (need // max(1, len(order)) + 1))[:need]
+    return [order[i:i + batch_size] for i in range(0, need, batch_size)]
+
+
+class Data:
+    """Datasets shared by all rows, opened lazily (packed pretraining builds its token cache once)."""
+
+    def __init__(self, args, tokenizer, paths):
+        self.args, self.tok, self.paths = args, tokenizer, paths
+        self._cache = {}
+
+    def get(self, key, factory):
+        if key not in self._cache:
+            self._cache[key] = factory()
+        return self._cache[key]
+
+    def train_batches(self, stage, naive, n_batches):
+        """Collated CPU batches for pretrain / sft / dpo, as the stage's real training script would build them."""
+        a, tok = self.args, self.tok
+        T, B = a.max_seq_len, a.batch_size
+        if stage == "pretrain" and not naive:
+            ds = self.get(("packed", T), lambda: PackedPretrainDataset(self.paths["pretrain"], tok, T))
+            sampler = ResumableSampler(len(ds), seed=a.seed, shuffle=True, batch_size=B)
+            return [stack_collate([ds[i] for i in c]) for c in chunks(iter(sampler), B, n_batches)]
+        cls, path = {"pretrain": (PretrainDataset, "pretrain"), "sft": (SFTDataset, "sft"),
+                     "dpo": (DPODataset, "dpo")}[stage]
+        ds = self.get((stage, T), lambda: cls(self.paths[path], tok, T))
+        if naive:  # the original: shuffled order, every row padded to max_seq_len
+            order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(a.seed)).tolist()
+            collate = PadCollator(tok.pad_token_id, pad_to=T)
+        elif stage == "pretrain":  # not used (packing above), kept for symmetry
+            raise AssertionError("optimised pretraining uses packed blocks")
+        else:
+            order = iter(ResumableSampler(len(ds), seed=a.seed, shuffle=True, batch_size=B,
+                                          lengths=ds.data.byte_lengths()))
+            collate = PadCollator(tok.pad_token_id, pad_multiple=64 if a.compile else 1)
+        return [collate([ds[i] for i in c]) for c in chunks(order, B, n_batches)]
+
+    def prompts(self, n, offset=0):
+        """Chat-rendered prompts (with the generation header) from the RLAIF file."""
+        ds = self.get(("rlaif",), lambda: RLAIFDataset(self.paths["rlaif"], self.tok, self.args.max_seq_len))
+        order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(self.args.seed)).tolist()
+        return [ds[order[(offset + i) % len(order)]]["prompt"] for i in range(n)]
+
+    def prefill_ids(self, length):
+        """`length` real tokens: pretraining documents back to back."""
+        ds = self.get(("pretrain", self.args.max_seq_len),
+                      lambda: PretrainDataset(self.paths["pretrain"], self.tok, self.args.max_seq_len))
+        ids, i = [], 0
+        while len(ids) < length:
+            ids += ds[i % len(ds)]["input_ids"]
+            i += 1
+        return ids[:length]
+
+
+# ================================================================================================================
+# Naive pieces (the original MiniMind's way)
+# ================================================================================================================
+def naive_sequence_logps(logits, labels):
+    """DPO log-probs with the full (B, T, V) log_softmax materialised, as the original computed them."""
+    logps = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    labels = labels[:, 1:]
+    mask = labels != IGNORE_INDEX
+    picked = torch.gather(logps, 2, labels.masked_fill(~mask, 0).unsqueeze(-1)).squeeze(-1)
+    return (picked * mask).sum(-1)
+
+
+def make_naive_dpo_loss_fn(ref_model, beta=0.1):
+    def loss_fn(model, batch):
+        ids, labels = batch["input_ids"], batch["labels"]
+        n = ids.shape[0] // 2
+        with torch.no_grad():
+            ref = naive_sequence_logps(ref_model(input_ids=ids).logits, labels)
+        out = model(input_ids=ids)
+        logps = naive_sequence_logps(out.logits, labels)
+        losses, _, _ = dpo_loss(logps[:n], logps[n:], ref[:n], ref[n:], beta)
+        return losses.mean() + out.aux_loss
+    return loss_fn
+
+
+@torch.inference_mode()
+def naive_generate(model, prompts, max_new_tokens, eos_token_id=2, pad_token_id=0, temperature=1.0,
+                   generator=None):
+    """Sampling the original way: transformers' DynamicCache (torch.cat per token per layer), logits for every
+    position of each forward, mask and sequence grown with torch.cat. -> (sequences, attention_mask,
+    response_mask, prompt_len)."""
+    from transformers import DynamicCache
+    device = next(model.parameters()).device
+    ids, mask = left_pad(prompts, pad_token_id, device)
+    bsz, plen = ids.shape
+    padded = bool((mask == 0).any())
+    cache = DynamicCache()
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=mask if padded else None, position_ids=positions,
+                   past_key_values=cache, use_cache=True).logits[:, -1]
+    next_pos = positions[:, -1:] + 1
+    seq, finished, alive = ids, torch.zeros(bsz, dtype=torch.bool, device=device), []
+    for step in range(max_new_tokens):
+        probs = F.softmax(logits.float() / temperature, dim=-1)
+        tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        tok = torch.where(finished, torch.full_like(tok, pad_token_id), tok)
+        alive.append(~finished)
+        seq = torch.cat([seq, tok[:, None]], 1)
+        finished = finished | (tok == eos_token_id)
+        if step == max_new_tokens - 1 or bool(finished.all()):
+            break
+        mask = torch.cat([mask, mask.new_ones(bsz, 1)], 1)
+        logits = model(input_ids=tok[:, None], attention_mask=mask if padded else None, position_ids=next_pos,
+                       past_key_values=cache, use_cache=True).logits[:, -1]
+        next_pos = next_pos + 1
+    resp_mask = torch.stack(alive, 1).long()
+    return seq, torch.cat([mask[:, :plen], resp_mask], 1), resp_mask, plen
+
+
+def naive_token_logps(model, sequences, attention_mask, position_ids, n_response):
+    """Upstream GRPO's get_per_token_logps: a (N, V) log_softmax materialised per row."""
+    mask = attention_mask if bool((attention_mask == 0).any()) else None
+    out = model(input_ids=sequences, attention_mask=mask, position_ids=position_ids, logits_to_keep=n_response + 1)
+    logits = out.logits[:, :-1]
+    rows = [torch.gather(lr.float().log_softmax(-1), 1, ids[:, None]).squeeze(1)
+            for lr, ids in zip(logits, sequences[:, -n_response:])]
+    return torch.stack(rows), out.aux_loss
+
+
+# ================================================================================================================
+# Rows
+# ================================================================================================================
+class Bench:
+    def __init__(self, args, tokenizer, data, device, dtype, peak_tflops):
+        self.args, self.tok, self.data = args, tokenizer, data
+        self.device, self.dtype, self.peak_tflops = device, dtype, peak_tflops
+        self.cuda = torch.device(device).type == "cuda"
+        self.autocast = autocast_context(device, dtype)
+        self.meter = MemoryMeter(device)
+        self.rows = []
+
+    # ------------------------------------------------------------------ helpers
+    def make_optimizer(self, model, naive):
+        fused = self.cuda and not naive
+        return torch.optim.AdamW(model.parameters(), lr=1e-5, fused=fused)
+
+    def optimizer_step(self, model, opt, scaler, loss, naive):
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        if naive:
+            torch.cuda.empty_cache()  # the original did this every step; a no-op without CUDA
+
+    def timed(self, label, n_total, fn):
+        """Run fn(i) for i in range(n_total), timing each call between CUDA syncs; returns [(seconds, result)]
+        for the steps after warmup."""
+        warmup = self.args.warmup
+        out = []
+        for i in range(n_total):
+            sync(self.device)
+            t0 = time.perf_counter()
+            result = fn(i)
+            sync(self.device)
+            dt = time.perf_counter() - t0
+            tag = "warmup" if i < warmup else "step"
+            log(f"[bench] {label}: {tag} {i + 1 if i < warmup else i - warmup + 1}/"
+                f"{warmup if i < warmup else n_total - warmup} {dt * 1000:.0f} ms")
+            if i >= warmup:
+                out.append((dt, result))
+        return out
+
+    def add_row(self, cfg_name, stage, naive, model, timed, real, padded, flops, batch, seq_len,
+                steps_per_call=1, **extra):
+        """One result row; `timed` from `self.timed`, `steps_per_call` > 1 when one timed call holds several
+        steps (decode: one call generates many tokens, the step time is per token)."""
+        peak = self.meter.peak_mb()
+        info = flops_params(model)
+        times = [t / steps_per_call for t, _ in timed]
+        seconds = sum(t for t, _ in timed)
+        row = {"config": cfg_name, "stage": stage, "mode": "naive" if naive else "optimised",
+               "batch_size": batch, "seq_len": seq_len, "steps": len(times) * steps_per_call,
+               "real_tokens_per_s": real / seconds, "padded_tokens_per_s": padded / seconds,
+               "padding_frac": 1.0 - real / padded if padded else 0.0,
+               "step_time_ms": seconds / (len(times) * steps_per_call) * 1000,
+               # robust to load spikes on a shared machine (per timed call, divided by steps_per_call)
+               "median_step_time_ms": float(np.median(times)) * 1000, "min_step_time_ms": min(times) * 1000,
+               "peak_mem_mb": peak, "mem_kind": self.meter.kind,
+               "model_tflops": flops / seconds / 1e12,
+               "mfu": flops / seconds / (self.peak_tflops * 1e12) if self.peak_tflops else None,
+               "params_m": info["params_m"], "active_params_m": info["active_params_m"], **extra}
+        self.rows.append(row)
+        mfu = f", MFU {row['mfu'] * 100:.1f}%" if row["mfu"] is not None else ""
+        log(f"[bench] {cfg_name}/{stage}/{row['mode']}: {row['real_tokens_per_s']:,.0f} real tok/s, "
+            f"{row['padded_tokens_per_s']:,.0f} padded tok/s, padding {row['padding_frac'] * 100:.1f}%, "
+            f"{row['step_time_ms']:.1f} ms/step, peak {peak:,.0f} MB{mfu}")
+
+    # ------------------------------------------------------------------ pretrain / sft / dpo
+    def train_row(self, cfg_name, stage, naive):
+        a = self.args
+        label = f"{cfg_name}/{stage}/{'naive' if naive else 'optimised'}"
+        n_total = a.warmup + a.steps
+        log(f"[bench] {label}: building {n_total} batches")
+        batches = self.data.train_batches(stage, naive, n_total)
+        self.meter.start()
+        model = build_model(cfg_name, a.seed, self.device)
+        n, cfg = flops_params(model)["flops_n"], model.config
+        ref = copy.deepcopy(model).eval().requires_grad_(False) if stage == "dpo" else None
+        # dynamic=False: one static graph per padded length (few, see below) instead of an automatic switch to
+        # dynamic shapes when a second length shows up, which would recompile again inside the timing.
+        fwd = torch.compile(model, dynamic=False) if a.compile and not naive else model
+        opt = self.make_optimizer(model, naive)
+        scaler = torch.amp.GradScaler(torch.device(self.device).type, enabled=self.dtype == torch.float16)
+        if stage == "dpo":
+            loss_fn = make_naive_dpo_loss_fn(ref) if naive else (
+                lambda m, b, f=make_dpo_loss_fn(ref, 0.1, "sigmoid"): f(m, b).loss)
+        else:
+            loss_fn = lambda m, b: lm_loss(m, b).loss  # noqa: E731
+        model.train()
+
+        def step(i):
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batches[i].items() if torch.is_tensor(v)}
+            with self.autocast:
+                loss = loss_fn(fwd, batch)
+            self.optimizer_step(model, opt, scaler, loss, naive)
+
+        if fwd is not model:
+            # torch.compile specialises on shapes: compile every padded length the measured batches use (at most
+            # max_seq_len / 64 with pad_multiple=64) before timing, or recompilation lands inside the timing.
+            firsts = {tuple(b["input_ids"].shape): i for i, b in reversed(list(enumerate(batches)))}
+            log(f"[bench] {label}: compiling {len(firsts)} shape(s) {sorted(firsts)} (untimed)")
+            for i in sorted(firsts.values()):
+                step(i)
+        with naive_moe(naive and cfg.use_moe):
+            timed = self.timed(label, n_total, step)
+        real = padded = flops = 0
+        passes = 2 if stage == "dpo" else 1  # DPO: the policy and the reference see the same rows
+        for b in batches[a.warmup:]:
+            r, p, T = int(b["attention_mask"].sum()), b["input_ids"].numel(), b["input_ids"].shape[1]
+            real, padded = real + passes * r, padded + passes * p
+            flops += train_flops(n, cfg, r, T) + (forward_flops(n, cfg, r, T) if stage == "dpo" else 0)
+        rows_per_batch = batches[0]["input_ids"].shape[0]
+        self.add_row(cfg_name, stage, naive, model, timed, real, padded, flops, rows_per_batch,
+                     max(b["input_ids"].shape[1] for b in batches))
+
+    # ------------------------------------------------------------------ grpo
+    def grpo_row(self, cfg_name, naive):
+        a, tok = self.args, self.tok
+        label = f"{cfg_name}/grpo/{'naive' if naive else 'optimised'}"
+        G = a.num_generations
+        n_prompts = max(1, a.batch_size // G)
+        n_total = a.warmup + a.steps
+        prompt_batches = [self.data.prompts(n_prompts, offset=i * n_prompts) for i in range(n_total)]
+        self.meter.start()
+        model = build_model(cfg_name, a.seed, self.device)
+        n, cfg = flops_params(model)["flops_n"], model.config
+        ref = copy.deepcopy(model).eval().requires_grad_(False)
+        # Rollout lengths vary from step to step: compile with dynamic shapes instead of once per shape.
+        fwd = torch.compile(model, dynamic=True) if a.compile and not naive else model
+        opt = self.make_optimizer(model, naive)
+        scaler = torch.amp.GradScaler(torch.device(self.device).type, enabled=self.dtype == torch.float16)
+        model.train()
+        temperature, beta = 1.0, 0.02
+
+        def step(i):
+            gen = step_generator(a.seed, 0, i, self.device)
+            if naive:
+                ids = [tok(p, add_special_tokens=False).input_ids[-a.max_seq_len:] for p in prompt_batches[i]]
+                ids = [x for x in ids for _ in range(G)]
+                model.eval()
+                with self.autocast:
+                    seq, attn, resp_mask, plen = naive_generate(model, ids, a.max_gen_len, tok.eos_token_id,
+                                                                tok.pad_token_id, temperature, gen)
+                model.train()
+                seq, attn, resp_mask = seq.clone(), attn.clone(), resp_mask.clone().float()
+                responses = tok.batch_decode(seq[:, plen:].tolist(), skip_special_tokens=True)
+                pos = position_ids_from_mask(attn)
+                nresp = resp_mask.shape[1]
+                with torch.no_grad(), self.autocast:
+                    ref_logps, _ = naive_token_logps(ref, seq, attn, pos, nresp)
+                with self.autocast:
+                    logps, aux = naive_token_logps(fwd, seq, attn, pos, nresp)
+            else:
+                ro = rollout(model, tok, prompt_batches[i], a.max_gen_len, temperature, 1.0, a.max_seq_len,
+                             num_generations=G, autocast=self.autocast, generator=gen)
+                seq, attn, resp_mask, plen, responses = (ro.sequences, ro.attention_mask, ro.response_mask,
+                                                         ro.prompt_len, ro.responses)
+                seq_args = (seq, attn, ro.position_ids, resp_mask.shape[1], temperature)
+                with torch.no_grad(), self.autocast:
+                    ref_logps = token_logps(ref, *seq_args)
+                with self.autocast:
+                    logps, aux = token_logps(fwd, *seq_args, with_aux=True)
+            rewards = torch.tensor([format_reward(r) for r in responses], device=self.device)
+            adv, _ = group_advantages(rewards, G)
+            pg, _ = clipped_policy_loss(logps, logps.detach(), adv)
+            loss = aggregate_loss(pg + beta * kl_k3(logps, ref_logps), resp_mask, "grpo") + aux
+            self.optimizer_step(model, opt, scaler, loss, naive)
+            return attn.detach(), resp_mask.detach(), plen
+
+        with naive_moe(naive and cfg.use_moe):
+            timed = self.timed(label, n_total, step)
+        real = padded = flops = 0
+        for _, (attn, resp_mask, plen) in timed:
+            rows, T = attn.shape
+            n_gen = resp_mask.shape[1]
+            seq_real, prompt_real, gen_real = int(attn.sum()), int(attn[:, :plen].sum()), int(resp_mask.sum())
+            # rollout (prompt prefill + one position per generated token), reference forward, policy fwd+bwd
+            real += prompt_real + gen_real + 2 * seq_real
+            padded += rows * plen + rows * n_gen + 2 * rows * T
+            flops += (forward_flops(n, cfg, prompt_real, plen) + forward_flops(n, cfg, gen_real, plen + n_gen / 2)
+                      + forward_flops(n, cfg, seq_real, T) + train_flops(n, cfg, seq_real, T))
+        rows = timed[0][1][0].shape[0]
+        self.add_row(cfg_name, "grpo", naive, model, timed, real, padded, flops, rows,
+                     max(r[0].shape[1] for _, r in timed), prompts=n_prompts, generations=G,
+                     max_gen_len=a.max_gen_len,
+                     mean_response_len=float(np.mean([float(r[1].sum(1).mean()) for _, r in timed])))
+
+    # ------------------------------------------------------------------ decode
+    def inference_model(self, cfg_name):
+        """A fresh model per row, built after the memory meter starts: peak memory includes the weights, as in
+        the training rows. On CUDA the weights are cast to --dtype, as for serving."""
+        self.meter.start()
+        model = build_model(cfg_name, self.args.seed, self.device).eval()
+        return model.to(self.dtype) if self.cuda else model
+
+    def decode_rows(self, cfg_name, naive):
+        a, tok = self.args, self.tok
+        enc = lambda texts: [tok(t, add_special_tokens=False).input_ids[-a.max_seq_len:] for t in texts]  # noqa
+        with naive_moe(naive and CONFIGS[cfg_name].get("use_moe", False)):
+            self.decode_row(cfg_name, naive, "decode_b1", enc(self.data.prompts(1)))
+            self.decode_row(cfg_name, naive, "decode_b8", enc(self.data.prompts(8)))
+            self.prefill_row(cfg_name, naive)
+
+    def decode_row(self, cfg_name, naive, name, prompts):
+        a, pad = self.args, self.tok.pad_token_id
+        label = f"{cfg_name}/{name}/{'naive' if naive else 'optimised'}"
+        N = a.decode_tokens
+        model = self.inference_model(cfg_name)
+        kw = dict(max_new_tokens=N, temperature=1.0, eos_token_id=-1, pad_token_id=pad)  # EOS off: N tokens
+
+        def run(i):
+            gen = step_generator(a.seed, 0, i, self.device)
+            if naive:
+                seq, *_ = naive_generate(model, prompts, N, -1, pad, 1.0, gen)
+                return seq.shape[1] - max(len(p) for p in prompts)
+            if len(prompts) == 1:
+                return sum(1 for _ in stream_generate(model, prompts[0], generator=gen, **kw))
+            return generate(model, prompts, generator=gen, **kw).responses.shape[1]
+
+        timed = self.timed(label, a.warmup + a.decode_runs, run)
+        steps = sum(r for _, r in timed)
+        assert steps == N * len(timed), f"{label}: expected {N} new tokens per run, got {steps}"
+        tokens = steps * len(prompts)
+        prompt_len = float(np.mean([len(p) for p in prompts]))
+        flops = forward_flops(flops_params(model)["flops_n"], model.config, tokens, prompt_len + N / 2)
+        self.add_row(cfg_name, name, naive, model, timed, tokens, tokens, flops, len(prompts),
+                     max(len(p) for p in prompts) + N, steps_per_call=N, prompt_len=prompt_len, new_tokens=N)
+
+    def prefill_row(self, cfg_name, naive):
+        a = self.args
+        stage = f"prefill_{a.prefill_len}"
+        label = f"{cfg_name}/{stage}/{'naive' if naive else 'optimised'}"
+        ids = torch.tensor([self.data.prefill_ids(a.prefill_len)], device=self.device)
+        model = self.inference_model(cfg_name)
+
+        @torch.inference_mode()
+        def prefill(i):
+            if naive:  # DynamicCache, logits for all positions
+                from transformers import DynamicCache
+                out = model(input_ids=ids, past_key_values=DynamicCache(), use_cache=True)
+            else:  # preallocated cache, logits for the last position only
+                cache = StaticKVCache(model.config, 1, ids.shape[1] + 1, device=self.device, dtype=model.dtype)
+                out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            return out.logits.shape[1]
+
+        timed = self.timed(label, a.warmup + max(3, a.decode_runs), prefill)
+        tokens = ids.shape[1] * len(timed)
+        flops = forward_flops(flops_params(model)["flops_n"], model.config, tokens, ids.shape[1])
+        self.add_row(cfg_name, stage, naive, model, timed, tokens, tokens, flops, 1, ids.shape[1],
+                     latency_ms=sum(t for t, _ in timed) / len(timed) * 1000)
+
+
+# ================================================================================================================
+# Report
+# ================================================================================================================
+def compare(rows):
+    """optimised / naive for each (config, stage) measured in both modes."""
+    by_key = {(r["config"], r["stage"], r["mode"]): r for r in rows}
+    out = []
+    for (cfg, stage, mode), opt in by_key.items():
+        naive = by_key.get((cfg, stage, "naive"))
+        if mode != "optimised" or naive is None:
+            continue
+        ratio = {"config": cfg, "stage": stage,
+                 "speedup": opt["real_tokens_per_s"] / naive["real_tokens_per_s"],
+                 "step_time_ratio": opt["step_time_ms"] / naive["step_time_ms"],
+                 "mem_ratio": opt["peak_mem_mb"] / naive["peak_mem_mb"] if naive["peak_mem_mb"] > 0 else None}
+        out.append(ratio)
+        opt["speedup"], opt["mem_ratio"] = ratio["speedup"], ratio["mem_ratio"]
+    return out
+
+
+def table(rows) -> str:
+    import pandas as pd
+    df = pd.DataFrame(rows)
+    cols = {"config": "config", "stage": "stage", "mode": "mode", "batch_size": "batch", "seq_len": "seq",
+            "real_tokens_per_s": "real tok/s", "padded_tokens_per_s": "padded tok/s", "padding_frac": "pad %",
+            "step_time_ms": "step ms", "median_step_time_ms": "med ms", "peak_mem_mb": "peak MB",
+            "model_tflops": "TFLOP/s", "mfu": "MFU %", "speedup": "speedup", "mem_ratio": "mem ratio"}
+    df = df[[c for c in cols if c in df.columns]].rename(columns=cols)
+    for c in ("pad %", "MFU %"):
+        if c in df:
+            df[c] = df[c].astype(float) * 100
+    fmt = {"real tok/s": "{:,.0f}", "padded tok/s": "{:,.0f}", "pad %": "{:.1f}", "step ms": "{:,.1f}",
+           "med ms": "{:,.1f}", "peak MB": "{:,.0f}", "TFLOP/s": "{:.3f}", "MFU %": "{:.1f}", "speedup": "{:.2f}x",
+           "mem ratio": "{:.2f}"}
+    for c, f in fmt.items():
+        if c in df:
+            df[c] = [f.format(v) if v is not None and not (isinstance(v, float) and math.isnan(v)) else "-"
+                     for v in df[c]]
+    return df.to_string(index=False)
+
+
+def atomic_write_json(obj, path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+# ================================================================================================================
+# Main
+# ================================================================================================================
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="MiniMind throughput benchmark (optimised vs the original's way)",
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Definitions of every column are in the module docstring.")
+    p.add_argument("--configs", type=str, default=None, help=f"comma list of {', '.join(CONFIGS)} (default 26m)")
+    p.add_argument("--stages", type=str, default=",".join(STAGES), help=f"comma list of {', '.join(STAGES)}")
+    p.add_argument("--steps", type=int, default=None, help="measured steps per row (default 10)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2)")
+    p.add_argument("--batch_size", type=int, default=None,
+                   help="rows per micro-batch (DPO: pairs; GRPO: prompts x generations) (default 8)")
+    p.add_argument("--max_seq_len", type=int, default=None, help="pretrain block / SFT, DPO truncation (512)")
+    p.add_argument("--max_gen_len", type=int, default=None, help="GRPO response length (default 128)")
+    p.add_argument("--num_generations", type=int, default=None, help="GRPO responses per prompt (default 4)")
+    p.add_argument("--decode_tokens", type=int, default=None, help="new tokens per decode run (default 128)")
+    p.add_argument("--decode_runs", type=int, default=None, help="measured decode runs (default 3)")
+    p.add_argument("--prefill_len", type=int, default=None, help="prompt tokens for the prefill latency (256)")
+    p.add_argument("--device", type=str, default=None, help="default: trainer_utils.default_device()")
+    p.add_argument("--dtype", type=str, default="auto", choices=["auto", "bfloat16", "float16", "float32"],
+                   help="auto = bf16 autocast on CUDA, fp32 on CPU (trainer_utils.resolve_dtype)")
+    p.add_argument("--naive", action="store_true", help="run only the original MiniMind's way")
+    p.add_argument("--compare", action="store_true", help="run both modes and report optimised / naive")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training model (optimised mode)")
+    p.add_argument("--peak_tflops", type=float, default=None, help="device peak dense bf16 TFLOP/s for MFU")
+    p.add_argument("--data_dir", type=str, default=None,
+                   help=f"folder with {', '.join(DATA_FILES.values())} (default {BENCH_DIR}, else {SAMPLE_DIR})")
+    for k in DATA_FILES:
+        p.add_argument(f"--{k}_path", type=str, default=None, help=f"override the {k} file")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice). On a CPU shared with other jobs, 1 thread "
+                        "avoids OpenMP barriers stalling on a descheduled thread (ms per small op)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--output", type=str, default=str(ROOT / "out" / "benchmark.json"))
+    p.add_argument("--smoke", action="store_true",
+                   help="CI check: tiny config, 2 steps, 1 warmup, all stages, both modes, sample data")
+    args = p.parse_args(argv)
+    preset = SMOKE if args.smoke else DEFAULTS
+    for k, v in DEFAULTS.items():
+        if getattr(args, k) is None:
+            setattr(args, k, preset.get(k, v))
+    if args.smoke and not args.naive:
+        args.compare = True  # both modes, unless --naive asks for the naive one only
+    args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    args.stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    for c in args.configs:
+        if c not in CONFIGS:
+            p.error(f"--configs: unknown config {c!r} (choose from {', '.join(CONFIGS)})")
+    for s in args.stages:
+        if s not in STAGES:
+            p.error(f"--stages: unknown stage {s!r} (choose from {', '.join(STAGES)})")
+    if args.naive and args.compare:
+        p.error("--naive and --compare exclude each other (--compare already runs the naive mode)")
+    for k in ("steps", "batch_size", "max_seq_len", "max_gen_len", "decode_tokens", "decode_runs", "prefill_len"):
+        if getattr(args, k) < 1:
+            p.error(f"--{k} must be >= 1")
+    if args.threads is not None and args.threads < 1:
+        p.error("--threads must be >= 1")
+    if args.warmup < 0:
+        p.error("--warmup must be >= 0")
+    if args.num_generations < 2:
+        p.error("--num_generations must be >= 2 (GRPO's baseline is the group mean)")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device or default_device()
+    dtype = resolve_dtype(args.dtype, device)
+    if args.compile:
+        # One static graph per padded length (max_seq_len / 64 of them) must fit under dynamo's recompile limit.
+        import torch._dynamo.config as dynamo_config
+        name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+        setattr(dynamo_config, name, max(getattr(dynamo_config, name), args.max_seq_len // 64 + 2))
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    peak, peak_src = peak_tflops_for(device, args.peak_tflops)
+    paths, data_src = resolve_data(args)
+    tokenizer = load_tokenizer()
+    # Move the import-time objects (torch, transformers) out of the collector's reach: the gc.collect() before
+    # each row then takes milliseconds instead of half a second.
+    gc.collect()
+    gc.freeze()
+    modes = [False, True] if args.compare else [args.naive]
+    device_name = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else cpu_name()
+    log(f"[bench] device {device} ({device_name}), dtype {str(dtype).replace('torch.', '')}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    log(f"[bench] data: {data_src}")
+    log(f"[bench] peak TFLOP/s for MFU: {peak if peak else '-'} ({peak_src})")
+    log("[bench] weights are random (seeded): throughput depends on shapes, not values")
+
+    bench = Bench(args, tokenizer, Data(args, tokenizer, paths), device, dtype, peak)
+    t0 = time.time()
+    for cfg in args.configs:
+        for stage in args.stages:
+            for naive in modes:
+                if stage in ("pretrain", "sft", "dpo"):
+                    bench.train_row(cfg, stage, naive)
+                elif stage == "grpo":
+                    bench.grpo_row(cfg, naive)
+                else:
+                    bench.decode_rows(cfg, naive)
+    ratios = compare(bench.rows)
+    log("\n" + table(bench.rows))
+    if ratios:
+        log("speedup = optimised real tokens/s / naive real tokens/s (prefill: naive latency / optimised latency); "
+            "mem ratio = optimised peak memory / naive peak memory")
+    log(f"real tok/s counts non-padding tokens of every forward (reference and rollout included); "
+        f"peak MB = {bench.meter.kind}")
+
+    result = {
+        "meta": {"device": device, "device_name": device_name, "dtype": str(dtype).replace("torch.", ""),
+                 "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
+                 "peak_tflops": peak, "peak_tflops_source": peak_src, "data": data_src,
+                 "data_files": {k: str(v) for k, v in paths.items()}, "memory_kind": bench.meter.kind,
+                 "args": {k: v for k, v in vars(args).items()}, "seconds": time.time() - t0,
+                 "definitions": {
+                     "real_tokens_per_s": "non-padding positions of every forward (policy, reference, rollout) "
+                                          "per second of measured step time",
+                     "padded_tokens_per_s": "all positions computed, padding included, per second",
+                     "padding_frac": "1 - real / padded",
+                     "step_time_ms": "mean wall time per measured step (CUDA synchronised); decode: per token "
+                                     "step; prefill: per forward",
+                     "model_tflops": "train tokens x (6N + 12 L h T) + forward-only tokens x (2N + 4 L h T), "
+                                     "per second",
+                     "mfu": "model_tflops / peak_tflops (CUDA only)",
+                     "speedup": "optimised real_tokens_per_s / naive real_tokens_per_s"}},
+        "rows": bench.rows,
+        "comparison": ratios,
+    }
+    out = Path(args.output)
+    atomic_write_json(result, out)
+    log(f"[bench] wrote {out} ({time.time() - t0:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""scripts/benchmark.py --smoke: every stage runs in both modes and the JSON report is complete and sane.
+
+No timing assertions (CI machines are noisy); only structure, positivity and the padding invariant that packing
+and dynamic padding can only remove padding.
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TRAIN_STAGES = ("pretrain", "sft", "dpo", "grpo")
+DECODE_STAGES = ("decode_b1", "decode_b8", "prefill_64")  # --smoke uses --prefill_len 64
+POSITIVE = ("real_tokens_per_s", "padded_tokens_per_s", "step_time_ms", "model_tflops", "params_m")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    out = tmp / "bench.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false",
+               MINIMIND_CACHE=str(tmp / "cache"))
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--smoke", "--compare",
+                           "--device", "cpu", "--output", str(out)],
+                          cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"benchmark failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_every_stage_and_mode_has_a_row_with_positive_numbers(report):
+    data, _ = report
+    rows = {(r["stage"], r["mode"]): r for r in data["rows"]}
+    for stage in TRAIN_STAGES + DECODE_STAGES:
+        for mode in ("optimised", "naive"):
+            row = rows.get((stage, mode))
+            assert row is not None, f"no row for {stage}/{mode}; got {sorted(rows)}"
+            assert row["config"] == "tiny"
+            for key in POSITIVE:
+                assert isinstance(row[key], (int, float)) and math.isfinite(row[key]) and row[key] > 0, (
+                    f"{stage}/{mode}: {key} = {row[key]!r}")
+            assert row["real_tokens_per_s"] <= row["padded_tokens_per_s"] * (1 + 1e-9)
+            assert 0.0 <= row["padding_frac"] < 1.0
+            assert row["peak_mem_mb"] >= 0
+            assert row["mfu"] is None, "MFU is only defined on CUDA"
+            assert row["steps"] >= 1
+
+
+def test_packing_and_dynamic_padding_never_pad_more_than_naive(report):
+    data, _ = report
+    rows = {(r["stage"], r["mode"]): r for r in data["rows"]}
+    assert rows[("pretrain", "optimised")]["padding_frac"] == 0.0, "packed blocks hold no padding"
+    assert rows[("pretrain", "naive")]["padding_frac"] > 0.0, "pad-to-max_seq_len must pad short documents"
+    for stage in ("pretrain", "sft", "dpo"):
+        assert rows[(stage, "naive")]["padding_frac"] >= rows[(stage, "optimised")]["padding_frac"], stage
+        # naive rows are padded to --max_seq_len (128 in --smoke); optimised rows only to the batch's longest
+        assert rows[(stage, "naive")]["seq_len"] == 128
+        assert rows[(stage, "optimised")]["seq_len"] <= 128
+
+
+def test_comparison_ratios_exist_and_match_rows(report):
+    data, stdout = report
+    rows = {(r["stage"], r["mode"]): r for r in data["rows"]}
+    compared = {c["stage"]: c for c in data["comparison"]}
+    assert set(compared) == set(TRAIN_STAGES + DECODE_STAGES)
+    for stage, c in compared.items():
+        opt, naive = rows[(stage, "optimised")], rows[(stage, "naive")]
+        assert c["speedup"] == pytest.approx(opt["real_tokens_per_s"] / naive["real_tokens_per_s"])
+        assert opt["speedup"] == c["speedup"] and "mem_ratio" in opt and "step_time_ratio" in c
+    assert "speedup" in stdout and "real tok/s" in stdout  # the printed table carries the ratio column
+
+
+def test_meta_says_what_was_measured(report):
+    data, _ = report
+    meta = data["meta"]
+    assert meta["device"] == "cpu" and meta["dtype"] == "float32"
+    assert "dataset/sample" in meta["data"].replace("\\", "/")
+    assert meta["memory_kind"].startswith("cpu_")
+    assert meta["peak_tflops"] is None
+    assert {"real_tokens_per_s", "padded_tokens_per_s", "model_tflops", "mfu"} <= set(meta["definitions"])
+
+
+def test_bad_arguments_fail_with_a_clear_message(capsys):
+    from scripts.benchmark import parse_args
+    for argv, msg in ((["--configs", "26m,huge"], "unknown config 'huge'"),
+                      (["--stages", "pretrain,rlhf"], "unknown stage 'rlhf'"),
+                      (["--naive", "--compare"], "exclude each other"),
+                      (["--num_generations", "1"], "--num_generations must be >= 2")):
+        with pytest.raises(SystemExit) as e:
+            parse_args(argv)
+        assert e.value.code == 2 and msg in capsys.readouterr().err, argv
+    args = parse_args(["--smoke"])
+    assert args.configs == ["tiny"] and args.steps == 2 and args.warmup == 1 and args.compare
+    assert args.stages == ["pretrain", "sft", "dpo", "grpo", "decode"]
+    args = parse_args(["--configs", "26m,moe", "--steps", "5"])
+    assert args.configs == ["26m", "moe"] and args.steps == 5 and args.max_seq_len == 512 and not args.compare
+
+
+def tiny_model(**kw):
+    from model.model_minimind import MiniMindConfig, MiniMindForCausalLM
+    torch.manual_seed(0)
+    cfg = MiniMindConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, **kw)
+    return MiniMindForCausalLM(cfg).eval()
+
+
+def test_naive_baselines_compute_the_same_thing_as_the_optimised_paths():
+    """The naive mode must do the same work the slow way, or its timings compare nothing."""
+    from model.generation import generate
+    from scripts.benchmark import naive_generate, naive_sequence_logps, naive_token_logps
+    from trainer.rl_utils import position_ids_from_mask, token_logps
+    from trainer.train_dpo import sequence_logps
+
+    model = tiny_model()
+    prompts = [[1, 5, 9, 200, 301], [1, 77, 3000], [1, 42, 43, 44, 45, 46, 47]]  # ragged: left padding
+    opt = generate(model, prompts, max_new_tokens=6, temperature=1.0, eos_token_id=-1,
+                   generator=torch.Generator().manual_seed(3))
+    seq, attn, resp_mask, plen = naive_generate(model, prompts, 6, eos_token_id=-1,
+                                                generator=torch.Generator().manual_seed(3))
+    assert plen == opt.prompt_len and torch.equal(seq, opt.sequences)
+    assert torch.equal(attn, opt.attention_mask) and torch.equal(resp_mask, opt.response_mask)
+
+    seq, attn = seq.clone(), attn.clone()  # out of inference mode
+    pos = position_ids_from_mask(attn)
+    naive_lp, _ = naive_token_logps(model, seq, attn, pos, 6)
+    torch.testing.assert_close(naive_lp, token_logps(model, seq, attn, pos, 6), rtol=1e-4, atol=1e-4)
+
+    labels = seq.clone()
+    labels[:, :plen] = -100
+    logits = model(input_ids=seq).logits
+    torch.testing.assert_close(naive_sequence_logps(logits, labels), sequence_logps(logits, labels),
+                               rtol=1e-4, atol=1e-3)
+
+
+def test_naive_moe_swaps_the_dispatch_only_inside_the_context():
+    from model.model_minimind import MOEFeedForward
+    from scripts.benchmark import flops_params, naive_moe
+
+    vectorised = MOEFeedForward.dispatch
+    model = tiny_model(use_moe=True)
+    x = torch.randint(3, 6000, (2, 9))
+    fast = model(input_ids=x).logits
+    with naive_moe(True):
+        assert MOEFeedForward.dispatch is MOEFeedForward.dispatch_reference
+        slow = model(input_ids=x).logits
+    assert MOEFeedForward.dispatch is vectorised
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    # FLOP count: only shared + top-k routed experts are active per token
+    info = flops_params(model)
+    cfg = model.config
+    per_expert = sum(p.numel() for p in model.model.layers[0].mlp.experts[0].parameters())
+    inactive = cfg.num_hidden_layers * (cfg.n_routed_experts - cfg.num_experts_per_tok) * per_expert
+    assert info["flops_n"] == sum(p.numel() for p in model.parameters()) - inactive
