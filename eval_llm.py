@@ -20,7 +20,6 @@ weights continue raw text (no chat template), as in the original MiniMind.
 """
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ sys.path.insert(0, str(ROOT))  # run from any directory
 
 import torch  # noqa: E402
 
+from model.atomic_io import atomic_write_text  # noqa: E402
 from scripts.model_loading import (ChatStreamParser, IncrementalDecoder, add_model_args, chat_prompt,  # noqa: E402
                                    cli_errors, load_model, stream_tokens)
 from trainer.trainer_utils import setup_seed  # noqa: E402
@@ -237,13 +237,8 @@ def main(argv=None):
             rec["reasoning"] = result["reasoning"]
         records.append(rec)
     if args.output:
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        os.replace(tmp, out)  # atomic: a crash never leaves half a file
+        # atomic: a crash never leaves half a file
+        out = atomic_write_text(args.output, "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records))
         print(f"wrote {len(records)} answers to {out}")
     return records
 

@@ -20,13 +20,14 @@ The wrapped layer keeps the *same* `weight` Parameter under the same name, so th
 dict do not change (`...q_proj.weight`): base checkpoints still load, and only `lora_A` / `lora_B` are added.
 """
 import math
-import os
 from pathlib import Path
 from typing import Iterable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from model.atomic_io import atomic_save
 
 # Every attention and MLP projection. In MoE models the MLP names also match each expert's projections
 # (`mlp.experts.3.up_proj`, `mlp.shared_experts.0.down_proj`); the router (`mlp.gate`) is not an nn.Linear.
@@ -134,18 +135,7 @@ def lora_state_dict(model) -> dict:
 
 def save_lora(model, path):
     """Write the adapter atomically (temp file + os.replace): an interrupted save never leaves a torn file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(lora_state_dict(model), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_save(lora_state_dict(model), path)
 
 
 def load_lora(model, path):

@@ -45,8 +45,9 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from model.atomic_io import atomic_save, atomic_write_text  # noqa: E402
 from model.model_minimind import YARN_ROPE_SCALING, MiniMindConfig, MiniMindForCausalLM  # noqa: E402
-from trainer.trainer_utils import (DEFAULT_OUT, DEFAULT_TOKENIZER, WeightLoadError, atomic_save,  # noqa: E402
+from trainer.trainer_utils import (DEFAULT_OUT, DEFAULT_TOKENIZER, WeightLoadError,  # noqa: E402
                                    half_state_dict, load_state_dict_file, weight_name)
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -169,12 +170,6 @@ def finish_out_dir(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old)
     else:
         os.replace(tmp, out_dir)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def copy_tokenizer(tokenizer_path: Path, out_dir: Path) -> None:

@@ -25,7 +25,6 @@ Tokenization runs in batches through the fast (Rust) tokenizer; --sample N estim
 import argparse
 import json
 import math
-import os
 import random
 import sys
 from pathlib import Path
@@ -39,6 +38,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 from dataset.lm_dataset import _ChatDataset, check_dpo, check_pretrain, check_rlaif, check_sft  # noqa: E402
+from scripts.script_utils import pyplot, save_figure, user_error, write_json  # noqa: E402
 
 CHECKS = {"pretrain": check_pretrain, "sft": check_sft, "dpo": check_dpo, "rlaif": check_rlaif}
 PERCENTILES = (50, 75, 90, 95, 99)
@@ -259,11 +259,8 @@ def describe_file(path, tokenizer, kind: str = "auto", sample: int = 0, seed: in
 # Output
 # ================================================================================================================
 def plot_histogram(stats: dict, path, dpi: int = 80) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     lengths = stats["_lengths"]
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=dpi)
+    fig, ax = pyplot().subplots(figsize=(6, 3.5), dpi=dpi)
     ax.hist(lengths, bins=min(80, max(10, int(np.sqrt(len(lengths))))), color="C0", alpha=0.8)
     p = stats["percentiles"]
     ax.axvline(p["p50"], color="C2", linestyle=":", label=f"median {p['p50']}")
@@ -278,11 +275,7 @@ def plot_histogram(stats: dict, path, dpi: int = 80) -> Path:
     ax.legend(fontsize=8)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def format_report(s: dict) -> str:
@@ -344,17 +337,11 @@ def main(argv=None) -> int:
         if args.plot:
             print(f"histogram -> {plot_histogram(stats, args.plot)}")
         if args.json:
-            path = Path(args.json)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-            tmp.write_text(json.dumps({k: v for k, v in stats.items() if not k.startswith("_")}, ensure_ascii=False,
-                                      indent=2) + "\n", encoding="utf-8")
-            os.replace(tmp, path)
+            path = write_json({k: v for k, v in stats.items() if not k.startswith("_")}, args.json)
             print(f"statistics -> {path}")
         return 0
     except (StatsError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
+        return user_error(e)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,6 @@ Every subcommand prints a table and, with --output FILE.json, writes its results
 import argparse
 import json
 import math
-import os
 import re
 import shlex
 import shutil
@@ -74,6 +73,7 @@ import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from dataset.lm_dataset import DataFormatError, JsonlFile, check_pretrain  # noqa: E402
+from scripts.script_utils import pyplot, save_figure, user_error, write_json  # noqa: E402
 
 LETTERS = "ABCDEFGHIJ"
 _CJK = re.compile(r"[\u4e00-\u9fff]")
@@ -107,15 +107,6 @@ def pad_right(seqs: Sequence[Sequence[int]], pad_id: int = 0) -> torch.Tensor:
 def progress(iterable, desc: str, total: Optional[int] = None):
     # disable=None: a bar on a terminal, silence in logs and CI.
     return tqdm(iterable, desc=desc, total=total, unit="batch", dynamic_ncols=True, disable=None)
-
-
-def write_json(obj, path) -> None:
-    """Atomic write: a crash never leaves a half-written results file for report.py to choke on."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def print_table(rows: List[dict], title: str = "") -> str:
@@ -246,10 +237,7 @@ def context_sweep(model, stream: List[int], lengths: List[int], max_tokens: Opti
 
 
 def plot_context_sweep(result: dict, path, train_len: Optional[int] = None, title: str = "") -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 3.8), dpi=100)
+    fig, ax = pyplot().subplots(figsize=(6, 3.8), dpi=100)
     labels = {"no_scaling": "RoPE (no scaling)", "yarn": "RoPE + YaRN (inference_rope_scaling)"}
     for name, ppls in result["ppl"].items():
         ax.plot(result["lengths"], ppls, marker="o", label=labels.get(name, name))
@@ -263,11 +251,7 @@ def plot_context_sweep(result: dict, path, train_len: Optional[int] = None, titl
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # ================================================================================================================
@@ -880,8 +864,7 @@ def main(argv=None):
             print(f"results -> {args.output}")
         return 0
     except (EvalError, DataFormatError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
+        return user_error(e)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import argparse
 import datetime
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -32,6 +31,9 @@ from typing import Dict, List, Optional
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from model.atomic_io import atomic_write_text  # noqa: E402
+from scripts.script_utils import pyplot, save_figure, user_error  # noqa: E402
 
 # Plotted first and in this order; every other numeric column follows alphabetically.
 PREFERRED = ("loss", "lr", "tokens_per_s", "grad_norm")
@@ -207,13 +209,6 @@ def load_run_info(run: str, checkpoint_dir: Optional[Path], weights_dir: Optiona
 # ================================================================================================================
 # Plots
 # ================================================================================================================
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def _draw(ax, runs: Dict[str, List[dict]], metric: str, smooth: float):
     for i, (name, rows) in enumerate(runs.items()):
         x, y = series(rows, metric)
@@ -234,34 +229,24 @@ def _draw(ax, runs: Dict[str, List[dict]], metric: str, smooth: float):
 
 
 def plot_curves(runs: Dict[str, List[dict]], metrics: List[str], path, smooth: float = 0.0, dpi: int = 80) -> Path:
-    plt = _plt()
     ncols = 2 if len(metrics) <= 4 else 3
     nrows = math.ceil(len(metrics) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.0 * nrows), dpi=dpi, squeeze=False)
+    fig, axes = pyplot().subplots(nrows, ncols, figsize=(4.6 * ncols, 3.0 * nrows), dpi=dpi, squeeze=False)
     for ax, metric in zip(axes.flat, metrics):
         _draw(ax, runs, metric, smooth)
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)  # run names (colours are the same in every subplot)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_metric(runs: Dict[str, List[dict]], metric: str, path, smooth: float = 0.0, dpi: int = 80) -> Path:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 3.2), dpi=dpi)
+    fig, ax = pyplot().subplots(figsize=(5.5, 3.2), dpi=dpi)
     _draw(ax, runs, metric, smooth)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # ================================================================================================================
@@ -360,11 +345,7 @@ def write_report(runs: Dict[str, List[dict]], log_paths: Dict[str, Path], out_di
               f"{d['mean']:.1f}", d["percentiles"]["p95"], f"{d['chars_per_token']:.2f}"] for d in data_rows]), ""]
     if evals:
         md += ["## Evaluation", "", eval_section(evals), ""]
-    path = out_dir / f"{prefix}report.md"
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text("\n".join(md) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    written["report"] = path
+    written["report"] = atomic_write_text(out_dir / f"{prefix}report.md", "\n".join(md) + "\n")
     return written
 
 
@@ -434,8 +415,7 @@ def main(argv=None) -> int:
             print(f"{what}: {p}")
         return 0
     except (ReportError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
+        return user_error(e)
 
 
 if __name__ == "__main__":

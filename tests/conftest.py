@@ -1,6 +1,16 @@
-"""Test-wide settings: keep caches and trackers out of the repo and offline."""
+"""Test-wide settings (caches and trackers out of the repo and offline) and the fixtures several test files
+share. Plain helper functions shared by test files are in helpers.py."""
 import os
+import runpy
+import sys
 import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 # Index caches of JSONL files go to a throwaway folder, not the repo's .cache/.
 os.environ.setdefault("MINIMIND_CACHE", tempfile.mkdtemp(prefix="minimind_test_cache_"))
@@ -8,3 +18,35 @@ os.environ.setdefault("MINIMIND_CACHE", tempfile.mkdtemp(prefix="minimind_test_c
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("SWANLAB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """The shipped tokenizer (model/), loaded once per test module."""
+    from trainer.trainer_utils import load_tokenizer
+    return load_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and OpenMP threads that spin-wait for a busy core make a
+    loaded 2-core CI machine many times slower. A module opts in with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`; the setting is restored after the module."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def run_in_process(monkeypatch, capsys):
+    """run_in_process(script, *args) runs a script's __main__ inside this process (its real CLI and main(),
+    without paying ~4 s of imports for another interpreter) and returns what it printed."""
+    def run(script, *args):
+        monkeypatch.setattr(sys, "argv", [str(script), *map(str, args)])
+        monkeypatch.setenv("WANDB_MODE", "disabled")
+        capsys.readouterr()
+        runpy.run_path(str(script), run_name="__main__")
+        return capsys.readouterr().out
+    return run

@@ -1,5 +1,4 @@
 """Datasets: formats, token-by-token SFT masks, bad-line errors, dynamic padding, resumable sampling."""
-import json
 import sys
 from pathlib import Path
 
@@ -11,18 +10,13 @@ sys.path.insert(0, str(ROOT))
 
 from dataset.lm_dataset import (DataFormatError, DPODataset, JsonlFile, PadCollator, PretrainDataset,  # noqa: E402
                                 RLAIFDataset, SFTDataset, check_pretrain)
+from helpers import write_jsonl  # noqa: E402
 from trainer.trainer_utils import ResumableSampler, load_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tok():
     return load_tokenizer(ROOT / "model")
-
-
-def write_jsonl(path, records):
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n"
-                            for r in records), encoding="utf-8")
-    return path
 
 
 CONV = {"conversations": [

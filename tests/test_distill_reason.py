@@ -2,10 +2,6 @@
 their loss pieces against direct formulas, token-exact tag weighting on real R1-style data, and both scripts
 end to end with resume."""
 import argparse
-import json
-import os
-import runpy
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,30 +13,13 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from dataset.lm_dataset import PadCollator, SFTDataset, assistant_mask  # noqa: E402
-from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
+from helpers import SAMPLE, SHARED, finish, save_tiny, start_script, tiny_cpu_flags, tiny_model, train_log  # noqa: E402
 from trainer.train_distillation import (check_same_vocab, distillation_kl, load_teacher,  # noqa: E402
                                         make_distill_loss_fn)
 from trainer.train_reason import make_reason_loss_fn, reason_token_weights, tag_token_ids  # noqa: E402
-from trainer.trainer_utils import WeightLoadError, atomic_save, half_state_dict, load_tokenizer  # noqa: E402
+from trainer.trainer_utils import WeightLoadError, load_tokenizer  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "data"
-TINY = ["--hidden_size", "64", "--num_hidden_layers", "2", "--num_attention_heads", "4", "--num_key_value_heads", "2"]
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models gain nothing from intra-op threads, and OpenMP threads that spin-wait for a busy core make a
-    loaded CI machine 10x slower; run these tests single-threaded and restore the setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def tiny_model(seed=0, hidden=64, vocab=6400):
-    torch.manual_seed(seed)
-    return MiniMindForCausalLM(MiniMindConfig(hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
-                                              num_key_value_heads=2, vocab_size=vocab))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -62,10 +41,10 @@ def test_distillation_kl_matches_direct_formula(temperature):
 
 def test_vocab_mismatch_is_a_clear_error(tmp_path):
     with pytest.raises(WeightLoadError, match="vocab_size 6500 != student vocab_size 6400"):
-        check_same_vocab(tiny_model(), tiny_model(vocab=6500))
-    check_same_vocab(tiny_model(), tiny_model(hidden=128))  # different sizes are fine
+        check_same_vocab(tiny_model(), tiny_model(vocab_size=6500))
+    check_same_vocab(tiny_model(), tiny_model(hidden_size=128))  # different sizes are fine
     # load_teacher reads the vocab from the weight file, so a teacher from another tokenizer is reported as such
-    atomic_save(half_state_dict(tiny_model(hidden=128, vocab=6500)), tmp_path / "full_sft_128.pth")
+    save_tiny(tmp_path / "full_sft_128.pth", hidden_size=128, vocab_size=6500)
     args = argparse.Namespace(teacher_weight="full_sft", save_dir=str(tmp_path), teacher_hidden_size=128,
                               teacher_num_hidden_layers=2, teacher_num_attention_heads=4,
                               teacher_num_key_value_heads=2, teacher_use_moe=0)
@@ -84,10 +63,10 @@ def sft_batch(path, n=4, max_len=256):
 
 
 def test_distill_loss_fn_limits():
-    batch, _, _ = sft_batch(ROOT / "dataset" / "sample" / "sft.jsonl")
+    batch, _, _ = sft_batch(SAMPLE / "sft.jsonl")
     student = tiny_model(0)
     # alpha = 1: plain SFT cross-entropy
-    out = make_distill_loss_fn(tiny_model(1, hidden=128), alpha=1.0, temperature=2.0)(student, batch)
+    out = make_distill_loss_fn(tiny_model(1, hidden_size=128), alpha=1.0, temperature=2.0)(student, batch)
     ce = student(input_ids=batch["input_ids"], labels=batch["labels"]).loss
     torch.testing.assert_close(out.loss, ce)
     torch.testing.assert_close(out.metrics["ce"], ce)
@@ -96,7 +75,7 @@ def test_distill_loss_fn_limits():
     same = make_distill_loss_fn(tiny_model(0).eval().requires_grad_(False), alpha=0.0, temperature=2.0)(student, batch)
     assert same.loss.abs() < 1e-5
     # mixed: alpha * ce + (1 - alpha) * kl
-    mix = make_distill_loss_fn(tiny_model(1, hidden=128), alpha=0.3, temperature=2.0)(student, batch)
+    mix = make_distill_loss_fn(tiny_model(1, hidden_size=128), alpha=0.3, temperature=2.0)(student, batch)
     torch.testing.assert_close(mix.loss, 0.3 * mix.metrics["ce"] + 0.7 * mix.metrics["kl"])
 
 
@@ -140,7 +119,7 @@ def test_tag_weights_are_exactly_the_tag_tokens_of_a_real_sample():
 
 
 def test_reason_loss_weighting():
-    batch, tok, _ = sft_batch(ROOT / "dataset" / "sample" / "reason.jsonl")
+    batch, tok, _ = sft_batch(SAMPLE / "reason.jsonl")
     tag_ids = tag_token_ids(tok)
     model = tiny_model()
     ce = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
@@ -162,50 +141,29 @@ def test_reason_loss_weighting():
 # this halves the wall time), then --from_resume 1 to step 4 in this process (same CLI and main(), without
 # another ~4 s of imports).
 # ----------------------------------------------------------------------------------------------------------------
-def launch(args, tmp_path):
-    env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1", MINIMIND_CACHE=str(tmp_path / "cache"))
-    return subprocess.Popen([sys.executable] + args, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
-def finish(proc, what, timeout=180):
-    out, err = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, f"{what}: exit {proc.returncode}\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}"
-    return out
-
-
-def run_in_process(args, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", list(args))
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    capsys.readouterr()
-    runpy.run_path(args[0], run_name="__main__")
-    return capsys.readouterr().out
-
-
-def test_distillation_and_reason_scripts_resume(tmp_path, monkeypatch, capsys):
-    atomic_save(half_state_dict(tiny_model(0)), tmp_path / "full_sft_64.pth")           # distillation student
-    atomic_save(half_state_dict(tiny_model(1, hidden=128)), tmp_path / "full_sft_128.pth")  # its teacher
-    atomic_save(half_state_dict(tiny_model(2)), tmp_path / "dpo_64.pth")                # reasoning start
-    common = [*TINY, "--save_dir", str(tmp_path), "--checkpoint_dir", str(tmp_path / "ck"), "--device", "cpu",
-              "--num_workers", "0", "--batch_size", "2", "--log_interval", "1", "--max_seq_len", "128",
-              "--learning_rate", "1e-3"]
-    distill = [str(ROOT / "trainer" / "train_distillation.py"), *common,
-               "--data_path", str(ROOT / "dataset/sample/sft.jsonl"), "--teacher_hidden_size", "128",
+def test_distillation_and_reason_scripts_resume(tmp_path, run_in_process):
+    save_tiny(tmp_path / "full_sft_64.pth", 0)                     # distillation student
+    save_tiny(tmp_path / "full_sft_128.pth", 1, hidden_size=128)   # its teacher
+    save_tiny(tmp_path / "dpo_64.pth", 2)                          # reasoning start
+    common = [*tiny_cpu_flags(tmp_path, tmp_path / "ck"), "--batch_size", "2", "--log_interval", "1",
+              "--max_seq_len", "128", "--learning_rate", "1e-3"]
+    distill = [ROOT / "trainer" / "train_distillation.py", *common,
+               "--data_path", SAMPLE / "sft.jsonl", "--teacher_hidden_size", "128",
                "--teacher_num_hidden_layers", "2", "--teacher_num_attention_heads", "4"]
-    reason = [str(ROOT / "trainer" / "train_reason.py"), *common,
-              "--data_path", str(ROOT / "dataset/sample/reason.jsonl")]
-    procs = [launch(distill + ["--max_steps", "2"], tmp_path), launch(reason + ["--max_steps", "2"], tmp_path)]
-    outs = [finish(p, name) for p, name in zip(procs, ("distillation", "reason"))]
+    reason = [ROOT / "trainer" / "train_reason.py", *common, "--data_path", SAMPLE / "reason.jsonl"]
+    procs = [start_script([*args, "--max_steps", "2"], tmp_path, cache=tmp_path / "cache")
+             for args in (distill, reason)]
+    outs = [finish(p, timeout=180).stdout for p in procs]
     assert "teacher:" in outs[0] and "'<think>': 3" in outs[1]
     for args in (distill, reason):
-        out = run_in_process(args + ["--max_steps", "4", "--from_resume", "1"], monkeypatch, capsys)
+        out = run_in_process(*args, "--max_steps", "4", "--from_resume", "1")
         assert "resumed from" in out and "step 2" in out, out
     for name, keys in (("full_dist_64", ("ce", "kl")), ("reason_64", ("ce",))):
         assert (tmp_path / f"{name}.pth").is_file() and (tmp_path / "ck" / f"{name}_resume.pth").is_file()
-        log = [json.loads(line) for line in (tmp_path / "logs" / f"{name}.jsonl").read_text().splitlines()]
+        log = train_log(tmp_path, name)
         assert [r["step"] for r in log] == [1, 2, 3, 4], name
         assert all(k in r for r in log for k in ("loss", *keys)), name
     state = torch.load(tmp_path / "full_dist_64.pth", weights_only=True)
     assert set(state) == set(tiny_model().state_dict())  # the student's shape, not the teacher's
-    log = [json.loads(line) for line in (tmp_path / "logs" / "reason_64.jsonl").read_text().splitlines()]
+    log = train_log(tmp_path, "reason_64")
     assert all(r["loss"] > r["ce"] for r in log)  # tags weigh 10x on top of the per-token mean

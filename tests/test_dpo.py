@@ -1,11 +1,6 @@
 """DPO: the loss (trainer/train_dpo.py dpo_loss / sequence_logps), learning on real preference pairs, and the
 script end to end (2-process gloo run, then a resumed single-process run)."""
-import json
 import math
-import os
-import runpy
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,28 +11,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from dataset.lm_dataset import DPODataset, PadCollator  # noqa: E402
-from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
+from helpers import SAMPLE, SHARED, run_script, save_tiny, tiny_cpu_flags, tiny_model, train_log  # noqa: E402
 from trainer.train_dpo import dpo_loss, make_dpo_loss_fn, make_reference, sequence_logps  # noqa: E402
-from trainer.trainer_utils import atomic_save, half_state_dict, load_tokenizer  # noqa: E402
+from trainer.trainer_utils import half_state_dict, load_tokenizer  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "data"
-TINY = ["--hidden_size", "64", "--num_hidden_layers", "2", "--num_attention_heads", "4", "--num_key_value_heads", "2"]
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models gain nothing from intra-op threads, and OpenMP threads that spin-wait for a busy core make a
-    loaded CI machine 10x slower; run these tests single-threaded and restore the setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def tiny_model(seed=0):
-    torch.manual_seed(seed)
-    return MiniMindForCausalLM(MiniMindConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                              num_key_value_heads=2))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # Fixed log-probs: pair 0 moved towards chosen (h = 2), pair 1 towards rejected (h = -1).
@@ -130,41 +108,14 @@ def test_dpo_on_real_pairs_learns_the_preference():
 # ----------------------------------------------------------------------------------------------------------------
 # The script end to end
 # ----------------------------------------------------------------------------------------------------------------
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_script(args, tmp_path, nproc=1, timeout=120):
-    env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1", MINIMIND_CACHE=str(tmp_path / "cache"))
-    launcher = [sys.executable] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-        "--master_port", str(free_port())]
-    r = subprocess.run(launcher + args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
-    assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout[-3000:]}\nstderr:\n{r.stderr[-3000:]}"
-    return r.stdout
-
-
-def run_in_process(script, args, monkeypatch, capsys):
-    """Run a script's __main__ inside this process (its CLI and main(), without paying ~4 s of imports for
-    another interpreter); returns what it printed."""
-    monkeypatch.setattr(sys, "argv", [str(script), *args])
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    capsys.readouterr()
-    runpy.run_path(str(script), run_name="__main__")
-    return capsys.readouterr().out
-
-
-def test_train_dpo_script_ddp_then_resume(tmp_path, monkeypatch, capsys):
+def test_train_dpo_script_ddp_then_resume(tmp_path, run_in_process):
     """2-process gloo run (a real torchrun subprocess), then --from_resume 1 in a single process."""
-    atomic_save(half_state_dict(tiny_model()), tmp_path / "full_sft_64.pth")
+    save_tiny(tmp_path / "full_sft_64.pth")
     script = ROOT / "trainer" / "train_dpo.py"
-    common = [*TINY, "--save_dir", str(tmp_path),
-              "--checkpoint_dir", str(tmp_path / "ck"), "--data_path", str(ROOT / "dataset/sample/dpo.jsonl"),
-              "--device", "cpu", "--num_workers", "0", "--batch_size", "2", "--log_interval", "1",
-              "--max_seq_len", "128", "--learning_rate", "1e-3", "--loss_type", "ipo"]
-    out = run_script([str(script), *common, "--max_steps", "2"], tmp_path, nproc=2)
+    common = [*tiny_cpu_flags(tmp_path, tmp_path / "ck"), "--data_path", SAMPLE / "dpo.jsonl", "--batch_size", "2",
+              "--log_interval", "1", "--max_seq_len", "128", "--learning_rate", "1e-3", "--loss_type", "ipo"]
+    out = run_script([script, *common, "--max_steps", "2"], tmp_path, nproc=2, cache=tmp_path / "cache",
+                     timeout=120).stdout
     assert "2 process(es)" in out and "reward_acc" in out
     weights = tmp_path / "dpo_64.pth"
     assert weights.is_file() and (tmp_path / "ck" / "dpo_64_resume.pth").is_file()
@@ -172,9 +123,9 @@ def test_train_dpo_script_ddp_then_resume(tmp_path, monkeypatch, capsys):
     base = half_state_dict(tiny_model())
     assert set(first) == set(base) and any(not torch.equal(first[k], base[k]) for k in base)  # trained
 
-    out = run_in_process(script, common + ["--max_steps", "6", "--from_resume", "1"], monkeypatch, capsys)
+    out = run_in_process(script, *common, "--max_steps", "6", "--from_resume", "1")
     assert "resumed from" in out
-    log = [json.loads(line) for line in (tmp_path / "logs" / "dpo_64.jsonl").read_text().splitlines()]
+    log = train_log(tmp_path, "dpo_64")
     steps = [r["step"] for r in log]
     assert steps[:2] == [1, 2] and steps[-1] == 6 and steps == sorted(set(steps)), steps
     for key in ("loss", "chosen_reward", "rejected_reward", "reward_acc", "margin"):

@@ -14,24 +14,17 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from helpers import TINY_CFG, tiny_model, write_jsonl  # noqa: E402
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
 from scripts import eval_benchmark as eb  # noqa: E402
-from trainer.trainer_utils import load_tokenizer  # noqa: E402
 
-TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 TEXTS = ["Hello world, this is a short test document.", "你好，世界。今天天气很好，我们去公园散步吧。",
          "The quick brown fox jumps over the lazy dog. " * 4]
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer(ROOT / "model")
-
-
-@pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return MiniMindForCausalLM(MiniMindConfig(**TINY)).eval()
+    return tiny_model(0).eval()
 
 
 def direct_nll(model, docs):
@@ -120,11 +113,6 @@ class LetterStub(torch.nn.Module):
         logits = torch.zeros(*input_ids.shape, self.vocab)
         logits[..., self.favoured] = 10.0
         return type("Out", (), {"logits": logits})()
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def test_mc_scoring_picks_the_letter_the_model_favours(tokenizer, tmp_path):
@@ -308,7 +296,7 @@ def test_lm_eval_harness_on_a_torch2hf_export_matches_our_scores(model, tokenize
     from trainer.trainer_utils import half_state_dict
     state = half_state_dict(model)
     torch.save(state, tmp_path / "tiny.pth")
-    ref = MiniMindForCausalLM(MiniMindConfig(**TINY))
+    ref = MiniMindForCausalLM(MiniMindConfig(**TINY_CFG))
     ref.load_state_dict({k: v.float() for k, v in state.items()})
     ref.eval()
     hf_dir = tmp_path / "tiny-hf"

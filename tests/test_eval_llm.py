@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,44 +15,29 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import eval_llm  # noqa: E402
+from helpers import ScriptedLM, read_jsonl, save_tiny, tiny_model as tiny_base_model  # noqa: E402
 from model.generation import generate  # noqa: E402
-from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
 from scripts.model_loading import (ChatStreamParser, IncrementalDecoder, add_model_args, chat_prompt,  # noqa: E402
                                    load_model, model_args, split_thinking)
-from trainer.trainer_utils import WeightLoadError, half_state_dict, load_tokenizer  # noqa: E402
+from trainer.trainer_utils import WeightLoadError  # noqa: E402
 
 TINY = ["--hidden_size", "64", "--num_hidden_layers", "2", "--num_attention_heads", "4",
         "--num_key_value_heads", "2", "--device", "cpu"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a loaded 2-core machine they cost a lot.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer()
+pytestmark = pytest.mark.usefixtures("one_thread")
+INIT = 0.3  # a larger init than the default keeps a random model from repeating one token under greedy decoding
 
 
 def tiny_model(seed=0):
-    torch.manual_seed(seed)
-    # A larger init than the default keeps a random model from repeating one token forever under greedy decoding.
-    cfg = MiniMindConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         initializer_range=0.3)
-    return MiniMindForCausalLM(cfg).eval()
+    return tiny_base_model(seed, initializer_range=INIT).eval()
 
 
 @pytest.fixture(scope="module")
 def save_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("out")
-    model = tiny_model()
-    torch.save(half_state_dict(model), d / "full_sft_64.pth")
-    torch.save(half_state_dict(model), d / "pretrain_64.pth")
+    for name in ("full_sft_64.pth", "pretrain_64.pth"):
+        save_tiny(d / name, initializer_range=INIT)
     return d
 
 
@@ -72,10 +56,6 @@ def run_eval(argv, stdin=None, monkeypatch=None):
     if stdin is not None:
         monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
     return eval_llm.main(argv + TINY + ["--temperature", "0"])
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
 
 
 def greedy_answer(model, tokenizer, prompt_ids, n):
@@ -292,29 +272,6 @@ def test_chat_prompt_renders_template(tokenizer):
     assert chat_prompt(tokenizer, msgs, enable_thinking=False).endswith("<think>\n\n</think>\n\n")
     tools = [{"type": "function", "function": {"name": "get_time"}}]
     assert '"get_time"' in chat_prompt(tokenizer, msgs, tools=tools)
-
-
-class ScriptedLM(torch.nn.Module):
-    """Stands in for a trained reasoning model (display test only): after any prompt it writes `script`, then EOS,
-    through the real decoding loop (it reads the position it is asked to predict relative to the prompt)."""
-
-    def __init__(self, script, eos_id):
-        super().__init__()
-        self.config = MiniMindConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
-                                     num_key_value_heads=2)
-        self.anchor = torch.nn.Parameter(torch.zeros(1))
-        self.script, self.start = list(script) + [eos_id], None
-
-    def forward(self, input_ids, position_ids=None, past_key_values=None, **kwargs):
-        b, t = input_ids.shape
-        zeros = torch.zeros(b, self.config.num_key_value_heads, t, self.config.head_dim)
-        past_key_values.update(zeros, zeros, 0)
-        if t > 1:
-            self.start = position_ids[:, -1] + 1
-        step = (position_ids[:, -1] + 1 - self.start).clamp(max=len(self.script) - 1)
-        logits = torch.zeros(b, 1, self.config.vocab_size)
-        logits[torch.arange(b), 0, torch.tensor(self.script)[step]] = 100.0
-        return SimpleNamespace(logits=logits)
 
 
 @pytest.mark.parametrize("show", [1, 0])

@@ -1,9 +1,4 @@
 """LoRA: model/model_lora.py (apply / save / load / merge) and trainer/train_lora.py."""
-import json
-import os
-import runpy
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,29 +9,18 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from dataset.lm_dataset import PadCollator, SFTDataset  # noqa: E402
+from helpers import (SAMPLE, run_script, save_tiny, tiny_cpu_flags, tiny_model as tiny_base_model,  # noqa: E402
+                     train_log)
 from model.model_lora import (LoRALinear, LoRALoadError, apply_lora, load_lora, lora_state_dict,  # noqa: E402
                               merge_lora, save_lora)
-from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
-from trainer.trainer_utils import atomic_save, half_state_dict, lm_loss, load_tokenizer  # noqa: E402
+from trainer.trainer_utils import lm_loss, load_tokenizer  # noqa: E402
 
-TINY = ["--hidden_size", "64", "--num_hidden_layers", "2", "--num_attention_heads", "4", "--num_key_value_heads", "2"]
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models gain nothing from intra-op threads, and OpenMP threads that spin-wait for a busy core make a
-    loaded CI machine 10x slower; run these tests single-threaded and restore the setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(moe=False, seed=0, init=0.02):
-    torch.manual_seed(seed)
-    cfg = MiniMindConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         use_moe=moe, n_routed_experts=4, num_experts_per_tok=2, initializer_range=init)
-    return MiniMindForCausalLM(cfg).eval()
+    """The tiny MiniMind in eval mode; MoE has 4 routed experts (top-2) and a shared one."""
+    return tiny_base_model(seed, use_moe=moe, initializer_range=init).eval()
 
 
 def randomize_adapters(model, seed=1):
@@ -133,7 +117,7 @@ def test_save_load_roundtrip_and_strict_errors(tmp_path):
 
 
 def test_lora_learns_identity_and_base_stays_bit_identical():
-    data = ROOT / "dataset" / "sample" / "lora_identity.jsonl"
+    data = SAMPLE / "lora_identity.jsonl"
     if not data.exists():
         pytest.skip(f"{data} not found")
     tokenizer = load_tokenizer()
@@ -168,50 +152,16 @@ def test_lora_learns_identity_and_base_stays_bit_identical():
 # ----------------------------------------------------------------------------------------------------------------
 # The script, end to end: single process, then resumed under 2-process DDP (gloo)
 # ----------------------------------------------------------------------------------------------------------------
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_script(args, tmp_path, nproc=1, timeout=120):
-    env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1", MINIMIND_CACHE=str(tmp_path / "cache"))
-    launcher = [sys.executable] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-        "--master_port", str(free_port())]
-    r = subprocess.run(launcher + args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
-    assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout[-3000:]}\nstderr:\n{r.stderr[-3000:]}"
-    return r.stdout
-
-
-def save_tiny_base(tmp_path, name="full_sft_64.pth"):
-    atomic_save(half_state_dict(tiny_model()), tmp_path / name)
-
-
-def read_log(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
-
-
-def run_in_process(script, args, monkeypatch, capsys):
-    """Run a script's __main__ inside this process (its CLI and main(), without paying ~4 s of imports for
-    another interpreter); returns what it printed."""
-    monkeypatch.setattr(sys, "argv", [str(script), *args])
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    capsys.readouterr()
-    runpy.run_path(str(script), run_name="__main__")
-    return capsys.readouterr().out
-
-
-def test_train_lora_script_ddp_then_resume(tmp_path, monkeypatch, capsys):
+def test_train_lora_script_ddp_then_resume(tmp_path, run_in_process):
     """2-process gloo run (a real torchrun subprocess), then --from_resume 1 in a single process (TrainLoop
     resumes across world sizes); only the adapter is written, under out/lora/."""
-    save_tiny_base(tmp_path)
+    save_tiny(tmp_path / "full_sft_64.pth")
     script = ROOT / "trainer" / "train_lora.py"
-    common = [*TINY, "--save_dir", str(tmp_path),
-              "--checkpoint_dir", str(tmp_path / "ck"), "--data_path", str(ROOT / "dataset/sample/lora_identity.jsonl"),
-              "--device", "cpu", "--num_workers", "0", "--batch_size", "2", "--log_interval", "1",
-              "--max_seq_len", "64", "--learning_rate", "1e-3", "--lora_name", "lora_test"]
-    out = run_script([str(script), *common, "--max_steps", "2"], tmp_path, nproc=2)
+    common = [*tiny_cpu_flags(tmp_path, tmp_path / "ck"), "--data_path", SAMPLE / "lora_identity.jsonl",
+              "--batch_size", "2", "--log_interval", "1", "--max_seq_len", "64", "--learning_rate", "1e-3",
+              "--lora_name", "lora_test"]
+    out = run_script([script, *common, "--max_steps", "2"], tmp_path, nproc=2, cache=tmp_path / "cache",
+                     timeout=120).stdout
     assert "trainable of" in out and "%)" in out and "2 process(es)" in out
     adapter = tmp_path / "lora" / "lora_test_64.pth"
     assert adapter.is_file() and not (tmp_path / "lora_64.pth").exists()
@@ -219,9 +169,9 @@ def test_train_lora_script_ddp_then_resume(tmp_path, monkeypatch, capsys):
     assert set(first) == set(lora_state_dict(apply_lora(tiny_model())))  # only the adapter, un-prefixed keys
     assert any(v.abs().sum() > 0 for k, v in first.items() if "lora_B" in k)  # it trained
 
-    out = run_in_process(script, common + ["--max_steps", "6", "--from_resume", "1"], monkeypatch, capsys)
+    out = run_in_process(script, *common, "--max_steps", "6", "--from_resume", "1")
     assert "resumed from" in out
-    steps = [r["step"] for r in read_log(tmp_path / "logs" / "lora" / "lora_test_64.jsonl")]
+    steps = [r["step"] for r in train_log(tmp_path, "lora/lora_test_64")]
     assert steps[:2] == [1, 2] and steps[-1] == 6 and steps == sorted(set(steps)), steps  # continued, appended
     model = apply_lora(tiny_model())
     load_lora(model, adapter)  # loads strictly

@@ -1,10 +1,6 @@
 """RL stages (PPO, GRPO, SPO): the shared math on hand values, rewards, reward models, rollouts, and the three
 scripts end to end (incl. resume, 2-process gloo, and reward variance on real GSM8K prompts)."""
-import json
 import math
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dataset.lm_dataset import DataFormatError  # noqa: E402
-from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
+from helpers import (SAMPLE, SHARED, finish, run_trainer, start_trainer, tiny_model, train_log,  # noqa: E402
+                     write_jsonl)
 from trainer.rl_utils import (RewardFunction, RewardModelScorer, RLPromptDataset, aggregate_loss,  # noqa: E402
                               chatml_messages, clipped_policy_loss, clipped_value_loss,
                               extract_gold_answer, extract_predicted_answer, format_reward, gae, group_advantages,
@@ -24,26 +21,15 @@ from trainer.rl_utils import (RewardFunction, RewardModelScorer, RLPromptDataset
                               rollout, token_logps)
 from trainer.train_ppo import CriticModel  # noqa: E402
 from trainer.train_spo import SPOValueTracker  # noqa: E402
-from trainer.trainer_utils import DistState, load_tokenizer  # noqa: E402
+from trainer.trainer_utils import DistState  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "data"
-SAMPLE = ROOT / "dataset" / "sample"
-TINY_CFG = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
-TINY = ["--hidden_size", "64", "--num_hidden_layers", "2", "--num_attention_heads", "4", "--num_key_value_heads",
-        "2", "--device", "cpu", "--num_workers", "0", "--dtype", "float32"]
 FAST = ["--max_gen_len", "16", "--batch_size", "2", "--max_steps", "2", "--temperature", "1.0",
         "--learning_rate", "1e-3", "--max_seq_len", "64"]
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer()
-
-
-@pytest.fixture(scope="module")
 def tiny_policy():
-    torch.manual_seed(0)
-    return MiniMindForCausalLM(MiniMindConfig(**TINY_CFG)).eval()
+    return tiny_model(0).eval()
 
 
 @pytest.fixture(scope="module")
@@ -283,7 +269,7 @@ def test_chatml_messages_roundtrip(tokenizer):
 # ================================================================================================ data order
 def test_prompt_batches_resume_and_epoch_rollover(tmp_path, tokenizer):
     path = tmp_path / "p.jsonl"
-    path.write_text("".join(json.dumps({"question": f"q{i}", "answer": f"#### {i}"}) + "\n" for i in range(10)))
+    write_jsonl(path, [{"question": f"q{i}", "answer": f"#### {i}"} for i in range(10)])
     ds = RLPromptDataset(path, tokenizer, 64)
     assert ds[3]["index"] == 3 and ds[3]["messages"] == [{"role": "user", "content": "q3"}]
 
@@ -315,8 +301,7 @@ def test_rollout_batched_greedy_equals_one_by_one(tiny_policy, tokenizer):
 
 
 def test_rollout_response_mask_stops_after_eos(tokenizer):
-    torch.manual_seed(1)
-    model = MiniMindForCausalLM(MiniMindConfig(**TINY_CFG)).eval()
+    model = tiny_model(1).eval()
     prompts = ["one two three", "four five", "six"]  # plain text: no <|im_end|> (EOS) inside the prompts
     first = rollout(model, tokenizer, prompts, max_gen_len=6, temperature=0).response_ids[0, 0]
     with torch.no_grad():  # make EOS beat row 0's first greedy token (tied embeddings: logit = h . e)
@@ -367,51 +352,17 @@ def test_critic_starts_from_policy_trunk(tiny_policy):
 
 
 # ================================================================================================ scripts
-def env():
-    return dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
-
-
-def start_script(script, *args, tmp, nproc=1):
-    """Launch a training script (tiny config, outputs under `tmp`); `finish` waits for it."""
-    cmd = [sys.executable]
-    if nproc > 1:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        cmd += ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
-                "--master_port", str(port)]
-    cmd += [str(ROOT / "trainer" / script), *TINY, "--save_dir", str(tmp / "out"),
-            "--checkpoint_dir", str(tmp / "ckpt"), *map(str, args)]
-    tmp.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(cmd, cwd=tmp, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return script, proc
-
-
-def finish(started):
-    script, proc = started
-    out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, f"{script} failed ({proc.returncode}):\n{out[-3000:]}\n{err[-3000:]}"
-
-
-def run_script(script, *args, tmp, nproc=1):
-    finish(start_script(script, *args, tmp=tmp, nproc=nproc))
-
-
-def read_log(tmp, name):
-    return [json.loads(l) for l in (tmp / "out" / "logs" / f"{name}.jsonl").read_text().splitlines()]
-
-
 def rlaif_data():
     path = SHARED / "mini" / "rlaif.jsonl"
     return path if path.exists() else SAMPLE / "rlaif.jsonl"
 
 
 def test_ppo_end_to_end_with_local_reward_model(tmp_path, base_weights, tiny_reward_model):
-    run_script("train_ppo.py", *FAST, "--from_weight", base_weights, "--data_path", rlaif_data(),
-               "--reward", "model:1.0,length:0.1", "--reward_model_path", tiny_reward_model,
-               "--kl_estimator", "k3", "--ppo_epochs", 2, "--mini_batch_size", 1, "--critic_learning_rate", 1e-3,
-               "--max_steps", 6, tmp=tmp_path)  # 2 rollouts: 4 updates (2 epochs x 2 mini-batches), then 2
-    rows = read_log(tmp_path, "ppo_actor_64")
+    run_trainer("train_ppo.py", *FAST, "--from_weight", base_weights, "--data_path", rlaif_data(),
+                "--reward", "model:1.0,length:0.1", "--reward_model_path", tiny_reward_model,
+                "--kl_estimator", "k3", "--ppo_epochs", 2, "--mini_batch_size", 1, "--critic_learning_rate", 1e-3,
+                "--max_steps", 6, tmp=tmp_path)  # 2 rollouts: 4 updates (2 epochs x 2 mini-batches), then 2
+    rows = train_log(tmp_path / "out", "ppo_actor_64")
     assert [r["step"] for r in rows] == [4, 6]
     for key in ("loss", "value_loss", "reward", "reward_model", "kl", "return", "critic_grad_norm"):
         assert math.isfinite(rows[-1][key]), key
@@ -431,14 +382,14 @@ def test_grpo_gsm8k_reward_variance_and_resume(tmp_path, base_weights):
     common = [*FAST, "--from_weight", base_weights, "--data_path", data, "--num_generations", 3,
               "--reward", "gsm8k:1.0,format:0.5,length:0.1", "--length_target", 50, "--loss_type", "dapo"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    both = [start_script("train_grpo.py", *common, tmp=straight),  # independent: run side by side
-            start_script("train_grpo.py", *common, "--max_steps", 1, tmp=resumed)]
+    both = [start_trainer("train_grpo.py", *common, tmp=straight),  # independent: run side by side
+            start_trainer("train_grpo.py", *common, "--max_steps", 1, tmp=resumed)]
     for started in both:
         finish(started)
     ck1 = torch.load(resumed / "ckpt" / "grpo_64_resume.pth", weights_only=True)
     assert (ck1["step"], ck1["consumed"]) == (1, 2)
-    run_script("train_grpo.py", *common, "--from_resume", 1, tmp=resumed)
-    rows = read_log(resumed, "grpo_64")
+    run_trainer("train_grpo.py", *common, "--from_resume", 1, tmp=resumed)
+    rows = train_log(resumed / "out", "grpo_64")
     assert [r["step"] for r in rows] == [1, 2]  # the resumed run appended step 2 only
     assert all(r["reward_std"] > 0 for r in rows), rows
     assert all(0.0 <= r["zero_std_frac"] <= 1.0 and "reward_gsm8k" in r for r in rows)
@@ -446,17 +397,17 @@ def test_grpo_gsm8k_reward_variance_and_resume(tmp_path, base_weights):
     assert (ck2["step"], ck2["consumed"]) == (2, 4)
     # Same prompts, same samples (per-step generators), same weights and optimizer: the resumed step 2 is the
     # uninterrupted run's step 2.
-    ref = read_log(straight, "grpo_64")[1]
+    ref = train_log(straight / "out", "grpo_64")[1]
     for key in ("reward", "reward_std", "loss", "kl", "grad_norm", "response_len"):
         assert math.isclose(rows[1][key], ref[key], rel_tol=1e-5, abs_tol=1e-7), (key, rows[1][key], ref[key])
     assert (resumed / "out" / "grpo_64.pth").exists()
 
 
 def test_grpo_two_process_gloo(tmp_path, base_weights):
-    run_script("train_grpo.py", *FAST, "--from_weight", base_weights, "--data_path", rlaif_data(),
-               "--num_generations", 2, "--reward", "format:1.0,length:0.5", "--length_target", 50,
-               tmp=tmp_path, nproc=2)
-    rows = read_log(tmp_path, "grpo_64")
+    run_trainer("train_grpo.py", *FAST, "--from_weight", base_weights, "--data_path", rlaif_data(),
+                "--num_generations", 2, "--reward", "format:1.0,length:0.5", "--length_target", 50,
+                tmp=tmp_path, nproc=2)
+    rows = train_log(tmp_path / "out", "grpo_64")
     assert rows[-1]["step"] == 2
     ck = torch.load(tmp_path / "ckpt" / "grpo_64_resume.pth", weights_only=True)
     assert ck["world_size"] == 2 and ck["consumed"] == 2 * 2 * 2
@@ -464,9 +415,9 @@ def test_grpo_two_process_gloo(tmp_path, base_weights):
 
 
 def test_spo_end_to_end_saves_tracker(tmp_path, base_weights):
-    run_script("train_spo.py", *FAST, "--from_weight", base_weights, "--data_path", rlaif_data(),
-               "--reward", "format:1.0,length:0.5", "--length_target", 50, tmp=tmp_path)
-    rows = read_log(tmp_path, "spo_64")
+    run_trainer("train_spo.py", *FAST, "--from_weight", base_weights, "--data_path", rlaif_data(),
+                "--reward", "format:1.0,length:0.5", "--length_target", 50, tmp=tmp_path)
+    rows = train_log(tmp_path / "out", "spo_64")
     assert [r["step"] for r in rows] == [1, 2]
     assert all(0.5 <= r["rho"] <= 0.96 and r["drift"] >= 0 for r in rows)
     assert (tmp_path / "out" / "spo_64.pth").exists()

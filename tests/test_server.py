@@ -2,7 +2,6 @@
 SDK and raw httpx, plus the batching engine on its own. Tiny random models on CPU; nothing is downloaded."""
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -21,45 +20,28 @@ sys.path.insert(0, str(ROOT))
 
 import uvicorn  # noqa: E402
 
+from helpers import ScriptedLM, free_port, tiny_model  # noqa: E402
 from model.generation import generate  # noqa: E402
-from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
 from scripts.model_loading import ChatStreamParser, chat_prompt  # noqa: E402
 from scripts.serve_openai_api import Engine, Job, create_app  # noqa: E402
-from trainer.trainer_utils import load_tokenizer  # noqa: E402
 
 KEY = "sk-test"
 ERROR_KEYS = {"message", "type", "param", "code"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a loaded 2-core machine they cost a lot.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
     # A larger init than the default keeps a random model from repeating one token forever under greedy decoding.
-    cfg = MiniMindConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         initializer_range=0.3)
-    return MiniMindForCausalLM(cfg).eval()
+    return tiny_model(0, initializer_range=0.3).eval()
 
 
 @contextmanager
 def serve(app):
     """Run `app` with uvicorn on a free 127.0.0.1 port in a background thread; yields the base URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -345,34 +327,6 @@ def test_engine_admits_jobs_mid_batch_exactly(model):
 
 
 # ------------------------------------------------------------------------------------------------ tool calls
-class ScriptedLM(torch.nn.Module):
-    """A stand-in for a *trained* model, used only for the tool-call / reasoning parsing tests: whatever the prompt,
-    it writes `script` (one token id per step) and then EOS, through the real engine, KV cache and parser.
-
-    A random tiny model cannot be made to emit a tool call, and training one costs seconds; this one reads the
-    position of the token it is asked to predict (position ids count real tokens) relative to the prompt."""
-
-    def __init__(self, script, eos_id):
-        super().__init__()
-        self.config = MiniMindConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
-                                     num_key_value_heads=2)
-        self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the engine a device and dtype
-        self.script = list(script) + [eos_id]
-        self.start = None
-
-    def forward(self, input_ids, position_ids=None, past_key_values=None, **kwargs):
-        b, t = input_ids.shape
-        c = self.config
-        zeros = torch.zeros(b, c.num_key_value_heads, t, c.head_dim)
-        past_key_values.update(zeros, zeros, 0)  # keep the cache's bookkeeping real
-        if t > 1:  # prefill: the answer starts right after the prompt
-            self.start = position_ids[:, -1] + 1
-        step = (position_ids[:, -1] + 1 - self.start).clamp(max=len(self.script) - 1)
-        logits = torch.zeros(b, 1, c.vocab_size)
-        logits[torch.arange(b), 0, torch.tensor(self.script)[step]] = 100.0
-        return SimpleNamespace(logits=logits)
-
-
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
                                            "parameters": {"type": "object",
                                                           "properties": {"city": {"type": "string"}}}}},

@@ -1,8 +1,4 @@
 """Pretrain / SFT end to end: loss falls on real text, exact resume, DDP on gloo, clear errors, atomic saves."""
-import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,38 +8,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from helpers import SAMPLE, SHARED, run_trainer, train_log  # noqa: E402
 from trainer.trainer_utils import atomic_save, get_lr, resolve_dtype  # noqa: E402
-
-SHARED = ROOT.parent / "shared" / "data"
-SAMPLE = ROOT / "dataset" / "sample"
-TINY = ["--hidden_size", "64", "--num_hidden_layers", "2", "--num_attention_heads", "4",
-        "--num_key_value_heads", "2", "--device", "cpu", "--num_workers", "0", "--dtype", "float32"]
-
-
-def env():
-    e = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
-    return e
-
-
-def run(script, *args, tmp, cwd=None, check=True, nproc=1):
-    cmd = [sys.executable]
-    if nproc > 1:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        cmd += ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
-                "--master_port", str(port)]
-    cmd += [str(ROOT / "trainer" / script), *TINY, "--save_dir", str(tmp / "out"),
-            "--checkpoint_dir", str(tmp / "ckpt"), *map(str, args)]
-    tmp.mkdir(parents=True, exist_ok=True)
-    p = subprocess.run(cmd, cwd=cwd or tmp, env=env(), capture_output=True, text=True, timeout=600)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{script} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
-    return p
-
-
-def read_log(tmp, name):
-    return [json.loads(l) for l in (tmp / "out" / "logs" / f"{name}.jsonl").read_text().splitlines()]
 
 
 def small_pretrain_file(tmp, n=20):
@@ -59,9 +25,9 @@ def test_pretrain_loss_falls_on_real_text(tmp_path):
     data = SHARED / "mini" / "pretrain.jsonl"
     if not data.exists():
         pytest.skip(f"{data} not found: the shared real-data folder sits beside the repo only in CI/dev setups")
-    run("train_pretrain.py", "--data_path", data, "--batch_size", 8, "--accumulation_steps", 1,
-        "--max_seq_len", 128, "--learning_rate", 3e-3, "--max_steps", 40, "--log_interval", 1, tmp=tmp_path)
-    losses = [r["loss"] for r in read_log(tmp_path, "pretrain_64")]
+    run_trainer("train_pretrain.py", "--data_path", data, "--batch_size", 8, "--accumulation_steps", 1,
+                "--max_seq_len", 128, "--learning_rate", 3e-3, "--max_steps", 40, "--log_interval", 1, tmp=tmp_path)
+    losses = [r["loss"] for r in train_log(tmp_path / "out", "pretrain_64")]
     assert len(losses) == 40
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < first - 1.0, f"loss did not fall enough: {first:.3f} -> {last:.3f}"
@@ -87,11 +53,11 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path, script, extra)
     if "sft" in script:
         common += ["--max_steps", 6]  # the SFT sample file is larger; 6 steps are enough
     a, b = tmp_path / "a", tmp_path / "b"
-    run(script, *common, tmp=a)
-    run(script, *common, "--max_steps", 4, tmp=b)
-    run(script, *common, "--from_resume", 1, tmp=b)
+    run_trainer(script, *common, tmp=a)
+    run_trainer(script, *common, "--max_steps", 4, tmp=b)
+    run_trainer(script, *common, "--from_resume", 1, tmp=b)
     name = "pretrain_64" if "pretrain" in script else "full_sft_64"
-    la, lb = read_log(a, name), read_log(b, name)
+    la, lb = train_log(a / "out", name), train_log(b / "out", name)
     assert [r["step"] for r in la] == [r["step"] for r in lb] == list(range(1, 7))
     for ra, rb in zip(la, lb):
         assert ra["loss"] == pytest.approx(rb["loss"], abs=1e-6), (ra, rb)
@@ -104,14 +70,14 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path, script, extra)
 # ------------------------------------------------------------------------------------------------ DDP
 def test_ddp_two_processes_gloo_pretrain_then_sft(tmp_path):
     data = small_pretrain_file(tmp_path, 40)
-    p = run("train_pretrain.py", "--data_path", data, "--batch_size", 4, "--accumulation_steps", 1,
-            "--max_seq_len", 64, "--max_steps", 3, "--log_interval", 1, tmp=tmp_path, nproc=2)
+    p = run_trainer("train_pretrain.py", "--data_path", data, "--batch_size", 4, "--accumulation_steps", 1,
+                    "--max_seq_len", 64, "--max_steps", 3, "--log_interval", 1, tmp=tmp_path, nproc=2)
     assert "2 process(es)" in p.stdout
     assert p.stdout.count("done:") == 1, "only rank 0 logs"
-    rows = read_log(tmp_path, "pretrain_64")
+    rows = train_log(tmp_path / "out", "pretrain_64")
     assert [r["step"] for r in rows] == [1, 2, 3]
-    run("train_full_sft.py", "--data_path", SAMPLE / "sft.jsonl", "--batch_size", 2, "--max_seq_len", 64,
-        "--max_steps", 2, "--from_weight", "pretrain", tmp=tmp_path, nproc=2)
+    run_trainer("train_full_sft.py", "--data_path", SAMPLE / "sft.jsonl", "--batch_size", 2, "--max_seq_len", 64,
+                "--max_steps", 2, "--from_weight", "pretrain", tmp=tmp_path, nproc=2)
     assert (tmp_path / "out" / "full_sft_64.pth").exists()
 
 
@@ -120,10 +86,10 @@ def test_resume_on_a_different_world_size(tmp_path):
     data = small_pretrain_file(tmp_path, 40)
     common = ["--data_path", data, "--batch_size", 4, "--accumulation_steps", 1, "--max_seq_len", 64,
               "--log_interval", 1, "--save_interval", 1]
-    run("train_pretrain.py", *common, "--max_steps", 4, tmp=tmp_path)  # 16 samples consumed
-    p = run("train_pretrain.py", *common, "--from_resume", 1, "--max_steps", 3, tmp=tmp_path, nproc=2)
+    run_trainer("train_pretrain.py", *common, "--max_steps", 4, tmp=tmp_path)  # 16 samples consumed
+    p = run_trainer("train_pretrain.py", *common, "--from_resume", 1, "--max_steps", 3, tmp=tmp_path, nproc=2)
     assert "step rescaled to 2" in p.stdout  # 16 samples / (4 per rank x 2 ranks)
-    steps = [r["step"] for r in read_log(tmp_path, "pretrain_64")]
+    steps = [r["step"] for r in train_log(tmp_path / "out", "pretrain_64")]
     assert steps == [1, 2, 3, 4, 3]
 
 
@@ -131,18 +97,18 @@ def test_resume_on_a_different_world_size(tmp_path):
 def test_malformed_jsonl_fails_clearly_without_outputs(tmp_path):
     data = tmp_path / "bad.jsonl"
     data.write_text('{"text": "fine"}\n{"text": "broken\n', encoding="utf-8")
-    p = run("train_pretrain.py", "--data_path", data, "--max_steps", 1, tmp=tmp_path, check=False)
+    p = run_trainer("train_pretrain.py", "--data_path", data, "--max_steps", 1, tmp=tmp_path, check=False)
     assert p.returncode == 2
     assert f"{data}:2: invalid JSON" in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "out" / "pretrain_64.pth").exists()
-    p = run("train_pretrain.py", "--data_path", data, "--max_steps", 1, "--skip_bad_lines", "--packing", 0,
-            tmp=tmp_path)
+    p = run_trainer("train_pretrain.py", "--data_path", data, "--max_steps", 1, "--skip_bad_lines", "--packing", 0,
+                    tmp=tmp_path)
     assert "skipped 1 bad line" in p.stdout
 
 
 def test_missing_from_weight_is_clear(tmp_path):
-    p = run("train_full_sft.py", "--data_path", SAMPLE / "sft.jsonl", "--from_weight", "pretrain",
-            tmp=tmp_path, check=False)
+    p = run_trainer("train_full_sft.py", "--data_path", SAMPLE / "sft.jsonl", "--from_weight", "pretrain",
+                    tmp=tmp_path, check=False)
     assert p.returncode == 2 and "--from_weight pretrain" in p.stderr and "pretrain_64.pth not found" in p.stderr
     assert "Traceback" not in p.stderr
 
@@ -152,8 +118,8 @@ def test_weights_of_another_size_are_rejected_clearly(tmp_path):
     wrong = MiniMindForCausalLM(MiniMindConfig(hidden_size=64, num_hidden_layers=3, num_attention_heads=4))
     (tmp_path / "out").mkdir()
     torch.save(wrong.state_dict(), tmp_path / "out" / "pretrain_64.pth")
-    p = run("train_full_sft.py", "--data_path", SAMPLE / "sft.jsonl", "--from_weight", "pretrain",
-            tmp=tmp_path, check=False)
+    p = run_trainer("train_full_sft.py", "--data_path", SAMPLE / "sft.jsonl", "--from_weight", "pretrain",
+                    tmp=tmp_path, check=False)
     assert p.returncode == 2 and "does not match the model" in p.stderr and "num_hidden_layers=2" in p.stderr
 
 
@@ -175,8 +141,8 @@ def test_atomic_save_keeps_the_old_file_on_failure(tmp_path):
 def test_scripts_run_from_any_directory(tmp_path):
     """`cd trainer && python train_pretrain.py` works: imports and default tokenizer path come from the repo."""
     data = small_pretrain_file(tmp_path)
-    run("train_pretrain.py", "--data_path", data, "--max_steps", 1, "--max_seq_len", 32, "--batch_size", 2,
-        tmp=tmp_path, cwd=ROOT / "trainer")
+    run_trainer("train_pretrain.py", "--data_path", data, "--max_steps", 1, "--max_seq_len", 32, "--batch_size", 2,
+                tmp=tmp_path, cwd=ROOT / "trainer")
     assert (tmp_path / "out" / "pretrain_64.pth").exists()
 
 

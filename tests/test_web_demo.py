@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from helpers import free_port  # noqa: E402
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
 from trainer.trainer_utils import atomic_save, half_state_dict, load_tokenizer  # noqa: E402
 
@@ -282,12 +283,6 @@ def test_page_reports_an_unreachable_endpoint(monkeypatch, tmp_path):
 # ================================================================================================================
 # A real browser
 # ================================================================================================================
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_healthy(url: str, proc, timeout: float = 60):
     deadline = time.time() + timeout
     while time.time() < deadline:

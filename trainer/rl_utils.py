@@ -5,10 +5,10 @@
               `token_logps`: per-token log-probs of the response tokens under a model, with or without grad
   rewards     rule rewards (think/answer format, length penalty, GSM8K exact answer), a reward model
               (InternLM2-style `get_score` or any AutoModelForSequenceClassification), combined by weights:
-              `--reward model:1.0,format:0.5,length:0.1`
+              `--reward model:1.0,format:0.5,length:0.1`; `reward_metrics`: the reward columns every stage logs
   RL math     KL estimators k1/k3, GAE, group-normalised advantages, clipped policy and value losses,
               the GRPO / DAPO / Dr.GRPO loss normalisations
-  loop bits   `log_step`, `save_due`: logging and checkpoint cadence for the scripts' own loops
+  the loop    `run_rl`: prompt batches -> the script's update -> logging / checkpoint cadence -> final save
 
 Every function here is plain tensor code with the shapes in its docstring, so tests/test_rl.py checks each
 one on hand values; the three scripts only wire them together.
@@ -32,7 +32,8 @@ if str(ROOT) not in sys.path:
 
 from dataset.lm_dataset import DataFormatError, RLAIFDataset  # noqa: E402
 from model.generation import generate  # noqa: E402
-from trainer.trainer_utils import ResumableSampler, WeightLoadError, format_eta, unwrap  # noqa: E402
+from trainer.trainer_utils import (ResumableSampler, WeightLoadError, cleanup_distributed, format_eta,  # noqa: E402
+                                   unwrap)
 
 # Upstream keeps the InternLM2 reward model as a sibling of the repository (../internlm2-1_8b-reward).
 DEFAULT_REWARD_MODEL = ROOT.parent / "internlm2-1_8b-reward"
@@ -404,6 +405,12 @@ def build_reward_function(args, device, log=print) -> RewardFunction:
     return RewardFunction(args.reward_terms, scorer, args.length_target, args.reward_clip)
 
 
+def reward_metrics(rewards: torch.Tensor, parts: Dict[str, torch.Tensor]) -> dict:
+    """The reward columns every RL stage logs: mean, spread, and the mean of each term (`reward_format`, ...)."""
+    return {"reward": rewards.mean(), "reward_std": rewards.std(correction=0),
+            **{f"reward_{k}": v.mean() for k, v in parts.items()}}
+
+
 def expand(values: Sequence, n: int) -> list:
     """Repeat each element n times, consecutively (prompt-level data -> one entry per generation)."""
     return [v for v in values for _ in range(n)]
@@ -524,7 +531,7 @@ def aggregate_loss(token_loss: torch.Tensor, mask: torch.Tensor, loss_type: str 
 
 
 # ================================================================================================================
-# Pieces for the scripts' own loops
+# The outer loop shared by the scripts, and its pieces
 # ================================================================================================================
 def all_gather_cat(x: torch.Tensor) -> torch.Tensor:
     """Concatenate a same-shaped tensor from every rank (identity without torch.distributed)."""
@@ -567,3 +574,38 @@ def log_step(loop, metrics: Dict[str, torch.Tensor], lr: float, grad_norm, last_
     loop.logger.info(f"[{loop.name}] step {loop.step}/{last_step} {shown} lr: {lr:.3e} "
                      f"grad_norm: {row['grad_norm']:.3f} ETA: {format_eta(eta)}")
     return row
+
+
+def run_rl(loop, dataset, update, total_steps: int, describe: str, companions=()):
+    """Train on prompt batches until --max_steps / the last epoch; the RL scripts' shared outer loop.
+
+    update(batch, last_step) -> (metrics, lr, grad_norm, n_tokens) is the script's algorithm: the rollout,
+    rewards and its optimizer steps for one prompt batch (it stops at `last_step`, possibly inside the batch).
+    `describe` completes the opening log line. `companions` are further TrainLoops that `update` steps in
+    lockstep with `loop` (PPO's critic): they train, checkpoint and make the final save with it; `loop` owns the
+    step count, the data position and the logger. Ends the run: final save, logger closed, DDP torn down.
+    """
+    args = loop.args
+    last_step = min(total_steps, args.max_steps) if args.max_steps else total_steps
+    loops = (loop, *companions)
+    loop.logger.info(f"[{loop.name}] {describe}")
+    for lp in loops:
+        lp.model.train()
+    t_start, start_step = time.time(), loop.step
+    if loop.step < last_step:
+        for batch in prompt_batches(loop, dataset, args.batch_size, args.num_workers, args.seed):
+            t_step, step_before = time.time(), loop.step
+            metrics, lr, grad_norm, n_tokens = update(batch, last_step)
+            done = loop.step >= last_step
+            if log_due(loop, step_before, done):
+                log_step(loop, metrics, lr, grad_norm, last_step, t_start, start_step, n_tokens, t_step)
+            if save_due(loop, step_before, done):
+                for lp in loops:
+                    lp.save()
+            if done:
+                break
+    for lp in loops:
+        lp.save(final=True)
+    loop.logger.info(f"[{loop.name}] done: {loop.step} steps; weights -> {args.save_dir}")
+    loop.logger.close()
+    cleanup_distributed()

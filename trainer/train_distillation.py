@@ -30,11 +30,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any directory
 
-from dataset.lm_dataset import IGNORE_INDEX, PadCollator, SFTDataset  # noqa: E402
+from dataset.lm_dataset import IGNORE_INDEX, SFTDataset  # noqa: E402
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
 from trainer.trainer_utils import (Batch, TrainLoop, WeightLoadError, add_common_args,  # noqa: E402
-                                   cleanup_distributed, init_distributed, init_model, load_weights,
-                                   model_config_from_args, run_main, setup_seed, weight_path)
+                                   cleanup_distributed, load_weights, padded_dataset, run_main, setup_stage,
+                                   weight_path)
 
 
 def distillation_kl(student_logits, teacher_logits, mask, temperature: float = 1.0) -> torch.Tensor:
@@ -125,17 +125,10 @@ def main():
     if args.teacher_weight in ("", "none"):
         parser.error("--teacher_weight is required: distilling from a random teacher teaches nothing")
 
-    dist_state = init_distributed(args.device)
-    setup_seed(args.seed)
-    log = print if dist_state.is_main else (lambda *a, **k: None)
-    model, tokenizer = init_model(model_config_from_args(args), args.from_weight, args.save_dir,
-                                  args.tokenizer_path, dist_state.device, log)
+    dist_state, model, tokenizer, log = setup_stage(args)
     teacher = load_teacher(args, dist_state.device, log)
     check_same_vocab(model, teacher)
-    train_ds = SFTDataset(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines)
-    collate = PadCollator(tokenizer.pad_token_id, pad_to=args.max_seq_len if args.pad_to_max else None,
-                          pad_multiple=64 if args.use_compile else 1)
-    lengths = train_ds.data.byte_lengths() if args.group_by_length and not args.pad_to_max else None
+    train_ds, collate, lengths = padded_dataset(args, tokenizer, SFTDataset)
 
     loss_fn = make_distill_loss_fn(teacher, args.alpha, args.temperature, bool(args.use_moe))
     TrainLoop(args, "full_dist", model, dist_state).run(train_ds, collate, loss_fn, lengths=lengths)

@@ -32,9 +32,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any directory
 
-from dataset.lm_dataset import IGNORE_INDEX, DPODataset, PadCollator  # noqa: E402
+from dataset.lm_dataset import IGNORE_INDEX, DPODataset  # noqa: E402
 from trainer.trainer_utils import (Batch, TrainLoop, add_common_args, cleanup_distributed,  # noqa: E402
-                                   init_distributed, init_model, model_config_from_args, run_main, setup_seed)
+                                   padded_dataset, run_main, setup_stage)
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
@@ -118,17 +118,10 @@ def main():
     parser.add_argument("--loss_type", type=str, default="sigmoid", choices=LOSS_TYPES)
     args = parser.parse_args()
 
-    dist_state = init_distributed(args.device)
-    setup_seed(args.seed)
-    log = print if dist_state.is_main else (lambda *a, **k: None)
-    model, tokenizer = init_model(model_config_from_args(args), args.from_weight, args.save_dir,
-                                  args.tokenizer_path, dist_state.device, log)
+    dist_state, model, tokenizer, _ = setup_stage(args)
     # The reference is the *starting* weights, also on resume (TrainLoop then loads the trained policy).
     ref_model = make_reference(model)
-    train_ds = DPODataset(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines)
-    collate = PadCollator(tokenizer.pad_token_id, pad_to=args.max_seq_len if args.pad_to_max else None,
-                          pad_multiple=64 if args.use_compile else 1)
-    lengths = train_ds.data.byte_lengths() if args.group_by_length and not args.pad_to_max else None
+    train_ds, collate, lengths = padded_dataset(args, tokenizer, DPODataset)
 
     loss_fn = make_dpo_loss_fn(ref_model, args.beta, args.loss_type)
     TrainLoop(args, "dpo", model, dist_state).run(train_ds, collate, loss_fn, lengths=lengths)

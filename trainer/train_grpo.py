@@ -24,7 +24,6 @@ Output: out/grpo_{hidden}[_moe].pth, checkpoints/grpo_{hidden}[_moe]_resume.pth 
 import argparse
 import copy
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -33,10 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any dir
 
 from trainer.rl_utils import (LOSS_TYPES, RLPromptDataset, add_rl_args, aggregate_loss,  # noqa: E402
                               build_reward_function, check_rl_args, clipped_policy_loss, expand,
-                              group_advantages, kl_k3, log_due, log_step, masked_mean, prompt_batches, rollout,
-                              save_due, step_generator, steps_per_epoch, token_logps)
-from trainer.trainer_utils import (TrainLoop, add_common_args, cleanup_distributed, init_distributed,  # noqa: E402
-                                   init_model, model_config_from_args, run_main, setup_seed, unwrap)
+                              group_advantages, kl_k3, masked_mean, reward_metrics, rollout, run_rl, step_generator,
+                              steps_per_epoch, token_logps)
+from trainer.trainer_utils import TrainLoop, add_common_args, run_main, setup_stage, unwrap  # noqa: E402
 
 
 def grpo_update(args, loop, ref_model, tokenizer, reward_fn, batch, total_steps, last_step):
@@ -68,8 +66,7 @@ def grpo_update(args, loop, ref_model, tokenizer, reward_fn, batch, total_steps,
         loop.backward(loss)
         grad_norm = loop.optimizer_step()
 
-    metrics = {"loss": loss.detach(), "reward": rewards.mean(), "reward_std": rewards.std(correction=0),
-               **{f"reward_{k}": v.mean() for k, v in parts.items()},
+    metrics = {"loss": loss.detach(), **reward_metrics(rewards, parts),
                "zero_std_frac": (group_std < 1e-6).float().mean(), "kl": masked_mean(kl.detach(), mask),
                "clip_frac": masked_mean(clipped.float(), mask), "response_len": ro.response_lengths.mean()}
     return metrics, lr, grad_norm, mask.sum()
@@ -97,11 +94,7 @@ def main():
         parser.error("--accumulation_steps is not used by GRPO: each rollout batch is one update; "
                      "lower --batch_size or --num_generations to save memory")
 
-    dist_state = init_distributed(args.device)
-    setup_seed(args.seed)
-    log = print if dist_state.is_main else (lambda *a, **k: None)
-    model, tokenizer = init_model(model_config_from_args(args), args.from_weight, args.save_dir,
-                                  args.tokenizer_path, dist_state.device, log)
+    dist_state, model, tokenizer, log = setup_stage(args)
     # The reference is the starting policy, copied before a resume overwrites the policy's weights.
     ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     reward_fn = build_reward_function(args, dist_state.device, log)
@@ -110,28 +103,14 @@ def main():
     loop = TrainLoop(args, "grpo", model, dist_state)
     total_steps = steps_per_epoch(len(dataset), args.batch_size, dist_state.world_size) * args.epochs \
         * args.num_iterations
-    last_step = min(total_steps, args.max_steps) if args.max_steps else total_steps
-    loop.logger.info(f"[{loop.name}] {len(dataset)} prompts x {args.num_generations} generations, "
-                     f"{dist_state.world_size} process(es), {total_steps} optimizer steps "
-                     f"(batch {args.batch_size} prompts, loss {args.loss_type}, device {loop.device})")
-    loop.model.train()
-    t_start, start_step = time.time(), loop.step
-    if loop.step < last_step:
-        for batch in prompt_batches(loop, dataset, args.batch_size, args.num_workers, args.seed):
-            t_step, step_before = time.time(), loop.step
-            metrics, lr, grad_norm, n_tokens = grpo_update(args, loop, ref_model, tokenizer, reward_fn, batch,
-                                                           total_steps, last_step)
-            done = loop.step >= last_step
-            if log_due(loop, step_before, done):
-                log_step(loop, metrics, lr, grad_norm, last_step, t_start, start_step, n_tokens, t_step)
-            if save_due(loop, step_before, done):
-                loop.save()
-            if done:
-                break
-    loop.save(final=True)
-    loop.logger.info(f"[{loop.name}] done: {loop.step} steps; weights -> {args.save_dir}")
-    loop.logger.close()
-    cleanup_distributed()
+
+    def update(batch, last_step):
+        return grpo_update(args, loop, ref_model, tokenizer, reward_fn, batch, total_steps, last_step)
+
+    run_rl(loop, dataset, update, total_steps,
+           describe=f"{len(dataset)} prompts x {args.num_generations} generations, {dist_state.world_size} "
+                    f"process(es), {total_steps} optimizer steps (batch {args.batch_size} prompts, "
+                    f"loss {args.loss_type}, device {loop.device})")
 
 
 if __name__ == "__main__":

@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any directory
 
-from dataset.lm_dataset import PadCollator, SFTDataset  # noqa: E402
+from dataset.lm_dataset import SFTDataset  # noqa: E402
 from model.model_lora import DEFAULT_TARGETS, apply_lora, count_parameters, lora_state_dict  # noqa: E402
-from trainer.trainer_utils import (TrainLoop, add_common_args, cleanup_distributed, init_distributed,  # noqa: E402
-                                   init_model, lm_loss, model_config_from_args, run_main, setup_seed)
+from trainer.trainer_utils import (TrainLoop, add_common_args, cleanup_distributed, lm_loss,  # noqa: E402
+                                   padded_dataset, run_main, setup_stage)
 
 
 class LoRATrainLoop(TrainLoop):
@@ -52,20 +52,13 @@ def main():
     # out/lora/{lora_name}_{hidden}.pth, out/logs/lora/..., checkpoints/lora/..._resume.pth.
     args.save_weight = f"lora/{args.lora_name}"
 
-    dist_state = init_distributed(args.device)
-    setup_seed(args.seed)  # identical adapter initialisation on every rank
-    log = print if dist_state.is_main else (lambda *a, **k: None)
-    model, tokenizer = init_model(model_config_from_args(args), args.from_weight, args.save_dir,
-                                  args.tokenizer_path, dist_state.device, log)
+    dist_state, model, tokenizer, log = setup_stage(args)
     apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_targets, args.lora_dropout)
     trainable, total = count_parameters(model)
     log(f"LoRA rank {args.lora_rank}, alpha {args.lora_alpha:g} on {args.lora_targets}: {trainable / 1e6:.3f}M "
         f"trainable of {total / 1e6:.3f}M parameters ({100 * trainable / total:.2f}%)")
 
-    train_ds = SFTDataset(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines)
-    collate = PadCollator(tokenizer.pad_token_id, pad_to=args.max_seq_len if args.pad_to_max else None,
-                          pad_multiple=64 if args.use_compile else 1)
-    lengths = train_ds.data.byte_lengths() if args.group_by_length and not args.pad_to_max else None
+    train_ds, collate, lengths = padded_dataset(args, tokenizer, SFTDataset)
     lora_params = [p for p in model.parameters() if p.requires_grad]
     loop = LoRATrainLoop(args, "lora", model, dist_state, params=lora_params)
     loop.run(train_ds, collate, lm_loss, lengths=lengths)

@@ -30,7 +30,6 @@ Output: out/ppo_actor_{hidden}[_moe].pth and out/ppo_critic_{hidden}[_moe].pth; 
 import argparse
 import copy
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -40,12 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any dir
 
 from model.model_minimind import MiniMindConfig, MiniMindModel  # noqa: E402
 from trainer.rl_utils import (KL_ESTIMATORS, RLPromptDataset, add_rl_args, build_reward_function,  # noqa: E402
-                              check_rl_args, clipped_policy_loss, clipped_value_loss, gae, log_due, log_step,
-                              masked_mean, masked_whiten, prompt_batches, rollout, save_due, step_generator,
-                              steps_per_epoch, token_logps)
-from trainer.trainer_utils import (TrainLoop, WeightLoadError, add_common_args, cleanup_distributed,  # noqa: E402
-                                   init_distributed, init_model, model_config_from_args, run_main, setup_seed,
-                                   unwrap)
+                              check_rl_args, clipped_policy_loss, clipped_value_loss, gae, masked_mean,
+                              masked_whiten, reward_metrics, rollout, run_rl, step_generator, steps_per_epoch,
+                              token_logps)
+from trainer.trainer_utils import (TrainLoop, WeightLoadError, add_common_args, run_main,  # noqa: E402
+                                   setup_stage, unwrap)
 
 
 class CriticModel(nn.Module):
@@ -128,8 +126,7 @@ def ppo_update(args, actor_loop, critic_loop, ref_model, tokenizer, reward_fn, b
         grad_norm = actor_loop.optimizer_step()
         critic_grad_norm = critic_loop.optimizer_step()
 
-    metrics = {"loss": policy_loss.detach(), "value_loss": value_loss.detach(), "reward": rewards.mean(),
-               "reward_std": rewards.std(correction=0), **{f"reward_{k}": v.mean() for k, v in parts.items()},
+    metrics = {"loss": policy_loss.detach(), "value_loss": value_loss.detach(), **reward_metrics(rewards, parts),
                "kl": masked_mean(kl, mask), "value": masked_mean(old_values, mask),
                "return": masked_mean(returns, mask), "clip_frac": masked_mean(clipped.float(), m),
                "critic_grad_norm": critic_grad_norm, "response_len": ro.response_lengths.mean()}
@@ -161,11 +158,7 @@ def main():
     if args.accumulation_steps != 1:
         parser.error("--accumulation_steps is not used by PPO: use --mini_batch_size to split updates")
 
-    dist_state = init_distributed(args.device)
-    setup_seed(args.seed)
-    log = print if dist_state.is_main else (lambda *a, **k: None)
-    actor, tokenizer = init_model(model_config_from_args(args), args.from_weight, args.save_dir,
-                                  args.tokenizer_path, dist_state.device, log)
+    dist_state, actor, tokenizer, log = setup_stage(args)
     # Reference and critic start from the base weights, before a resume overwrites the actor.
     ref_model = copy.deepcopy(actor).eval().requires_grad_(False)
     critic = CriticModel.from_policy(actor)
@@ -184,31 +177,16 @@ def main():
     n_mb = -(-args.batch_size // args.mini_batch_size) if args.mini_batch_size else 1
     total_steps = steps_per_epoch(len(dataset), args.batch_size, dist_state.world_size) * args.epochs \
         * args.ppo_epochs * n_mb
-    last_step = min(total_steps, args.max_steps) if args.max_steps else total_steps
-    actor_loop.logger.info(f"[{actor_loop.name}] {len(dataset)} prompts, {dist_state.world_size} process(es), "
-                           f"{total_steps} optimizer steps (batch {args.batch_size}, {args.ppo_epochs} PPO epoch(s) "
-                           f"x {n_mb} mini-batch(es), device {actor_loop.device})")
-    actor_loop.model.train()
-    critic_loop.model.train()
-    t_start, start_step = time.time(), actor_loop.step
-    if actor_loop.step < last_step:
-        for batch in prompt_batches(actor_loop, dataset, args.batch_size, args.num_workers, args.seed):
-            t_step, step_before = time.time(), actor_loop.step
-            metrics, lr, grad_norm, n_tokens = ppo_update(args, actor_loop, critic_loop, ref_model, tokenizer,
-                                                          reward_fn, batch, total_steps, last_step)
-            done = actor_loop.step >= last_step
-            if log_due(actor_loop, step_before, done):
-                log_step(actor_loop, metrics, lr, grad_norm, last_step, t_start, start_step, n_tokens, t_step)
-            if save_due(actor_loop, step_before, done):
-                actor_loop.save()
-                critic_loop.save()
-            if done:
-                break
-    actor_loop.save(final=True)
-    critic_loop.save(final=True)
-    actor_loop.logger.info(f"[{actor_loop.name}] done: {actor_loop.step} steps; weights -> {args.save_dir}")
-    actor_loop.logger.close()
-    cleanup_distributed()
+
+    def update(batch, last_step):
+        return ppo_update(args, actor_loop, critic_loop, ref_model, tokenizer, reward_fn, batch, total_steps,
+                          last_step)
+
+    # The critic steps, saves and checkpoints in lockstep with the actor, whose loop leads (steps, data, logs).
+    run_rl(actor_loop, dataset, update, total_steps, companions=(critic_loop,),
+           describe=f"{len(dataset)} prompts, {dist_state.world_size} process(es), {total_steps} optimizer steps "
+                    f"(batch {args.batch_size}, {args.ppo_epochs} PPO epoch(s) x {n_mb} mini-batch(es), "
+                    f"device {actor_loop.device})")
 
 
 if __name__ == "__main__":

@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any directory
 
-from dataset.lm_dataset import PackedPretrainDataset, PadCollator, PretrainDataset, stack_collate  # noqa: E402
-from trainer.trainer_utils import (TrainLoop, add_common_args, cleanup_distributed, init_distributed,  # noqa: E402
-                                   init_model, lm_loss, model_config_from_args, run_main, setup_seed)
+from dataset.lm_dataset import PackedPretrainDataset, PretrainDataset, stack_collate  # noqa: E402
+from trainer.trainer_utils import (TrainLoop, add_common_args, cleanup_distributed, lm_loss,  # noqa: E402
+                                   padded_dataset, run_main, setup_stage)
 
 
 def main():
@@ -35,20 +35,13 @@ def main():
                         help="with packing: reset positions and block attention at document boundaries")
     args = parser.parse_args()
 
-    dist_state = init_distributed(args.device)
-    setup_seed(args.seed)  # identical initial weights on every rank
-    log = print if dist_state.is_main else (lambda *a, **k: None)
-    model, tokenizer = init_model(model_config_from_args(args), args.from_weight, args.save_dir,
-                                  args.tokenizer_path, dist_state.device, log)
+    dist_state, model, tokenizer, _ = setup_stage(args)
     if args.packing:
         train_ds = PackedPretrainDataset(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines,
                                          doc_attention=bool(args.doc_attention))
         collate, lengths = stack_collate, None
     else:
-        train_ds = PretrainDataset(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines)
-        collate = PadCollator(tokenizer.pad_token_id, pad_to=args.max_seq_len if args.pad_to_max else None,
-                              pad_multiple=64 if args.use_compile else 1)
-        lengths = train_ds.data.byte_lengths() if args.group_by_length and not args.pad_to_max else None
+        train_ds, collate, lengths = padded_dataset(args, tokenizer, PretrainDataset)
 
     TrainLoop(args, "pretrain", model, dist_state).run(train_ds, collate, lm_loss, lengths=lengths)
     cleanup_distributed()

@@ -39,7 +39,6 @@ Output: out/spo_{hidden}[_moe].pth, checkpoints/spo_{hidden}[_moe]_resume.pth (w
 import argparse
 import copy
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -48,11 +47,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any directory
 
 from trainer.rl_utils import (RLPromptDataset, add_rl_args, aggregate_loss, all_gather_cat,  # noqa: E402
-                              build_reward_function, check_rl_args, clipped_policy_loss, kl_k3, log_due, log_step,
-                              masked_mean, prompt_batches, rollout, save_due, step_generator, steps_per_epoch,
-                              token_logps)
-from trainer.trainer_utils import (TrainLoop, add_common_args, cleanup_distributed, init_distributed,  # noqa: E402
-                                   init_model, model_config_from_args, run_main, setup_seed, unwrap)
+                              build_reward_function, check_rl_args, clipped_policy_loss, kl_k3, masked_mean,
+                              reward_metrics, rollout, run_rl, step_generator, steps_per_epoch, token_logps)
+from trainer.trainer_utils import TrainLoop, add_common_args, run_main, setup_stage, unwrap  # noqa: E402
 
 
 class SPOValueTracker(nn.Module):
@@ -161,8 +158,7 @@ def spo_update(args, loop, ref_model, tracker, tokenizer, reward_fn, batch, tota
         drift = loop.reduce_mean(masked_mean(kl_k3(old_logps, new_logps), mask).reshape(1))[0]
         tracker.advance_clock(float(drift))
 
-    metrics = {"loss": loss.detach(), "reward": rewards.mean(), "reward_std": rewards.std(correction=0),
-               **{f"reward_{k}": v.mean() for k, v in parts.items()},
+    metrics = {"loss": loss.detach(), **reward_metrics(rewards, parts),
                "baseline": baselines[rank * b:(rank + 1) * b].mean(), "rho": rhos.float().mean(),
                "drift": drift, "kl": masked_mean(kl.detach(), mask), "response_len": ro.response_lengths.mean()}
     return metrics, lr, grad_norm, mask.sum()
@@ -189,11 +185,7 @@ def main():
     if args.accumulation_steps != 1:
         parser.error("--accumulation_steps is not used by SPO: each rollout batch is one update")
 
-    dist_state = init_distributed(args.device)
-    setup_seed(args.seed)
-    log = print if dist_state.is_main else (lambda *a, **k: None)
-    model, tokenizer = init_model(model_config_from_args(args), args.from_weight, args.save_dir,
-                                  args.tokenizer_path, dist_state.device, log)
+    dist_state, model, tokenizer, log = setup_stage(args)
     ref_model = copy.deepcopy(model).eval().requires_grad_(False)  # the starting policy, before any resume
     reward_fn = build_reward_function(args, dist_state.device, log)
     dataset = RLPromptDataset(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines)
@@ -202,28 +194,13 @@ def main():
 
     loop = TrainLoop(args, "spo", model, dist_state, extra_state={"spo_tracker": tracker})
     total_steps = steps_per_epoch(len(dataset), args.batch_size, dist_state.world_size) * args.epochs
-    last_step = min(total_steps, args.max_steps) if args.max_steps else total_steps
-    loop.logger.info(f"[{loop.name}] {len(dataset)} prompts, {dist_state.world_size} process(es), {total_steps} "
-                     f"optimizer steps (batch {args.batch_size} prompts, rho {args.spo_rho_mode}, "
-                     f"device {loop.device})")
-    loop.model.train()
-    t_start, start_step = time.time(), loop.step
-    if loop.step < last_step:
-        for batch in prompt_batches(loop, dataset, args.batch_size, args.num_workers, args.seed):
-            t_step, step_before = time.time(), loop.step
-            metrics, lr, grad_norm, n_tokens = spo_update(args, loop, ref_model, tracker, tokenizer, reward_fn,
-                                                          batch, total_steps)
-            done = loop.step >= last_step
-            if log_due(loop, step_before, done):
-                log_step(loop, metrics, lr, grad_norm, last_step, t_start, start_step, n_tokens, t_step)
-            if save_due(loop, step_before, done):
-                loop.save()
-            if done:
-                break
-    loop.save(final=True)
-    loop.logger.info(f"[{loop.name}] done: {loop.step} steps; weights -> {args.save_dir}")
-    loop.logger.close()
-    cleanup_distributed()
+
+    def update(batch, last_step):  # one optimizer step per batch: it cannot run past last_step
+        return spo_update(args, loop, ref_model, tracker, tokenizer, reward_fn, batch, total_steps)
+
+    run_rl(loop, dataset, update, total_steps,
+           describe=f"{len(dataset)} prompts, {dist_state.world_size} process(es), {total_steps} optimizer steps "
+                    f"(batch {args.batch_size} prompts, rho {args.spo_rho_mode}, device {loop.device})")
 
 
 if __name__ == "__main__":

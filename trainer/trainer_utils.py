@@ -8,11 +8,13 @@ loss, its flags. This module holds the rest:
   devices        NPU -> CUDA -> MPS -> CPU, dtype choice, autocast, GradScaler
   distributed    torchrun / DDP init and cleanup (nccl, hccl or gloo)
   model          config from flags, `init_model` (strict weight loading + tokenizer)
+  stage setup    `setup_stage` (DDP, seed, model, tokenizer), `padded_dataset` (dataset + collate + lengths)
   optimisation   AdamW, cosine LR with a floor, accumulation + clipping (`Optimizer step` in `TrainLoop`)
   data order     `ResumableSampler`: the same shuffled order every run, skipping what a resume already consumed
-  checkpoints    atomic writes, half-precision weights, full resume state
+  checkpoints    half-precision weights, full resume state, written atomically (`atomic_save`, model/atomic_io.py)
   logging        rank-0 console + progress bar + JSONL metrics + optional wandb / swanlab
-  the loop       `train_supervised`: the loop shared by pretrain, SFT, LoRA, DPO, distillation and reasoning
+  the loop       `TrainLoop.run`: the loop shared by pretrain, SFT, LoRA, DPO, distillation and reasoning
+                 (the RL stages drive its pieces from trainer/rl_utils.run_rl)
 """
 import argparse
 import json
@@ -36,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from dataset.lm_dataset import doc_causal_mask  # noqa: E402
+from dataset.lm_dataset import PadCollator, doc_causal_mask  # noqa: E402
+from model.atomic_io import atomic_save  # noqa: E402,F401  (re-exported: scripts and tests import it from here)
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
 
 DEFAULT_TOKENIZER = ROOT / "model"
@@ -279,24 +282,36 @@ def init_model(config: MiniMindConfig, from_weight: str = "none", save_dir=DEFAU
 
 
 # ================================================================================================================
-# Checkpoints: atomic writes
+# Stage setup: what every stage script does before its own part
 # ================================================================================================================
-def atomic_save(obj, path):
-    """torch.save to a temp file in the same folder, then os.replace: a crash never leaves a torn file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def setup_stage(args):
+    """Process group, seed, rank-0 logging, then the model (from --from_weight) and the tokenizer.
+
+    Returns (dist_state, model, tokenizer, log); `log` prints on rank 0 only. The seed is set before the model
+    is built, so every rank starts from identical weights (and identical LoRA adapters / critic heads).
+    """
+    dist_state = init_distributed(args.device)
+    setup_seed(args.seed)
+    log = print if dist_state.is_main else (lambda *a, **k: None)
+    model, tokenizer = init_model(model_config_from_args(args), args.from_weight, args.save_dir,
+                                  args.tokenizer_path, dist_state.device, log)
+    return dist_state, model, tokenizer, log
 
 
+def padded_dataset(args, tokenizer, dataset_cls):
+    """One record per row, padded per batch: `dataset_cls(--data_path)`, its PadCollator and, unless
+    --group_by_length 0 or --pad_to_max, the record sizes that turn on length-grouped batches (similar lengths
+    in a batch: little compute is spent on padding). Returns (dataset, collate, lengths) for `TrainLoop.run`."""
+    dataset = dataset_cls(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines)
+    collate = PadCollator(tokenizer.pad_token_id, pad_to=args.max_seq_len if args.pad_to_max else None,
+                          pad_multiple=64 if args.use_compile else 1)
+    lengths = dataset.data.byte_lengths() if args.group_by_length and not args.pad_to_max else None
+    return dataset, collate, lengths
+
+
+# ================================================================================================================
+# Checkpoints (atomic writes: `atomic_save` from model/atomic_io.py)
+# ================================================================================================================
 def half_state_dict(model) -> dict:
     """Weights for release/inference: half precision on CPU, like the original MiniMind's .pth files."""
     return {k: (v.half() if v.is_floating_point() else v).cpu() for k, v in unwrap(model).state_dict().items()}
@@ -479,7 +494,7 @@ class TrainLoop:
 
     A stage script builds the model and a dataset, then calls `TrainLoop(...).run(dataset, collate, loss_fn)`
     where `loss_fn(model, batch) -> Batch` is its whole algorithm. RL stages, whose data comes from rollouts,
-    use the pieces (`optimizer_step`, `save`, `logger`) in their own loop.
+    use the pieces (`set_lr`, `backward`, `optimizer_step`, `save`, `logger`) from `rl_utils.run_rl`.
     """
 
     def __init__(self, args, stage: str, model, dist_state: DistState, extra_state: Optional[dict] = None,

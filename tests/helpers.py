@@ -1,0 +1,153 @@
+"""Helpers shared by the test files: tiny models, running a script as a subprocess, reading JSONL logs.
+
+Imported as `from helpers import ...`: pytest's default (prepend) import mode puts tests/ on sys.path for every
+test module. Fixtures shared the same way (tokenizer, one_thread, run_in_process) are in conftest.py.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
+from trainer.trainer_utils import atomic_save, half_state_dict  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"   # real data (tests skip when it is absent)
+SAMPLE = ROOT / "dataset" / "sample"       # the bundled sample data
+TINY_CFG = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+TINY = ["--hidden_size", "64", "--num_hidden_layers", "2", "--num_attention_heads", "4", "--num_key_value_heads", "2"]
+
+
+# ---------------------------------------------------------------------------------------------------- models
+def tiny_model(seed: int = 0, **config) -> MiniMindForCausalLM:
+    """A seeded random MiniMind of the TINY_CFG size (in train mode); `config` overrides MiniMindConfig fields."""
+    torch.manual_seed(seed)
+    return MiniMindForCausalLM(MiniMindConfig(**{**TINY_CFG, **config}))
+
+
+def save_tiny(path, seed: int = 0, **config) -> Path:
+    """Write `tiny_model(seed, **config)` as a stage would release it (fp16 .pth), e.g. save_dir/full_sft_64.pth."""
+    atomic_save(half_state_dict(tiny_model(seed, **config)), path)
+    return Path(path)
+
+
+class ScriptedLM(torch.nn.Module):
+    """A stand-in for a *trained* model, for the tool-call / reasoning parsing and display tests: whatever the
+    prompt, it writes `script` (one token id per step) and then EOS, through the real decoding loop (engine, KV
+    cache, parser).
+
+    A random tiny model cannot be made to emit a tool call, and training one costs seconds; this one reads the
+    position of the token it is asked to predict (position ids count real tokens) relative to the prompt."""
+
+    def __init__(self, script, eos_id):
+        super().__init__()
+        self.config = MiniMindConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                     num_key_value_heads=2)
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the engine a device and dtype
+        self.script = list(script) + [eos_id]
+        self.start = None
+
+    def forward(self, input_ids, position_ids=None, past_key_values=None, **kwargs):
+        b, t = input_ids.shape
+        c = self.config
+        zeros = torch.zeros(b, c.num_key_value_heads, t, c.head_dim)
+        past_key_values.update(zeros, zeros, 0)  # keep the cache's bookkeeping real
+        if t > 1:  # prefill: the answer starts right after the prompt
+            self.start = position_ids[:, -1] + 1
+        step = (position_ids[:, -1] + 1 - self.start).clamp(max=len(self.script) - 1)
+        logits = torch.zeros(b, 1, c.vocab_size)
+        logits[torch.arange(b), 0, torch.tensor(self.script)[step]] = 100.0
+        return SimpleNamespace(logits=logits)
+
+
+# ---------------------------------------------------------------------------------------------------- scripts
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_script(argv, cwd, nproc: int = 1, cache=None) -> subprocess.Popen:
+    """Start `python argv...` in `cwd` (created if needed); nproc > 1 launches it under torchrun on a free port.
+
+    The child gets one OpenMP thread (several processes share 2 CI cores), no wandb, unbuffered output, and with
+    `cache` its own MINIMIND_CACHE folder (else the test session's, from conftest.py). `finish` waits for it.
+    """
+    cwd = Path(cwd)
+    cwd.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable]
+    if nproc > 1:
+        cmd += ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
+                "--master_port", str(free_port())]
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
+    if cache is not None:
+        env["MINIMIND_CACHE"] = str(cache)
+    return subprocess.Popen(cmd + [str(a) for a in argv], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+    """Wait for a started script; with `check`, a non-zero exit fails the test showing the ends of its output."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    if check and proc.returncode != 0:
+        script = next((Path(a).name for a in proc.args if a.endswith(".py")), proc.args)
+        raise AssertionError(f"{script} failed ({proc.returncode}):\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def run_script(argv, cwd, nproc: int = 1, cache=None, timeout: float = 600,
+               check: bool = True) -> subprocess.CompletedProcess:
+    """`start_script` + `finish`: run a script to the end; returns its exit code, stdout and stderr."""
+    return finish(start_script(argv, cwd, nproc, cache), timeout, check)
+
+
+def tiny_cpu_flags(save_dir, checkpoint_dir) -> list:
+    """Stage-script flags of a tiny fp32 CPU run (no loader workers) writing to the given folders."""
+    return [*TINY, "--device", "cpu", "--num_workers", "0", "--dtype", "float32", "--save_dir", save_dir,
+            "--checkpoint_dir", checkpoint_dir]
+
+
+def start_trainer(script: str, *args, tmp: Path, nproc: int = 1, cwd=None, cache=None) -> subprocess.Popen:
+    """Start trainer/{script} for a tiny CPU run (plus `args`) writing weights to tmp/out and checkpoints to
+    tmp/ckpt, in `cwd` (default: tmp); `nproc` and `cache` as in `start_script`."""
+    tmp = Path(tmp)
+    tmp.mkdir(parents=True, exist_ok=True)
+    argv = [ROOT / "trainer" / script, *tiny_cpu_flags(tmp / "out", tmp / "ckpt"), *args]
+    return start_script(argv, cwd or tmp, nproc, cache)
+
+
+def run_trainer(script: str, *args, tmp: Path, nproc: int = 1, cwd=None, cache=None,
+                check: bool = True) -> subprocess.CompletedProcess:
+    """`start_trainer` + `finish`."""
+    return finish(start_trainer(script, *args, tmp=tmp, nproc=nproc, cwd=cwd, cache=cache), check=check)
+
+
+# ---------------------------------------------------------------------------------------------------- JSONL
+def write_jsonl(path, records) -> Path:
+    """One JSON object per line (UTF-8, not ASCII-escaped); a str record is written as is (a malformed line)."""
+    path = Path(path)
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n"
+                            for r in records), encoding="utf-8")
+    return path
+
+
+def read_jsonl(path) -> list:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+
+
+def train_log(save_dir, name: str) -> list:
+    """The metric rows a stage logged to {save_dir}/logs/{name}.jsonl (MetricsLogger)."""
+    return read_jsonl(Path(save_dir) / "logs" / f"{name}.jsonl")
