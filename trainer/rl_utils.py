@@ -605,7 +605,7 @@ def run_rl(loop, dataset, update, total_steps: int, describe: str, companions=()
             if done:
                 break
     for lp in loops:
-        lp.save(final=True)
+        lp.save()
     loop.logger.info(f"[{loop.name}] done: {loop.step} steps; weights -> {args.save_dir}")
     loop.logger.close()
     cleanup_distributed()

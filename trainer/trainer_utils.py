@@ -377,6 +377,13 @@ class ResumableSampler(Sampler):
         self.epoch, self.consumed = epoch, consumed
 
     def global_order(self) -> list:
+        # An epoch's order is asked for several times (batch count, DataLoader length, iteration); it depends only
+        # on the epoch, so it is built once per epoch (shuffling and length-sorting millions of ids is not free).
+        if getattr(self, "_cached", (None,))[0] != self.epoch:
+            self._cached = (self.epoch, self._build_order())
+        return self._cached[1]
+
+    def _build_order(self) -> list:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(self.n, generator=g).tolist() if self.shuffle else list(range(self.n))
         b = self.batch_size
@@ -556,7 +563,7 @@ class TrainLoop:
             print(msg, flush=True)
 
     # ---------------------------------------------------------------- saving
-    def save(self, final: bool = False):
+    def save(self):
         """Half-precision weights to out/ and the full resume state to checkpoints/, both atomically."""
         if self.ds.is_main:
             model = unwrap(self.model)
@@ -685,7 +692,7 @@ class TrainLoop:
                     self.save()
                 if done:
                     break
-        self.save(final=True)
+        self.save()
         self.logger.info(f"[{self.name}] done: {self.step} steps in {format_eta(time.time() - t_start)}; "
                          f"weights -> {weight_path(args.save_dir, args.save_weight, self.config)}")
         self.logger.close()
