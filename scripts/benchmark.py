@@ -27,7 +27,7 @@ Stages (one row per config x stage x mode):
             naive:     transformers' DynamicCache (torch.cat per token and layer), logits for every position of
                        each forward (logits_to_keep=0), the attention mask and sequence grown with torch.cat.
             Decoding always runs --decode_tokens new tokens (EOS disabled) and its tokens/s includes the
-            short prompt's prefill. On CUDA the decode model is cast to --dtype (as for serving); training
+            short prompt's prefill. The decode model is cast to the mode's dtype (as for serving); training
             keeps fp32 weights under autocast, as TrainLoop does.
 
 The optimised mode also uses the vectorised MoE dispatch, fused AdamW on CUDA and, with --compile,
@@ -35,7 +35,10 @@ torch.compile for the training forward (SFT/DPO batches padded to multiples of 6
 before timing; GRPO compiled with dynamic shapes, so give it --warmup >= 2; decoding stays eager). The naive
 mode is eager, calls torch.cuda.empty_cache() after every step (a no-op without CUDA, but called), uses the
 per-expert loop MoE (MOEFeedForward.dispatch is replaced by dispatch_reference for the naive rows) and
-non-fused AdamW. Both modes use the same dtype (autocast on CUDA) and the same seeded weights.
+non-fused AdamW. Both modes use the same seeded weights. Precision: on GPUs both modes use --dtype (autocast);
+on a CPU the naive mode is fp32, as the original is there (it skips autocast when device_type == "cpu"), while
+the optimised mode uses --dtype (auto: bf16 autocast on CPUs with native bf16, trainer_utils.resolve_dtype).
+Run once more with --dtype float32 to see the gain without bf16 (each row records its dtype).
 
 Definitions (per measured step, warmup excluded):
   real tokens    non-padding positions that went through the model, counting every forward: the reference
@@ -408,11 +411,22 @@ class Bench:
         self.args, self.tok, self.data = args, tokenizer, data
         self.device, self.dtype, self.peak_tflops = device, dtype, peak_tflops
         self.cuda = torch.device(device).type == "cuda"
-        self.autocast = autocast_context(device, dtype)
+        self.cpu = torch.device(device).type == "cpu"
         self.meter = MemoryMeter(device)
         self.rows = []
 
     # ------------------------------------------------------------------ helpers
+    def mode_dtype(self, naive):
+        """The original wraps steps in autocast only off the CPU (`nullcontext()` when device_type == "cpu"), so
+        its CPU path is fp32 whatever --dtype says; ours follows --dtype (auto: bf16 on CPUs with native bf16)."""
+        return torch.float32 if naive and self.cpu else self.dtype
+
+    def autocast(self, naive):
+        return autocast_context(self.device, self.mode_dtype(naive))
+
+    def make_scaler(self, naive):
+        return torch.amp.GradScaler(torch.device(self.device).type, enabled=self.mode_dtype(naive) == torch.float16)
+
     def make_optimizer(self, model, naive):
         fused = self.cuda and not naive
         return torch.optim.AdamW(model.parameters(), lr=1e-5, fused=fused)
@@ -454,6 +468,7 @@ class Bench:
         times = [t / steps_per_call for t, _ in timed]
         seconds = sum(t for t, _ in timed)
         row = {"config": cfg_name, "stage": stage, "mode": "naive" if naive else "optimised",
+               "dtype": str(self.mode_dtype(naive)).replace("torch.", ""),
                "batch_size": batch, "seq_len": seq_len, "steps": len(times) * steps_per_call,
                "real_tokens_per_s": real / seconds, "padded_tokens_per_s": padded / seconds,
                "padding_frac": 1.0 - real / padded if padded else 0.0,
@@ -485,7 +500,7 @@ class Bench:
         # dynamic shapes when a second length shows up, which would recompile again inside the timing.
         fwd = torch.compile(model, dynamic=False) if a.compile and not naive else model
         opt = self.make_optimizer(model, naive)
-        scaler = torch.amp.GradScaler(torch.device(self.device).type, enabled=self.dtype == torch.float16)
+        scaler = self.make_scaler(naive)
         if stage == "dpo":
             loss_fn = make_naive_dpo_loss_fn(ref) if naive else (
                 lambda m, b, f=make_dpo_loss_fn(ref, 0.1, "sigmoid"): f(m, b).loss)
@@ -495,7 +510,7 @@ class Bench:
 
         def step(i):
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batches[i].items() if torch.is_tensor(v)}
-            with self.autocast:
+            with self.autocast(naive):
                 loss = loss_fn(fwd, batch)
             self.optimizer_step(model, opt, scaler, loss, naive)
 
@@ -533,7 +548,7 @@ class Bench:
         # Rollout lengths vary from step to step: compile with dynamic shapes instead of once per shape.
         fwd = torch.compile(model, dynamic=True) if a.compile and not naive else model
         opt = self.make_optimizer(model, naive)
-        scaler = torch.amp.GradScaler(torch.device(self.device).type, enabled=self.dtype == torch.float16)
+        scaler = self.make_scaler(naive)
         model.train()
         temperature, beta = 1.0, 0.02
 
@@ -543,7 +558,7 @@ class Bench:
                 ids = [tok(p, add_special_tokens=False).input_ids[-a.max_seq_len:] for p in prompt_batches[i]]
                 ids = [x for x in ids for _ in range(G)]
                 model.eval()
-                with self.autocast:
+                with self.autocast(naive):
                     seq, attn, resp_mask, plen = naive_generate(model, ids, a.max_gen_len, tok.eos_token_id,
                                                                 tok.pad_token_id, temperature, gen)
                 model.train()
@@ -551,19 +566,19 @@ class Bench:
                 responses = tok.batch_decode(seq[:, plen:].tolist(), skip_special_tokens=True)
                 pos = position_ids_from_mask(attn)
                 nresp = resp_mask.shape[1]
-                with torch.no_grad(), self.autocast:
+                with torch.no_grad(), self.autocast(naive):
                     ref_logps, _ = naive_token_logps(ref, seq, attn, pos, nresp)
-                with self.autocast:
+                with self.autocast(naive):
                     logps, aux = naive_token_logps(fwd, seq, attn, pos, nresp)
             else:
                 ro = rollout(model, tok, prompt_batches[i], a.max_gen_len, temperature, 1.0, a.max_seq_len,
-                             num_generations=G, autocast=self.autocast, generator=gen)
+                             num_generations=G, autocast=self.autocast(naive), generator=gen)
                 seq, attn, resp_mask, plen, responses = (ro.sequences, ro.attention_mask, ro.response_mask,
                                                          ro.prompt_len, ro.responses)
                 seq_args = (seq, attn, ro.position_ids, resp_mask.shape[1], temperature)
-                with torch.no_grad(), self.autocast:
+                with torch.no_grad(), self.autocast(naive):
                     ref_logps = token_logps(ref, *seq_args)
-                with self.autocast:
+                with self.autocast(naive):
                     logps, aux = token_logps(fwd, *seq_args, with_aux=True)
             rewards = torch.tensor([format_reward(r) for r in responses], device=self.device)
             adv, _ = group_advantages(rewards, G)
@@ -591,12 +606,12 @@ class Bench:
                      mean_response_len=float(np.mean([float(r[1].sum(1).mean()) for _, r in timed])))
 
     # ------------------------------------------------------------------ decode
-    def inference_model(self, cfg_name):
+    def inference_model(self, cfg_name, naive):
         """A fresh model per row, built after the memory meter starts: peak memory includes the weights, as in
-        the training rows. On CUDA the weights are cast to --dtype, as for serving."""
+        the training rows. The weights are cast to the mode's dtype, as for serving (scripts/model_loading.py)."""
         self.meter.start()
         model = build_model(cfg_name, self.args.seed, self.device).eval()
-        return model.to(self.dtype) if self.cuda else model
+        return model.to(self.mode_dtype(naive))
 
     def decode_rows(self, cfg_name, naive):
         a, tok = self.args, self.tok
@@ -610,7 +625,7 @@ class Bench:
         a, pad = self.args, self.tok.pad_token_id
         label = f"{cfg_name}/{name}/{'naive' if naive else 'optimised'}"
         N = a.decode_tokens
-        model = self.inference_model(cfg_name)
+        model = self.inference_model(cfg_name, naive)
         kw = dict(max_new_tokens=N, temperature=1.0, eos_token_id=-1, pad_token_id=pad)  # EOS off: N tokens
 
         def run(i):
@@ -636,7 +651,7 @@ class Bench:
         stage = f"prefill_{a.prefill_len}"
         label = f"{cfg_name}/{stage}/{'naive' if naive else 'optimised'}"
         ids = torch.tensor([self.data.prefill_ids(a.prefill_len)], device=self.device)
-        model = self.inference_model(cfg_name)
+        model = self.inference_model(cfg_name, naive)
 
         @torch.inference_mode()
         def prefill(i):
@@ -678,7 +693,8 @@ def compare(rows):
 def table(rows) -> str:
     import pandas as pd
     df = pd.DataFrame(rows)
-    cols = {"config": "config", "stage": "stage", "mode": "mode", "batch_size": "batch", "seq_len": "seq",
+    cols = {"config": "config", "stage": "stage", "mode": "mode", "dtype": "dtype", "batch_size": "batch",
+            "seq_len": "seq",
             "real_tokens_per_s": "real tok/s", "padded_tokens_per_s": "padded tok/s", "padding_frac": "pad %",
             "step_time_ms": "step ms", "median_step_time_ms": "med ms", "peak_mem_mb": "peak MB",
             "model_tflops": "TFLOP/s", "mfu": "MFU %", "speedup": "speedup", "mem_ratio": "mem ratio"}
@@ -724,7 +740,8 @@ def parse_args(argv=None):
     p.add_argument("--prefill_len", type=int, default=None, help="prompt tokens for the prefill latency (256)")
     p.add_argument("--device", type=str, default=None, help="default: trainer_utils.default_device()")
     p.add_argument("--dtype", type=str, default="auto", choices=["auto", "bfloat16", "float16", "float32"],
-                   help="auto = bf16 autocast on CUDA, fp32 on CPU (trainer_utils.resolve_dtype)")
+                   help="optimised rows; auto = bf16 where supported, CPUs with native bf16 included "
+                        "(trainer_utils.resolve_dtype). Naive CPU rows are always fp32, as in the original")
     p.add_argument("--naive", action="store_true", help="run only the original MiniMind's way")
     p.add_argument("--compare", action="store_true", help="run both modes and report optimised / naive")
     p.add_argument("--compile", action="store_true", help="torch.compile the training model (optimised mode)")

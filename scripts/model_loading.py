@@ -83,7 +83,7 @@ def add_model_args(parser: argparse.ArgumentParser, weight: str = "full_sft") ->
                    help="YaRN RoPE scaling: extrapolate a model trained at 2048 tokens to longer contexts")
     p.add_argument("--device", type=str, default=None, help="default: npu, then cuda, then mps, then cpu")
     p.add_argument("--dtype", type=str, default="auto", choices=["auto", "bfloat16", "float16", "float32"],
-                   help="auto = half precision on GPU (bf16 where supported), float32 on CPU")
+                   help="auto = bf16 where supported (GPU, NPU, CPUs with native bf16), fp16 on older GPUs, else float32")
     return parser
 
 

@@ -22,7 +22,7 @@ from scripts.model_loading import (ChatStreamParser, IncrementalDecoder, add_mod
 from trainer.trainer_utils import WeightLoadError  # noqa: E402
 
 TINY = ["--hidden_size", "64", "--num_hidden_layers", "2", "--num_attention_heads", "4",
-        "--num_key_value_heads", "2", "--device", "cpu"]
+        "--num_key_value_heads", "2", "--device", "cpu", "--dtype", "float32"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -168,11 +168,34 @@ def test_native_load_is_exact_and_yarn_flag_reaches_config(save_dir):
         model_args(hiden_size=64)
 
 
+def test_bf16_on_cpu_is_the_auto_choice_where_native_and_generates_like_a_bf16_model(save_dir, tokenizer, tmp_path,
+                                                                                      monkeypatch):
+    import trainer.trainer_utils as tu
+    auto = [a for a in TINY if a not in ("--dtype", "float32")]
+    monkeypatch.setattr(tu, "cpu_has_native_bf16", lambda: True)
+    model, _, _ = load_model(parse(["--save_dir", str(save_dir), *auto]), log=lambda *a: None)
+    assert model.dtype == torch.bfloat16
+    ref = reference_model(save_dir)
+    ids = torch.tensor([[1, 300, 400, 500]])
+    # bf16 weights: close to fp32 (logits of a random init=0.3 model are O(10), bf16 keeps ~3 digits)
+    torch.testing.assert_close(model(ids).logits.float(), ref(ids).logits, atol=0.5, rtol=0.05)
+    monkeypatch.setattr(tu, "cpu_has_native_bf16", lambda: False)
+    model32, _, _ = load_model(parse(["--save_dir", str(save_dir), *auto]), log=lambda *a: None)
+    assert model32.dtype == torch.float32
+    # the CLI in bf16 prints exactly what greedy decoding of the bf16 model gives
+    (tmp_path / "p.txt").write_text("hello\n")
+    out = tmp_path / "a.jsonl"
+    eval_llm.main(["--save_dir", str(save_dir), "--prompts_file", str(tmp_path / "p.txt"), "--output", str(out),
+                   "--max_new_tokens", "12", *auto, "--dtype", "bfloat16", "--temperature", "0"])
+    ids = tokenizer(chat_prompt(tokenizer, [{"role": "user", "content": "hello"}]), add_special_tokens=False).input_ids
+    assert read_jsonl(out)[0]["answer"] == greedy_answer(ref.to(torch.bfloat16), tokenizer, ids, 12)
+
+
 def test_transformers_folder_loads_with_its_tokenizer(save_dir, tokenizer, tmp_path):
     ref = reference_model(save_dir)
     ref.save_pretrained(tmp_path / "hf")
     tokenizer.save_pretrained(tmp_path / "hf")
-    model, tok, name = load_model(parse(["--load_from", str(tmp_path / "hf"), "--device", "cpu"]),
+    model, tok, name = load_model(parse(["--load_from", str(tmp_path / "hf"), "--device", "cpu", "--dtype", "float32"]),
                                   log=lambda *a: None)
     assert name == "hf" and len(tok) == len(tokenizer)
     ids = torch.tensor([[1, 300, 400, 500]])
@@ -193,7 +216,8 @@ def test_non_minimind_transformers_folder_generates(tokenizer, tmp_path):
     tokenizer.save_pretrained(tmp_path / "llama")
     (tmp_path / "p.txt").write_text("hello\n")
     eval_llm.main(["--load_from", str(tmp_path / "llama"), "--prompts_file", str(tmp_path / "p.txt"), "--output",
-                   str(tmp_path / "a.jsonl"), "--max_new_tokens", "8", "--temperature", "0", "--device", "cpu"])
+                   str(tmp_path / "a.jsonl"), "--max_new_tokens", "8", "--temperature", "0", "--device", "cpu",
+                   "--dtype", "float32"])
     rec = read_jsonl(tmp_path / "a.jsonl")[0]
     ids = tokenizer(chat_prompt(tokenizer, [{"role": "user", "content": "hello"}]), add_special_tokens=False).input_ids
     want = llama.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)[0, len(ids):].tolist()
