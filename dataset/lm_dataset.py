@@ -423,6 +423,30 @@ def doc_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     return (causal & same)[:, None]
 
 
+def doc_block_mask(doc_ids: torch.Tensor):
+    """(B, T) document ids -> flex_attention BlockMask with the same pattern as `doc_causal_mask` (causal and
+    within the same document), stored block-sparse: tiles that cross documents are skipped, not masked."""
+    from torch.nn.attention.flex_attention import create_block_mask
+    b, t = doc_ids.shape
+
+    def same_doc_causal(batch, head, q_idx, kv_idx):
+        return (doc_ids[batch, q_idx] == doc_ids[batch, kv_idx]) & (q_idx >= kv_idx)
+
+    return create_block_mask(same_doc_causal, b, None, t, t, device=doc_ids.device)
+
+
+def doc_attention_mask(doc_ids: torch.Tensor, impl: str = "auto"):
+    """The packed-document mask for the model: `flex` (a BlockMask; "auto" picks it on CUDA, where SDPA with a
+    dense boolean mask loses the flash kernel) or `sdpa` (a dense (B, 1, T, T) boolean mask; auto elsewhere)."""
+    assert impl in ("auto", "sdpa", "flex"), f"unknown document attention implementation {impl!r}"
+    if impl == "auto":
+        impl = "flex" if doc_ids.device.type == "cuda" else "sdpa"
+    if impl == "flex" and doc_ids.device.type == "cpu" and torch.is_grad_enabled():
+        raise ValueError("flex_attention has no backward on the CPU in PyTorch: train with "
+                         "--doc_attention_impl sdpa (or auto) there")
+    return doc_block_mask(doc_ids) if impl == "flex" else doc_causal_mask(doc_ids)
+
+
 def stack_collate(batch):
     """Fixed-length samples (packed blocks): a plain stack, plus an all-ones attention mask for token counts."""
     out = {k: torch.stack([b[k] for b in batch]) for k in batch[0]}

@@ -15,6 +15,11 @@ import torch
 import torch.nn.functional as F
 import transformers
 from torch import nn
+
+try:  # torch >= 2.5: block-sparse attention for packed documents (used when a BlockMask is passed)
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+except ImportError:  # pragma: no cover - older torch: document-aware attention uses SDPA with a boolean mask
+    BlockMask, flex_attention = None, None
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast
 
@@ -264,6 +269,8 @@ def build_attention_mask(attention_mask, q_len: int, kv_len: int, device):
     `attention_mask` is the usual (B, kv_len) 0/1 padding mask, or an already-built 4D mask (passed through).
     The i-th query sits at absolute position kv_len - q_len + i, so it sees keys 0..that position.
     """
+    if BlockMask is not None and isinstance(attention_mask, BlockMask):
+        return attention_mask  # packed documents, flex_attention (see doc_block_mask in dataset/lm_dataset.py)
     if attention_mask is not None and attention_mask.dim() == 4:
         return attention_mask.bool()
     if attention_mask is None and q_len == kv_len:
@@ -277,6 +284,20 @@ def build_attention_mask(attention_mask, q_len: int, kv_len: int, device):
         # Its output is never used (labels/mask are 0 there), this only keeps the numbers finite.
         mask = mask | (k_pos[None, :] == q_pos[:, None])[None, None]
     return mask
+
+
+_FLEX_COMPILED = None
+
+
+def flex_attention_kernel(device):
+    """flex_attention, compiled on GPUs (eager flex_attention materialises the scores: slow, for checking only);
+    eager on the CPU, where it serves the tests and small runs."""
+    global _FLEX_COMPILED
+    if torch.device(device).type == "cpu":
+        return flex_attention
+    if _FLEX_COMPILED is None:
+        _FLEX_COMPILED = torch.compile(flex_attention, dynamic=False)
+    return _FLEX_COMPILED
 
 
 class Attention(nn.Module):
@@ -308,7 +329,11 @@ class Attention(nn.Module):
         kv_len = k.shape[2]
         k, v = repeat_kv(k, self.n_rep), repeat_kv(v, self.n_rep)
         dropout_p = self.dropout if self.training else 0.0
-        if self.flash:
+        if BlockMask is not None and isinstance(attention_mask, BlockMask):
+            # Block-diagonal causal attention over packed documents: flex_attention skips the fully masked
+            # 128x128 tiles instead of computing and masking a dense (T x T) score matrix.
+            out = flex_attention_kernel(q.device)(q, k, v, block_mask=attention_mask)
+        elif self.flash:
             if attention_mask is None:
                 out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=seq_len > 1)
             else:

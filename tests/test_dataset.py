@@ -272,3 +272,35 @@ def test_document_aware_packing_equals_separate_documents(tok, tmp_path):
         plain = lm_loss(model, stack_collate([dict(input_ids=item["input_ids"], labels=item["labels"])])).loss
     assert torch.allclose(packed, nll / n, atol=1e-5)
     assert not torch.allclose(plain, packed, atol=1e-4), "without the mask documents see each other"
+
+
+@pytest.mark.parametrize("seq_len", [64, 200])  # one flex block; a partial second block of 128
+def test_flex_attention_block_mask_equals_the_dense_sdpa_mask(seq_len):
+    """The CUDA path (flex_attention with a BlockMask, here eager on the CPU) gives the logits and loss of the
+    dense boolean mask for packed documents, including documents that cross 128-token tiles. (PyTorch has no
+    flex_attention backward on a CPU: gradients are not compared here, and training on a CPU refuses flex.)"""
+    from dataset.lm_dataset import doc_attention_mask, doc_causal_mask
+    from model.model_minimind import MiniMindConfig, MiniMindForCausalLM
+    from trainer.trainer_utils import lm_loss
+    g = torch.Generator().manual_seed(0)
+    lengths = [[5, 40, seq_len - 45], [seq_len - 3, 3]]
+    doc_ids = torch.tensor([[i for i, n in enumerate(row) for _ in range(n)] for row in lengths])
+    pos = torch.tensor([[j for n in row for j in range(n)] for row in lengths])
+    ids = torch.randint(3, 6400, (2, seq_len), generator=g)
+    batch = dict(input_ids=ids, labels=ids.clone(), position_ids=pos, doc_ids=doc_ids,
+                 attention_mask=torch.ones_like(ids))
+    torch.manual_seed(0)
+    model = MiniMindForCausalLM(MiniMindConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                               num_key_value_heads=2, initializer_range=0.2)).eval()
+    with torch.no_grad():
+        sdpa = lm_loss(model, batch, doc_attention_impl="sdpa").loss
+        flex = lm_loss(model, batch, doc_attention_impl="flex").loss
+        torch.testing.assert_close(flex, sdpa, atol=1e-5, rtol=1e-5)
+        logits = {impl: model(ids, attention_mask=doc_attention_mask(doc_ids, impl), position_ids=pos).logits
+                  for impl in ("sdpa", "flex")}
+        torch.testing.assert_close(logits["flex"], logits["sdpa"], atol=1e-4, rtol=1e-4)
+        one_doc = lm_loss(model, dict(batch, doc_ids=torch.zeros_like(doc_ids)), doc_attention_impl="flex").loss
+    assert not torch.allclose(one_doc, flex, atol=1e-4), "the document boundaries must matter"
+    assert torch.equal(doc_attention_mask(doc_ids), doc_causal_mask(doc_ids)), "auto = dense mask on a CPU"
+    with pytest.raises(ValueError, match="no backward on the CPU"):
+        doc_attention_mask(doc_ids, "flex")  # grad enabled, CPU tensors: training would fail later, less clearly

@@ -128,6 +128,19 @@ def test_malformed_jsonl_fails_clearly_without_outputs(tmp_path):
     assert "skipped 1 bad line" in p.stdout
 
 
+def test_document_aware_packing_trains_and_flex_on_cpu_is_refused(tmp_path):
+    common = ["--data_path", small_pretrain_file(tmp_path, 14), "--batch_size", 2, "--max_seq_len", 64,
+              "--max_steps", 2, "--log_interval", 1, "--doc_attention", 1]
+    p = run_trainer("train_pretrain.py", *common, "--doc_attention_impl", "flex", tmp=tmp_path / "flex", check=False)
+    assert p.returncode == 2 and "--doc_attention_impl flex needs" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "flex" / "out").exists() or not any((tmp_path / "flex" / "out").glob("*.pth"))
+    run_trainer("train_pretrain.py", *common, tmp=tmp_path / "doc")  # auto = the dense SDPA mask on a CPU
+    run_trainer("train_pretrain.py", *common[:-2], tmp=tmp_path / "plain")
+    doc = [r["loss"] for r in train_log(tmp_path / "doc" / "out", "pretrain_64")]
+    plain = [r["loss"] for r in train_log(tmp_path / "plain" / "out", "pretrain_64")]
+    assert len(doc) == len(plain) >= 1 and doc[0] != pytest.approx(plain[0], abs=1e-6), "the mask changed nothing"
+
+
 def test_missing_from_weight_is_clear(tmp_path):
     p = run_trainer("train_full_sft.py", "--data_path", SAMPLE / "sft.jsonl", "--from_weight", "pretrain",
                     tmp=tmp_path, check=False)

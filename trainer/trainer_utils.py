@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from dataset.lm_dataset import PadCollator, doc_causal_mask  # noqa: E402
+from dataset.lm_dataset import PadCollator, doc_attention_mask  # noqa: E402
 from model.atomic_io import atomic_save  # noqa: E402,F401  (re-exported: scripts and tests import it from here)
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
 
@@ -755,14 +755,15 @@ def run_main(main: Callable):
         sys.exit(2)
 
 
-def lm_loss(model, batch) -> Batch:
+def lm_loss(model, batch, doc_attention_impl: str = "auto") -> Batch:
     """Next-token cross-entropy over the labelled positions (+ the MoE load-balancing loss).
 
     No padding mask is passed: padding sits at the end of each row and attention is causal, so real
     tokens never see it, and SDPA keeps its fast causal kernel. Packed blocks with document-aware attention
     bring their own position ids and block-diagonal mask.
     """
-    mask = doc_causal_mask(batch["doc_ids"]) if "doc_ids" in batch else None  # packed, document-aware
+    # packed, document-aware: a flex_attention BlockMask on CUDA, a dense boolean SDPA mask elsewhere
+    mask = doc_attention_mask(batch["doc_ids"], doc_attention_impl) if "doc_ids" in batch else None
     out = model(input_ids=batch["input_ids"], labels=batch["labels"], attention_mask=mask,
                 position_ids=batch.get("position_ids"))
     loss = out.loss + out.aux_loss
