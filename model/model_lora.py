@@ -12,13 +12,15 @@ API
     apply_lora(model, rank, alpha, targets)   wrap the target nn.Linear layers in place; freeze everything else
     lora_state_dict(model)                    only the adapter tensors, keys like
                                               `model.layers.0.self_attn.q_proj.lora_A.weight`
-    save_lora(model, path)                    atomic write of lora_state_dict
+    save_lora(model, path)                    atomic write of lora_state_dict, plus {path stem}.json with
+                                              rank, alpha and targets (read back by `lora_meta`)
     load_lora(model, path)                    strict: every adapter key and shape must match
     merge_lora(model)                         fold (alpha/r) * B @ A into W and drop the adapters
 
 The wrapped layer keeps the *same* `weight` Parameter under the same name, so the base keys of the state
 dict do not change (`...q_proj.weight`): base checkpoints still load, and only `lora_A` / `lora_B` are added.
 """
+import json
 import math
 from pathlib import Path
 from typing import Iterable, Optional
@@ -27,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.atomic_io import atomic_save
+from model.atomic_io import atomic_save, atomic_write_text
 
 # Every attention and MLP projection. In MoE models the MLP names also match each expert's projections
 # (`mlp.experts.3.up_proj`, `mlp.shared_experts.0.down_proj`); the router (`mlp.gate`) is not an nn.Linear.
@@ -133,9 +135,42 @@ def lora_state_dict(model) -> dict:
             if ".lora_A." in k or ".lora_B." in k}
 
 
+def lora_meta_path(path) -> Path:
+    """The JSON beside an adapter file that records how it was trained: `lora/identity_512.pth` ->
+    `lora/identity_512.json`. The .pth stays a plain tensor dict, as upstream MiniMind writes it."""
+    return Path(path).with_suffix(".json")
+
+
 def save_lora(model, path):
-    """Write the adapter atomically (temp file + os.replace): an interrupted save never leaves a torn file."""
+    """Write the adapter atomically (temp file + os.replace): an interrupted save never leaves a torn file.
+    Rank, alpha and targets go to `lora_meta_path(path)`, so loaders need not be told the alpha again."""
     atomic_save(lora_state_dict(model), path)
+    save_lora_meta(model, path)
+
+
+def save_lora_meta(model, path):
+    """Write rank, alpha and targets of the model's adapters to `lora_meta_path(path)`, atomically."""
+    modules = lora_modules(model)
+    assert modules, "save_lora: the model has no LoRA adapters (apply_lora first)"
+    first = next(iter(modules.values()))
+    meta = {"format": "minimind-lora", "rank": first.rank, "alpha": first.alpha,
+            "targets": sorted({name.rsplit(".", 1)[-1] for name in modules})}
+    atomic_write_text(lora_meta_path(path), json.dumps(meta, indent=2) + "\n")
+
+
+def lora_meta(path) -> Optional[dict]:
+    """{"rank", "alpha", "targets"} saved beside the adapter by save_lora; None for adapters without it
+    (upstream files, or files written before it existed)."""
+    meta_path = lora_meta_path(path)
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise LoRALoadError(f"{meta_path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("alpha"), (int, float)):
+        raise LoRALoadError(f"{meta_path}: expected a JSON object with a numeric 'alpha'")
+    return meta
 
 
 def load_lora(model, path):

@@ -77,8 +77,9 @@ def add_model_args(parser: argparse.ArgumentParser, weight: str = "full_sft") ->
                    help="tokenizer folder for --load_from model (a transformers folder brings its own)")
     p.add_argument("--lora_weight", type=str, default="None",
                    help="LoRA adapter to merge: a name ({save_dir}/lora/{name}_{hidden}.pth) or a .pth path")
-    p.add_argument("--lora_alpha", type=float, default=16.0,
-                   help="the --lora_alpha the adapter was trained with (rank and targets are read from the file)")
+    p.add_argument("--lora_alpha", type=float, default=None,
+                   help="override the adapter's alpha (default: the .json saved beside it by train_lora.py, "
+                        "else 16; rank and targets are read from the file)")
     p.add_argument("--inference_rope_scaling", action="store_true",
                    help="YaRN RoPE scaling: extrapolate a model trained at 2048 tokens to longer contexts")
     p.add_argument("--device", type=str, default=None, help="default: npu, then cuda, then mps, then cpu")
@@ -126,10 +127,11 @@ def lora_file(args, config) -> Path:
     return Path(args.save_dir) / "lora" / f"{name}_{config.hidden_size}{moe}.pth"
 
 
-def attach_lora(model, path: Path, alpha: float, log=print):
+def attach_lora(model, path: Path, alpha: Optional[float] = None, log=print):
     """Apply, load and merge a LoRA adapter. The file stores A (rank x in) and B (out x rank) per wrapped layer,
-    so rank and targets are read from it; alpha is not stored (train_lora.py's default is 16)."""
-    from model.model_lora import apply_lora, load_lora, merge_lora  # lazy: only LoRA users need it
+    so rank and targets are read from it; alpha comes from the .json train_lora.py saves beside it (an explicit
+    `alpha` wins; adapters without the .json, e.g. upstream ones, get train_lora.py's default 16)."""
+    from model.model_lora import apply_lora, load_lora, lora_meta, merge_lora  # lazy: only LoRA users need it
 
     if not path.is_file():
         raise FileNotFoundError(f"--lora_weight: adapter not found: {path} (train one with trainer/train_lora.py)")
@@ -142,6 +144,9 @@ def attach_lora(model, path: Path, alpha: float, log=print):
         raise ModelLoadError(f"--lora_weight: {path} mixes ranks {sorted(ranks)}")
     targets = sorted({k[:-len(".lora_A.weight")].rsplit(".", 1)[-1] for k in a_keys})
     rank = ranks.pop()
+    if alpha is None:
+        meta = lora_meta(path)
+        alpha = float(meta["alpha"]) if meta else 16.0
     apply_lora(model, rank, alpha, targets)
     load_lora(model, path)
     merge_lora(model)  # fold into the base weights: plain Linear layers again, no per-token LoRA cost

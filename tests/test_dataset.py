@@ -51,6 +51,16 @@ def test_sft_mask_token_by_token(tok, tmp_path):
     assert learned == "你好！我是MiniMind。<|im_end|>1+1=2 😀<|im_end|>"
 
 
+@pytest.mark.parametrize("reply", ["\n\nLeading newlines.", "\nOne newline", "  two spaces", "\n"])
+def test_sft_reply_starting_with_whitespace_keeps_its_labels(tok, tmp_path, reply):
+    """The turn header ends in "\n"; a reply that starts with whitespace must not merge with it into one token
+    (the mask finds turns by the header's tokens and would then miss the whole reply)."""
+    conv = {"conversations": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": reply}]}
+    item = SFTDataset(write_jsonl(tmp_path / "sft.jsonl", [conv]), tok, max_length=128)[0]
+    learned = [t for t, l in zip(item["input_ids"], item["labels"]) if l != -100]
+    assert tok.decode(learned, skip_special_tokens=False) == reply + "<|im_end|>"
+
+
 def test_sft_with_tools_masks_only_assistant(tok, tmp_path):
     rec = {"tools": [{"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}],
            "conversations": [{"role": "user", "content": "time?"},

@@ -237,13 +237,28 @@ def test_lora_adapter_is_merged(save_dir, tmp_path):
     for m in lora.lora_modules(adapted).values():
         torch.nn.init.normal_(m.lora_B.weight, std=0.2)  # a trained adapter: B != 0
     lora.save_lora(adapted, save_dir / "lora" / "mini_64.pth")
-    args = parse(["--save_dir", str(save_dir), "--lora_weight", "mini", "--lora_alpha", "8", *TINY])
+    # alpha 8 is read from mini_64.json, written beside the adapter by save_lora
+    args = parse(["--save_dir", str(save_dir), "--lora_weight", "mini", *TINY])
     model, _, name = load_model(args, log=lambda *a: None)
     assert name == "minimind-full_sft_64+mini"
     assert not lora.lora_modules(model)  # merged: plain Linear layers again
     ids = torch.tensor([[1, 300, 400, 500]])
     torch.testing.assert_close(model(ids).logits, adapted(ids).logits, atol=1e-4, rtol=1e-4)
     assert (model(ids).logits - base(ids).logits).abs().max() > 1e-2  # the adapter did something
+    # an explicit --lora_alpha wins over the file's; without the .json (upstream adapters) the default is 16
+    scale = {}
+    for extra, meta in ((["--lora_alpha", "16"], True), ([], False)):
+        if not meta:
+            (save_dir / "lora" / "mini_64.json").rename(save_dir / "lora" / "mini_64.json.bak")
+        try:
+            m, _, _ = load_model(parse(["--save_dir", str(save_dir), "--lora_weight", "mini", *TINY, *extra]),
+                                 log=lambda *a: None)
+        finally:
+            if not meta:
+                (save_dir / "lora" / "mini_64.json.bak").rename(save_dir / "lora" / "mini_64.json")
+        scale[meta] = m(ids).logits
+    torch.testing.assert_close(scale[True], scale[False])  # both alpha 16
+    assert (scale[True] - model(ids).logits).abs().max() > 1e-3  # and alpha 16 differs from the saved 8
     # also through the CLI, by path
     (tmp_path / "p.txt").write_text("hi\n")
     recs = run_eval(["--save_dir", str(save_dir), "--lora_weight", str(save_dir / "lora" / "mini_64.pth"),

@@ -1,4 +1,5 @@
 """LoRA: model/model_lora.py (apply / save / load / merge) and trainer/train_lora.py."""
+import json
 import sys
 from pathlib import Path
 
@@ -11,8 +12,8 @@ import torch  # noqa: E402
 from dataset.lm_dataset import PadCollator, SFTDataset  # noqa: E402
 from helpers import (SAMPLE, run_script, save_tiny, tiny_cpu_flags, tiny_model as tiny_base_model,  # noqa: E402
                      train_log)
-from model.model_lora import (LoRALinear, LoRALoadError, apply_lora, load_lora, lora_state_dict,  # noqa: E402
-                              merge_lora, save_lora)
+from model.model_lora import (LoRALinear, LoRALoadError, apply_lora, load_lora, lora_meta,  # noqa: E402
+                              lora_state_dict, merge_lora, save_lora)
 from trainer.trainer_utils import lm_loss, load_tokenizer  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -101,6 +102,14 @@ def test_save_load_roundtrip_and_strict_errors(tmp_path):
     fresh = apply_lora(tiny_model(), rank=8, alpha=16)
     load_lora(fresh, path)
     assert torch.equal(fresh(input_ids=IDS).logits, model(input_ids=IDS).logits)
+    assert lora_meta(path) == {"format": "minimind-lora", "rank": 8, "alpha": 16,
+                               "targets": ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj",
+                                           "v_proj"]}
+    path.with_suffix(".json").write_text("{not json")
+    with pytest.raises(LoRALoadError, match=r"adapter.json: not valid JSON"):
+        lora_meta(path)
+    path.with_suffix(".json").unlink()
+    assert lora_meta(path) is None  # an upstream adapter: no metadata, loaders fall back to alpha 16
 
     with pytest.raises(LoRALoadError, match="missing"):  # adapter trained on q,v only, model has all targets
         small = apply_lora(tiny_model(), rank=8, alpha=16, targets="q,v")
@@ -167,6 +176,9 @@ def test_train_lora_script_ddp_then_resume(tmp_path, run_in_process):
     assert adapter.is_file() and not (tmp_path / "lora_64.pth").exists()
     first = torch.load(adapter, weights_only=True)
     assert set(first) == set(lora_state_dict(apply_lora(tiny_model())))  # only the adapter, un-prefixed keys
+    assert json.loads(adapter.with_suffix(".json").read_text()) == {
+        "format": "minimind-lora", "rank": 8, "alpha": 16.0,
+        "targets": ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]}
     assert any(v.abs().sum() > 0 for k, v in first.items() if "lora_B" in k)  # it trained
 
     out = run_in_process(script, *common, "--max_steps", "6", "--from_resume", "1")

@@ -6,7 +6,8 @@ Loss:   next-token cross-entropy on the assistant replies (exactly as full SFT),
         gradients reach only the LoRA matrices A and B (rank --lora_rank, scale --lora_alpha / --lora_rank)
         of the --lora_targets projections (default: every attention and MLP projection, experts included).
 Output: only the adapter, out/lora/{lora_name}_{hidden}[_moe].pth (a few hundred KB; keys like
-        `model.layers.0.self_attn.q_proj.lora_A.weight`); resume state in checkpoints/lora/.
+        `model.layers.0.self_attn.q_proj.lora_A.weight`) and its rank / alpha / targets beside it in
+        out/lora/{lora_name}_{hidden}[_moe].json; resume state in checkpoints/lora/.
         Use it with `load_lora(model, path)` after `apply_lora(model, rank, alpha, targets)`, or fold it into
         the base weights with `merge_lora(model)`.
 
@@ -24,9 +25,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any directory
 
 from dataset.lm_dataset import SFTDataset  # noqa: E402
-from model.model_lora import DEFAULT_TARGETS, apply_lora, count_parameters, lora_state_dict  # noqa: E402
+from model.model_lora import (DEFAULT_TARGETS, apply_lora, count_parameters, lora_state_dict,  # noqa: E402
+                              save_lora_meta)
 from trainer.trainer_utils import (TrainLoop, add_common_args, cleanup_distributed, lm_loss,  # noqa: E402
-                                   padded_dataset, run_main, setup_stage)
+                                   padded_dataset, run_main, setup_stage, unwrap, weight_path)
 
 
 class LoRATrainLoop(TrainLoop):
@@ -34,6 +36,11 @@ class LoRATrainLoop(TrainLoop):
 
     def weights_to_save(self, model) -> dict:
         return lora_state_dict(model)  # fp32: tiny, and B starts at 0 so small updates matter
+
+    def save(self):
+        super().save()
+        if self.ds.is_main:  # rank / alpha / targets beside the adapter: loaders then need no --lora_alpha
+            save_lora_meta(unwrap(self.model), weight_path(self.args.save_dir, self.args.save_weight, self.config))
 
 
 def main():
