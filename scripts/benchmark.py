@@ -97,6 +97,7 @@ sys.path.insert(0, str(ROOT))
 from dataset.lm_dataset import (IGNORE_INDEX, DPODataset, PackedPretrainDataset, PadCollator,  # noqa: E402
                                 PretrainDataset, RLAIFDataset, SFTDataset, stack_collate)
 from model.generation import generate, left_pad, stream_generate  # noqa: E402
+from scripts.script_utils import pyplot, save_figure, write_json  # noqa: E402
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM, MOEFeedForward, StaticKVCache  # noqa: E402
 from trainer.rl_utils import (aggregate_loss, clipped_policy_loss, format_reward, group_advantages,  # noqa: E402
                               kl_k3, position_ids_from_mask, rollout, step_generator, token_logps)
@@ -712,16 +713,35 @@ def table(rows) -> str:
     return df.to_string(index=False)
 
 
-def atomic_write_json(obj, path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+def plot(rows, path: Path, title: str) -> Path:
+    """Horizontal bars of real tokens/s per (config, stage), naive vs optimised on a log axis (stages differ by
+    orders of magnitude), with the speedup written beside each optimised bar."""
+    plt = pyplot()
+    keys = list(dict.fromkeys((r["config"], r["stage"]) for r in rows))
+    by_key = {(r["config"], r["stage"], r["mode"]): r for r in rows}
+    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(keys) + 1.4), dpi=110)
+    for i, (cfg, stage) in enumerate(keys):
+        y = len(keys) - 1 - i
+        naive, opt = by_key.get((cfg, stage, "naive")), by_key.get((cfg, stage, "optimised"))
+        for row, dy, color in ((naive, 0.2, "#b0b0b0"), (opt, -0.2, "#2f6db5")):
+            if row:
+                ax.barh(y + dy, row["real_tokens_per_s"], height=0.38, color=color)
+        if naive and opt:
+            speedup = opt["real_tokens_per_s"] / naive["real_tokens_per_s"]
+            ax.text(opt["real_tokens_per_s"] * 1.08, y - 0.2, f"{speedup:.2f}x", va="center", fontsize=8)
+    ax.set_yticks(range(len(keys)))
+    ax.set_yticklabels([f"{c} {s}" for c, s in reversed(keys)], fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("real tokens/s (padding excluded)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color="#b0b0b0"), plt.Rectangle((0, 0), 1, 1, color="#2f6db5")],
+              labels=["original-style (--naive)", "this repo"], fontsize=8, loc="upper center",
+              bbox_to_anchor=(0.5, -0.16 - 0.6 / (len(keys) + 2)), ncol=2, frameon=False)
+    ax.set_xlim(right=ax.get_xlim()[1] * 2)  # room for the speedup labels
+    fig.tight_layout()
+    return save_figure(fig, path)
 
 
-# ================================================================================================================
-# Main
-# ================================================================================================================
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="MiniMind throughput benchmark (optimised vs the original's way)",
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -755,6 +775,7 @@ def parse_args(argv=None):
                         "avoids OpenMP barriers stalling on a descheduled thread (ms per small op)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--output", type=str, default=str(ROOT / "out" / "benchmark.json"))
+    p.add_argument("--plot", type=str, default=None, help="bar chart PNG (default: --output with .png)")
     p.add_argument("--smoke", action="store_true",
                    help="CI check: tiny config, 2 steps, 1 warmup, all stages, both modes, sample data")
     args = p.parse_args(argv)
@@ -855,8 +876,11 @@ def main(argv=None):
         "comparison": ratios,
     }
     out = Path(args.output)
-    atomic_write_json(result, out)
-    log(f"[bench] wrote {out} ({time.time() - t0:.1f} s)")
+    write_json(result, out)
+    png = Path(args.plot) if args.plot else out.with_suffix(".png")
+    dtypes = ", ".join(dict.fromkeys(f"{r['mode']} {r['dtype']}" for r in bench.rows))
+    plot(bench.rows, png, f"MiniMind benchmark: {device_name}, torch {torch.__version__}\n{dtypes}")
+    log(f"[bench] wrote {out} and {png} ({time.time() - t0:.1f} s)")
 
 
 if __name__ == "__main__":

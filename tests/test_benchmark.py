@@ -31,6 +31,8 @@ def report(tmp_path_factory):
                            "--device", "cpu", "--output", str(out)],
                           cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"benchmark failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    png = out.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000, "no bar chart written"
     return json.loads(out.read_text()), proc.stdout
 
 

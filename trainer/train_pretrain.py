@@ -12,10 +12,11 @@ Data pipeline: the JSONL is tokenized once into a uint16 memmap cache (.cache/to
 and the tokenizer's hashes) and cut into packed blocks of --max_seq_len tokens: no padding at all, and
 memory stays flat however big the corpus is. `--doc_attention 1` also stops documents in one block from
 attending to each other (positions restart at each document; the block-diagonal causal mask runs as a
-flex_attention BlockMask on CUDA, as a boolean SDPA mask elsewhere: `--doc_attention_impl`). Plain causal packing
-stays the default: on a CPU both run at the same speed (26M, seq 512: within noise), the flex path has not been
-measured on a GPU yet, and cross-document attention within a block is what most packed pretraining does. `--packing 0` trains one document per row with dynamic padding, and `--packing 0
---pad_to_max` reproduces the original MiniMind (every row padded to --max_seq_len) for comparison.
+flex_attention BlockMask on CUDA, as a boolean SDPA mask elsewhere: `--doc_attention_impl`). Plain causal
+packing stays the default: on a CPU both run at the same speed (26M, seq 512: within noise), the flex path has
+not been measured on a GPU yet, and cross-document attention within a block is what most packed pretraining
+does. `--packing 0` trains one document per row with dynamic padding, and `--packing 0 --pad_to_max`
+reproduces the original MiniMind (every row padded to --max_seq_len) for comparison.
 """
 import argparse
 import sys
