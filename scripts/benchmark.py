@@ -733,10 +733,10 @@ def plot(rows, path: Path, title: str) -> Path:
     ax.set_yticklabels([f"{c} {s}" for c, s in reversed(keys)], fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("real tokens/s (padding excluded)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=9, pad=22)
     ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color="#b0b0b0"), plt.Rectangle((0, 0), 1, 1, color="#2f6db5")],
-              labels=["original-style (--naive)", "this repo"], fontsize=8, loc="upper center",
-              bbox_to_anchor=(0.5, -0.16 - 0.6 / (len(keys) + 2)), ncol=2, frameon=False)
+              labels=["original-style (--naive)", "this repo"], fontsize=8, loc="lower center",
+              bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)  # just above the bars, under the title
     ax.set_xlim(right=ax.get_xlim()[1] * 2)  # room for the speedup labels
     fig.tight_layout()
     return save_figure(fig, path)
