@@ -18,6 +18,11 @@ os.environ.setdefault("MINIMIND_CACHE", tempfile.mkdtemp(prefix="minimind_test_c
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("SWANLAB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Remote code copied by trust_remote_code loads goes to a throwaway folder, not ~/.cache/huggingface/modules, and
+# nothing may reach the Hugging Face Hub: tests run on local files only. (Set before transformers is imported:
+# it reads both at import time. Subprocesses inherit them.)
+os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="minimind_test_hf_modules_"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="module")
