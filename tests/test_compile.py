@@ -16,6 +16,8 @@ pytestmark = [
     pytest.mark.usefixtures("one_thread"),
 ]
 
+LAYERS = 1  # compile time grows with the graph; one block exercises every op (attention, MLP / MoE)
+
 
 def loss_and_grads(forward, model, ids, labels):
     """Loss of `forward` (the model or its compiled wrapper) and the gradients on `model`'s parameters."""
@@ -29,7 +31,7 @@ def loss_and_grads(forward, model, ids, labels):
 
 @pytest.mark.parametrize("use_moe", [False, True], ids=["dense", "moe"])
 def test_compiled_model_matches_eager_loss_and_gradients(use_moe):
-    model = tiny_model(0, use_moe=use_moe, n_routed_experts=4, num_experts_per_tok=2)
+    model = tiny_model(0, use_moe=use_moe, n_routed_experts=4, num_experts_per_tok=2, num_hidden_layers=LAYERS)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, 6400, (2, 48), generator=g)
     labels = ids.clone()
