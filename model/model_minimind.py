@@ -332,6 +332,7 @@ class Attention(nn.Module):
         if BlockMask is not None and isinstance(attention_mask, BlockMask):
             # Block-diagonal causal attention over packed documents: flex_attention skips the fully masked
             # 128x128 tiles instead of computing and masking a dense (T x T) score matrix.
+            assert dropout_p == 0.0, "flex_attention has no attention dropout: train with dropout 0 or the SDPA mask"
             out = flex_attention_kernel(q.device)(q, k, v, block_mask=attention_mask)
         elif self.flash:
             if attention_mask is None:

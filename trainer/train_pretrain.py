@@ -45,9 +45,9 @@ def main():
     dist_state, model, tokenizer, _ = setup_stage(args)
     if args.doc_attention and args.doc_attention_impl == "flex":
         from model.model_minimind import flex_attention
-        if flex_attention is None or dist_state.device.startswith("cpu"):
-            parser.error("--doc_attention_impl flex needs torch >= 2.5 and a GPU (PyTorch has no flex_attention "
-                         "backward on the CPU); use --doc_attention_impl sdpa")
+        if flex_attention is None or not dist_state.device.startswith("cuda"):
+            parser.error("--doc_attention_impl flex needs torch >= 2.5 and a CUDA GPU (PyTorch has no "
+                         "flex_attention backward on the CPU); use --doc_attention_impl sdpa")
     if args.packing:
         train_ds = PackedPretrainDataset(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines,
                                          doc_attention=bool(args.doc_attention))
