@@ -101,7 +101,7 @@ from scripts.script_utils import pyplot, save_figure, write_json  # noqa: E402
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM, MOEFeedForward, StaticKVCache  # noqa: E402
 from trainer.rl_utils import (aggregate_loss, clipped_policy_loss, format_reward, group_advantages,  # noqa: E402
                               kl_k3, position_ids_from_mask, rollout, step_generator, token_logps)
-from trainer.train_dpo import dpo_loss, make_dpo_loss_fn  # noqa: E402
+from trainer.train_dpo import make_dpo_loss_fn, sequence_logps  # noqa: E402
 from trainer.trainer_utils import (ResumableSampler, autocast_context, default_device, lm_loss,  # noqa: E402
                                    load_tokenizer, resolve_dtype, setup_seed)
 
@@ -347,19 +347,6 @@ def naive_sequence_logps(logits, labels):
     return (picked * mask).sum(-1)
 
 
-def make_naive_dpo_loss_fn(ref_model, beta=0.1):
-    def loss_fn(model, batch):
-        ids, labels = batch["input_ids"], batch["labels"]
-        n = ids.shape[0] // 2
-        with torch.no_grad():
-            ref = naive_sequence_logps(ref_model(input_ids=ids).logits, labels)
-        out = model(input_ids=ids)
-        logps = naive_sequence_logps(out.logits, labels)
-        losses, _, _ = dpo_loss(logps[:n], logps[n:], ref[:n], ref[n:], beta)
-        return losses.mean() + out.aux_loss
-    return loss_fn
-
-
 @torch.inference_mode()
 def naive_generate(model, prompts, max_new_tokens, eos_token_id=2, pad_token_id=0, temperature=1.0,
                    generator=None):
@@ -503,8 +490,8 @@ class Bench:
         opt = self.make_optimizer(model, naive)
         scaler = self.make_scaler(naive)
         if stage == "dpo":
-            loss_fn = make_naive_dpo_loss_fn(ref) if naive else (
-                lambda m, b, f=make_dpo_loss_fn(ref, 0.1, "sigmoid"): f(m, b).loss)
+            dpo = make_dpo_loss_fn(ref, 0.1, "sigmoid", naive_sequence_logps if naive else sequence_logps)
+            loss_fn = lambda m, b: dpo(m, b).loss  # noqa: E731
         else:
             loss_fn = lambda m, b: lm_loss(m, b).loss  # noqa: E731
         model.train()

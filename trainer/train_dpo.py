@@ -86,8 +86,9 @@ def make_reference(model):
     return ref
 
 
-def make_dpo_loss_fn(ref_model, beta: float, loss_type: str):
-    """loss_fn(model, batch) -> Batch for TrainLoop; the batch holds B pairs as rows [chosen; rejected]."""
+def make_dpo_loss_fn(ref_model, beta: float, loss_type: str, logps_fn=sequence_logps):
+    """loss_fn(model, batch) -> Batch for TrainLoop; the batch holds B pairs as rows [chosen; rejected].
+    `logps_fn(logits, labels) -> (B,)` scores each row (scripts/benchmark.py swaps in the original's way)."""
 
     def loss_fn(model, batch) -> Batch:
         input_ids, labels = batch["input_ids"], batch["labels"]
@@ -95,9 +96,9 @@ def make_dpo_loss_fn(ref_model, beta: float, loss_type: str):
         # No attention mask: padding sits at the end of each row and attention is causal, so real tokens
         # never see it (and its labels are -100, so it never enters a sum).
         with torch.no_grad():
-            ref_logps = sequence_logps(ref_model(input_ids=input_ids).logits, labels)
+            ref_logps = logps_fn(ref_model(input_ids=input_ids).logits, labels)
         out = model(input_ids=input_ids)
-        logps = sequence_logps(out.logits, labels)
+        logps = logps_fn(out.logits, labels)
         losses, chosen_r, rejected_r = dpo_loss(logps[:n], logps[n:], ref_logps[:n], ref_logps[n:],
                                                 beta, loss_type)
         loss = losses.mean()
