@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))  # run from any directory
 
 import torch  # noqa: E402
 
+from dataset.lm_dataset import iter_jsonl  # noqa: E402
 from model.atomic_io import atomic_write_text  # noqa: E402
 from scripts.model_loading import (ChatStreamParser, IncrementalDecoder, add_model_args, chat_prompt,  # noqa: E402
                                    cli_errors, load_model, stream_tokens)
@@ -92,18 +93,11 @@ def read_prompts(path: str):
     if not p.is_file():
         raise FileNotFoundError(f"--prompts_file: file not found: {p}")
     items = []
-    with open(p, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            if p.suffix not in (".jsonl", ".json"):
-                items.append((line, [{"role": "user", "content": line}], None))
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{p}:{lineno}: invalid JSON ({e.msg})") from None
+    if p.suffix not in (".jsonl", ".json"):  # plain text: one prompt per non-blank line
+        lines = p.read_text(encoding="utf-8").split("\n")
+        items = [(line, [{"role": "user", "content": line}], None) for line in lines if line.strip()]
+    else:
+        for lineno, rec in iter_jsonl(p):
             if isinstance(rec, dict) and isinstance(rec.get("prompt"), str):
                 items.append((rec["prompt"], [{"role": "user", "content": rec["prompt"]}], None))
             elif isinstance(rec, dict) and isinstance(rec.get("conversations"), list) and rec["conversations"]:

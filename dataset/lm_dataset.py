@@ -78,6 +78,21 @@ def check_rlaif(rec):
     return _check_turns(rec.get("conversations"))
 
 
+def iter_jsonl(path):
+    """(line number, parsed value) for each non-blank line of a small JSONL file (prompt lists, eval sets), read
+    once from start to end; a line that is not JSON raises DataFormatError naming file:line. Training data goes
+    through `JsonlFile` instead (random access, validated records, --skip_bad_lines)."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataFormatError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+            yield lineno, rec
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Byte-offset index over a JSONL file
 # ----------------------------------------------------------------------------------------------------------------

@@ -72,7 +72,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from dataset.lm_dataset import DataFormatError, JsonlFile, check_pretrain  # noqa: E402
+from dataset.lm_dataset import DataFormatError, JsonlFile, check_pretrain, iter_jsonl  # noqa: E402
 from scripts.script_utils import pyplot, save_figure, user_error, write_json  # noqa: E402
 
 LETTERS = "ABCDEFGHIJ"
@@ -371,28 +371,21 @@ def _jsonl_items(path: Path) -> List[MCItem]:
     if not path.is_file():
         raise FileNotFoundError(f"not found: {path}")
     items = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataFormatError(f"{where}: invalid JSON ({e})") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("question"), str):
-                raise DataFormatError(f'{where}: expected {{"question": str, "choices": [...], "answer": ...}}')
-            choices, labels = rec.get("choices"), None
-            if isinstance(choices, dict) and "text" in choices:  # ARC: {"text": [...], "label": ["A", ...]}
-                labels = [str(l) for l in choices.get("label", [])] or None
-                choices = choices["text"]
-            if choices is None and all(l in rec for l in "ABCD"):  # C-Eval-style keys in JSONL
-                choices = [rec[l] for l in LETTERS if l in rec]
-            if not isinstance(choices, list) or not 2 <= len(choices) <= len(LETTERS):
-                raise DataFormatError(f"{where}: 'choices' must be a list of 2-{len(LETTERS)} options")
-            ans = rec.get("answer", rec.get("answerKey"))
-            items.append(MCItem(rec["question"], [str(c) for c in choices],
-                                answer_index(ans, len(choices), where, labels), str(rec.get("subject", "")), where))
+    for lineno, rec in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        if not isinstance(rec, dict) or not isinstance(rec.get("question"), str):
+            raise DataFormatError(f'{where}: expected {{"question": str, "choices": [...], "answer": ...}}')
+        choices, labels = rec.get("choices"), None
+        if isinstance(choices, dict) and "text" in choices:  # ARC: {"text": [...], "label": ["A", ...]}
+            labels = [str(l) for l in choices.get("label", [])] or None
+            choices = choices["text"]
+        if choices is None and all(l in rec for l in "ABCD"):  # C-Eval-style keys in JSONL
+            choices = [rec[l] for l in LETTERS if l in rec]
+        if not isinstance(choices, list) or not 2 <= len(choices) <= len(LETTERS):
+            raise DataFormatError(f"{where}: 'choices' must be a list of 2-{len(LETTERS)} options")
+        ans = rec.get("answer", rec.get("answerKey"))
+        items.append(MCItem(rec["question"], [str(c) for c in choices],
+                            answer_index(ans, len(choices), where, labels), str(rec.get("subject", "")), where))
     if not items:
         raise DataFormatError(f"{path}: no records")
     return items

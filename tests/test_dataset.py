@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dataset.lm_dataset import (DataFormatError, DPODataset, JsonlFile, PadCollator, PretrainDataset,  # noqa: E402
-                                RLAIFDataset, SFTDataset, check_pretrain)
+                                RLAIFDataset, SFTDataset, check_pretrain, iter_jsonl)
 from helpers import write_jsonl  # noqa: E402
 from trainer.trainer_utils import ResumableSampler, load_tokenizer  # noqa: E402
 
@@ -314,3 +314,13 @@ def test_flex_attention_block_mask_equals_the_dense_sdpa_mask(seq_len):
     assert torch.equal(doc_attention_mask(doc_ids), doc_causal_mask(doc_ids)), "auto = dense mask on a CPU"
     with pytest.raises(ValueError, match="no backward on the CPU"):
         doc_attention_mask(doc_ids, "flex")  # grad enabled, CPU tensors: training would fail later, less clearly
+
+
+def test_iter_jsonl_numbers_lines_and_names_the_bad_one(tmp_path):
+    path = tmp_path / "small.jsonl"
+    path.write_text('{"a": 1}\n\n  \n[2]\n{"b": "x"}\n{"broken": \n', encoding="utf-8")
+    got = []
+    with pytest.raises(DataFormatError, match=rf"small\.jsonl:6: invalid JSON \("):
+        for item in iter_jsonl(path):
+            got.append(item)
+    assert got == [(1, {"a": 1}), (4, [2]), (5, {"b": "x"})]  # blank lines skipped, numbering kept

@@ -193,6 +193,11 @@ def test_ceval_and_cmmlu_layouts_parse_with_k_shot_from_dev(tokenizer, tmp_path)
     (cm / "test" / "bad.csv").write_text(",Question,A,B,C,D,Answer\n0,q,1,2,3,4,E\n", encoding="utf-8")
     with pytest.raises(eb.DataFormatError, match=r"bad.csv:2"):
         eb.load_mc(cm)
+    bad_jsonl = cm.parent / "bad_mc.jsonl"
+    bad_jsonl.write_text('{"question": "q", "choices": ["a", "b"], "answer": "A"}\n{"question": \n',
+                         encoding="utf-8")
+    with pytest.raises(eb.DataFormatError, match=r"bad_mc\.jsonl:2: invalid JSON"):
+        eb._jsonl_items(bad_jsonl)
     with pytest.raises(eb.EvalError, match="not public"):
         eb.load_mc(ce, split="test")
 

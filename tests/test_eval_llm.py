@@ -110,6 +110,11 @@ def test_bad_prompts_file_names_the_line(save_dir, tmp_path, capsys):
         run_eval(["--save_dir", str(save_dir), "--prompts_file", str(tmp_path / "p.jsonl")])
     assert e.value.code == 2
     assert f"{tmp_path / 'p.jsonl'}:2" in capsys.readouterr().err
+    (tmp_path / "q.jsonl").write_text('\n{"prompt": "ok"}\n{"prompt": \n', encoding="utf-8")
+    with pytest.raises(SystemExit) as e:
+        run_eval(["--save_dir", str(save_dir), "--prompts_file", str(tmp_path / "q.jsonl")])
+    assert e.value.code == 2
+    assert f"{tmp_path / 'q.jsonl'}:3: invalid JSON" in capsys.readouterr().err
 
 
 def test_pretrain_weight_continues_raw_text(save_dir, tokenizer, tmp_path):
