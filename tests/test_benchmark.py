@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import tiny_model
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -109,13 +111,6 @@ def test_bad_arguments_fail_with_a_clear_message(capsys):
     assert args.configs == ["26m", "moe"] and args.steps == 5 and args.max_seq_len == 512 and not args.compare
 
 
-def tiny_model(**kw):
-    from model.model_minimind import MiniMindConfig, MiniMindForCausalLM
-    torch.manual_seed(0)
-    cfg = MiniMindConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, **kw)
-    return MiniMindForCausalLM(cfg).eval()
-
-
 def test_naive_baselines_compute_the_same_thing_as_the_optimised_paths():
     """The naive mode must do the same work the slow way, or its timings compare nothing."""
     from model.generation import generate
@@ -123,7 +118,7 @@ def test_naive_baselines_compute_the_same_thing_as_the_optimised_paths():
     from trainer.rl_utils import position_ids_from_mask, token_logps
     from trainer.train_dpo import sequence_logps
 
-    model = tiny_model()
+    model = tiny_model(0).eval()
     prompts = [[1, 5, 9, 200, 301], [1, 77, 3000], [1, 42, 43, 44, 45, 46, 47]]  # ragged: left padding
     opt = generate(model, prompts, max_new_tokens=6, temperature=1.0, eos_token_id=-1,
                    generator=torch.Generator().manual_seed(3))
@@ -149,7 +144,7 @@ def test_naive_moe_swaps_the_dispatch_only_inside_the_context():
     from scripts.benchmark import flops_params, naive_moe
 
     vectorised = MOEFeedForward.dispatch
-    model = tiny_model(use_moe=True)
+    model = tiny_model(0, use_moe=True).eval()
     x = torch.randint(3, 6000, (2, 9))
     fast = model(input_ids=x).logits
     with naive_moe(True):
