@@ -33,7 +33,7 @@ from dataset.lm_dataset import iter_jsonl  # noqa: E402
 from model.atomic_io import atomic_write_text  # noqa: E402
 from scripts.model_loading import (ChatStreamParser, IncrementalDecoder, add_model_args, chat_prompt,  # noqa: E402
                                    cli_errors, load_model, stream_tokens)
-from trainer.trainer_utils import setup_seed  # noqa: E402
+from model.runtime import setup_seed  # noqa: E402
 
 CHAT_PROMPTS = [
     "你有什么特长？",

@@ -22,12 +22,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from model.errors import UserError
+
 ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = Path(os.environ.get("MINIMIND_CACHE", ROOT / ".cache"))
 IGNORE_INDEX = -100
 
 
-class DataFormatError(ValueError):
+class DataFormatError(UserError, ValueError):
     """A record that does not match its dataset's format; the message names file:line."""
 
 

@@ -86,7 +86,7 @@ def decode_steps(model, prompts: Sequence[Sequence[int]], max_new_tokens: int = 
     # Positions count real tokens only, so a left-padded prompt sees the same positions as an unpadded one.
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=mask if padded else None, position_ids=positions,
-                past_key_values=cache, use_cache=True, logits_to_keep=1)
+                cache=cache, use_cache=True, logits_to_keep=1)
     logits = out.logits[:, -1]
     next_pos = positions[:, -1:] + 1
     seen = ids if repetition_penalty != 1.0 else None
@@ -108,7 +108,7 @@ def decode_steps(model, prompts: Sequence[Sequence[int]], max_new_tokens: int = 
             seen = torch.cat([seen, tok[:, None]], 1)
         mask = torch.cat([mask, mask.new_ones(bsz, 1)], 1) if padded else mask
         out = model(input_ids=tok[:, None], attention_mask=mask if padded else None, position_ids=next_pos,
-                    past_key_values=cache, use_cache=True)
+                    cache=cache, use_cache=True)
         logits = out.logits[:, -1]
         next_pos = next_pos + 1
 

@@ -30,13 +30,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.atomic_io import atomic_save, atomic_write_text
+from model.checkpoint import unwrap
+from model.errors import UserError
 
 # Every attention and MLP projection. In MoE models the MLP names also match each expert's projections
 # (`mlp.experts.3.up_proj`, `mlp.shared_experts.0.down_proj`); the router (`mlp.gate`) is not an nn.Linear.
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-class LoRALoadError(RuntimeError):
+class LoRALoadError(UserError, RuntimeError):
     """An adapter file that does not match the adapters applied to the model."""
 
 
@@ -70,12 +72,6 @@ class LoRALinear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, alpha={self.alpha}"
 
 
-def _unwrap(model):
-    """The plain module under DDP / torch.compile wrappers (kept local: model/ does not import trainer/)."""
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
-
-
 def parse_targets(targets) -> tuple:
     """'q,k,v,o,gate,up,down' or 'q_proj,...' or a list -> full module names ('q_proj', ...)."""
     if targets is None:
@@ -90,7 +86,7 @@ def parse_targets(targets) -> tuple:
 
 def lora_modules(model) -> dict:
     """{qualified name: LoRALinear} in model order."""
-    return {n: m for n, m in _unwrap(model).named_modules() if isinstance(m, LoRALinear)}
+    return {n: m for n, m in unwrap(model).named_modules() if isinstance(m, LoRALinear)}
 
 
 def apply_lora(model, rank: int = 8, alpha: float = 16.0, targets: Optional[Iterable[str]] = None,
@@ -103,7 +99,7 @@ def apply_lora(model, rank: int = 8, alpha: float = 16.0, targets: Optional[Iter
     tied matrix would change the embeddings too.
     """
     targets = parse_targets(targets)
-    root = _unwrap(model)
+    root = unwrap(model)
     if lora_modules(root):
         raise RuntimeError("apply_lora: the model already has LoRA adapters (merge_lora first to stack another)")
     found = {t: 0 for t in targets}
@@ -131,7 +127,7 @@ def apply_lora(model, rank: int = 8, alpha: float = 16.0, targets: Optional[Iter
 
 def lora_state_dict(model) -> dict:
     """Only the adapter tensors (detached, on CPU)."""
-    return {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()
+    return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()
             if ".lora_A." in k or ".lora_B." in k}
 
 
@@ -196,7 +192,7 @@ def load_lora(model, path):
     if bad:
         raise LoRALoadError(f"load_lora({path}): shape mismatch (different --lora_rank or --hidden_size?)\n  "
                             + "\n  ".join(bad[:3]))
-    _unwrap(model).load_state_dict(state, strict=False)  # the key sets were checked exactly above
+    unwrap(model).load_state_dict(state, strict=False)  # the key sets were checked exactly above
     return model
 
 
@@ -207,7 +203,7 @@ def merge_lora(model):
     The result is an ordinary MiniMind (original state-dict keys, no extra compute at inference) whose
     outputs equal base + adapter. Parameters keep their requires_grad (frozen after apply_lora).
     """
-    root = _unwrap(model)
+    root = unwrap(model)
     for name, module in list(lora_modules(root).items()):
         w = module.weight
         w.copy_((w.float() + module.delta_weight()).to(w.dtype))
@@ -223,5 +219,5 @@ def merge_lora(model):
 
 def count_parameters(model) -> tuple:
     """(trainable, total) parameter counts; shared (tied) parameters counted once."""
-    params = {id(p): p for p in _unwrap(model).parameters()}.values()
+    params = {id(p): p for p in unwrap(model).parameters()}.values()
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)

@@ -8,6 +8,7 @@ The state-dict keys are exactly those of the original MiniMind2 release, so its 
 The classes subclass transformers' `PretrainedConfig` / `PreTrainedModel` / `GenerationMixin`, so
 `save_pretrained`, `from_pretrained(trust_remote_code=True)` and `generate()` work (transformers 4.57 and 5.x).
 """
+import dataclasses
 import math
 from typing import Optional
 
@@ -24,6 +25,21 @@ from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast
 
 TRANSFORMERS_V5 = int(transformers.__version__.split(".")[0]) >= 5
+
+# ---- transformers' name for the KV cache (the one place that knows it) ------------------------------------------
+# transformers 5.24 renamed the cache that generate() passes to forward(), and the output field it reads back,
+# from `past_key_values` to `cache` (the old name keeps working there with a deprecation warning until 5.40).
+# Our forward() accepts both keywords, and returns the cache under the field the installed version declares,
+# read from transformers' own output dataclass rather than from a version number.
+CACHE_FIELD = ("cache" if "cache" in {f.name for f in dataclasses.fields(MoeCausalLMOutputWithPast)}
+               else "past_key_values")
+
+
+def pick_cache(cache, past_key_values):
+    """The cache passed under either name (`cache` on transformers >= 5.24, `past_key_values` before)."""
+    if cache is not None and past_key_values is not None and cache is not past_key_values:
+        raise ValueError("pass the KV cache as `cache` or as `past_key_values`, not both")
+    return cache if cache is not None else past_key_values
 
 # YaRN settings used by the original MiniMind when `inference_rope_scaling=True`:
 # a model trained at 2048 tokens is stretched 16x.
@@ -317,15 +333,15 @@ class Attention(nn.Module):
         self.dropout = config.dropout
         self.flash = config.flash_attn
 
-    def forward(self, x, position_embeddings, past_key_values=None, attention_mask=None):
+    def forward(self, x, position_embeddings, cache=None, attention_mask=None):
         bsz, seq_len, _ = x.shape
         q = self.q_proj(x).view(bsz, seq_len, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(bsz, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(bsz, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
         cos, sin = position_embeddings
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
         kv_len = k.shape[2]
         k, v = repeat_kv(k, self.n_rep), repeat_kv(v, self.n_rep)
         dropout_p = self.dropout if self.training else 0.0
@@ -472,9 +488,9 @@ class MiniMindBlock(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.mlp = FeedForward(config) if not config.use_moe else MOEFeedForward(config)
 
-    def forward(self, hidden_states, position_embeddings, past_key_values=None, attention_mask=None):
+    def forward(self, hidden_states, position_embeddings, cache=None, attention_mask=None):
         h = hidden_states + self.self_attn(self.input_layernorm(hidden_states), position_embeddings,
-                                           past_key_values, attention_mask)
+                                           cache, attention_mask)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -515,15 +531,16 @@ class MiniMindModel(MiniMindPreTrainedModel):
         self.rotary_emb = MiniMindRotaryEmbedding(config)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                use_cache: bool = False, inputs_embeds=None, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None,
+                use_cache: bool = False, inputs_embeds=None, past_key_values=None, **kwargs):
+        cache = pick_cache(cache, past_key_values)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         bsz, seq_len = inputs_embeds.shape[:2]
-        if use_cache and past_key_values is None:
+        if use_cache and cache is None:
             from transformers import DynamicCache
-            past_key_values = DynamicCache()
-        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+            cache = DynamicCache()
+        past_len = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
             position_ids = torch.arange(past_len, past_len + seq_len, device=inputs_embeds.device)
             position_ids = position_ids.unsqueeze(0).expand(bsz, -1)
@@ -540,11 +557,11 @@ class MiniMindModel(MiniMindPreTrainedModel):
 
         hidden_states = self.dropout(inputs_embeds)
         for layer in self.layers:
-            hidden_states = layer(hidden_states, position_embeddings, past_key_values, mask)
+            hidden_states = layer(hidden_states, position_embeddings, cache, mask)
         hidden_states = self.norm(hidden_states)
         aux_loss = sum((l.mlp.aux_loss for l in self.layers if isinstance(l.mlp, MOEFeedForward)),
                        hidden_states.new_zeros(()))
-        return hidden_states, past_key_values if use_cache or past_key_values is not None else None, aux_loss
+        return hidden_states, cache if use_cache or cache is not None else None, aux_loss
 
 
 class MiniMindForCausalLM(MiniMindPreTrainedModel, GenerationMixin):
@@ -569,11 +586,13 @@ class MiniMindForCausalLM(MiniMindPreTrainedModel, GenerationMixin):
     def get_output_embeddings(self):
         return self.lm_head
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                use_cache: bool = False, labels=None, logits_to_keep=0, inputs_embeds=None, **kwargs):
-        hidden_states, past_key_values, aux_loss = self.model(
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None,
+                use_cache: bool = False, labels=None, logits_to_keep=0, inputs_embeds=None, past_key_values=None,
+                **kwargs):
+        # `cache` / `past_key_values`: a transformers Cache or our StaticKVCache, under either name (see CACHE_FIELD)
+        hidden_states, cache, aux_loss = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, use_cache=use_cache, inputs_embeds=inputs_embeds)
+            cache=pick_cache(cache, past_key_values), use_cache=use_cache, inputs_embeds=inputs_embeds)
         # Only the last `logits_to_keep` positions need logits when generating: skips a (T x vocab) matmul.
         sl = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, sl, :])
@@ -584,8 +603,7 @@ class MiniMindForCausalLM(MiniMindPreTrainedModel, GenerationMixin):
             targets = labels[:, 1:].reshape(-1)
             loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).float(), targets,
                                    ignore_index=-100, reduction="sum") / (targets != -100).sum().clamp(min=1)
-        return MoeCausalLMOutputWithPast(loss=loss, aux_loss=aux_loss, logits=logits,
-                                         past_key_values=past_key_values)
+        return MoeCausalLMOutputWithPast(loss=loss, aux_loss=aux_loss, logits=logits, **{CACHE_FIELD: cache})
 
 
 MiniMindConfig.register_for_auto_class()

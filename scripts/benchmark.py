@@ -361,7 +361,7 @@ def naive_generate(model, prompts, max_new_tokens, eos_token_id=2, pad_token_id=
     cache = DynamicCache()
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=ids, attention_mask=mask if padded else None, position_ids=positions,
-                   past_key_values=cache, use_cache=True).logits[:, -1]
+                   cache=cache, use_cache=True).logits[:, -1]
     next_pos = positions[:, -1:] + 1
     seq, finished, alive = ids, torch.zeros(bsz, dtype=torch.bool, device=device), []
     for step in range(max_new_tokens):
@@ -375,7 +375,7 @@ def naive_generate(model, prompts, max_new_tokens, eos_token_id=2, pad_token_id=
             break
         mask = torch.cat([mask, mask.new_ones(bsz, 1)], 1)
         logits = model(input_ids=tok[:, None], attention_mask=mask if padded else None, position_ids=next_pos,
-                       past_key_values=cache, use_cache=True).logits[:, -1]
+                       cache=cache, use_cache=True).logits[:, -1]
         next_pos = next_pos + 1
     resp_mask = torch.stack(alive, 1).long()
     return seq, torch.cat([mask[:, :plen], resp_mask], 1), resp_mask, plen
@@ -645,10 +645,10 @@ class Bench:
         def prefill(i):
             if naive:  # DynamicCache, logits for all positions
                 from transformers import DynamicCache
-                out = model(input_ids=ids, past_key_values=DynamicCache(), use_cache=True)
+                out = model(input_ids=ids, cache=DynamicCache(), use_cache=True)
             else:  # preallocated cache, logits for the last position only
                 cache = StaticKVCache(model.config, 1, ids.shape[1] + 1, device=self.device, dtype=model.dtype)
-                out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                out = model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
             return out.logits.shape[1]
 
         timed = self.timed(label, a.warmup + max(3, a.decode_runs), prefill)

@@ -47,8 +47,8 @@ import torch  # noqa: E402
 
 from model.atomic_io import atomic_save, atomic_write_text  # noqa: E402
 from model.model_minimind import YARN_ROPE_SCALING, MiniMindConfig, MiniMindForCausalLM  # noqa: E402
-from trainer.trainer_utils import (DEFAULT_OUT, DEFAULT_TOKENIZER, WeightLoadError,  # noqa: E402
-                                   half_state_dict, load_state_dict_file, weight_name)
+from model.checkpoint import (DEFAULT_OUT, DEFAULT_TOKENIZER, WeightLoadError,  # noqa: E402
+                              half_state_dict, load_state_dict_file, weight_name)
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 # Sampling defaults shipped with every export (generation_config.json, Modelfile): MiniMind's own eval defaults.

@@ -43,16 +43,17 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from model.generation import process_logits, stream_generate  # noqa: E402
+from model.errors import UserError  # noqa: E402
+from model.generation import stream_generate  # noqa: E402
 from model.model_minimind import MiniMindForCausalLM  # noqa: E402
-from trainer.trainer_utils import (DEFAULT_OUT, DEFAULT_TOKENIZER, WeightLoadError, default_device,  # noqa: E402
-                                   load_tokenizer, load_weights, model_config_from_args, resolve_dtype,
-                                   weight_name, weight_path)
+from model.checkpoint import (DEFAULT_OUT, DEFAULT_TOKENIZER, WeightLoadError, load_tokenizer,  # noqa: E402
+                              load_weights, model_config_from_args, weight_name, weight_path)
+from model.runtime import default_device, resolve_dtype  # noqa: E402
 
 NO_LORA = (None, "", "None", "none")
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, RuntimeError):
     """A model that cannot be loaded as asked (bad flag combination, unreadable folder)."""
 
 
@@ -397,12 +398,12 @@ def is_minimind(model) -> bool:
     return getattr(model.config, "model_type", None) == "minimind"
 
 
-@torch.inference_mode()
 def stream_tokens(model, prompt_ids: Sequence[int], max_new_tokens: int = 512, temperature: float = 0.85,
                   top_p: float = 0.85, top_k: int = 0, repetition_penalty: float = 1.0, eos_token_id: int = 2,
                   pad_token_id: int = 0, generator: Optional[torch.Generator] = None) -> Iterator[int]:
-    """Yield generated token ids (EOS included, then stop). MiniMind models use model/generation.py's fast loop
-    (preallocated KV cache); other transformers models (e.g. a Llama export) a plain loop over their own cache."""
+    """Yield generated token ids (EOS included, then stop). MiniMind models use our decoding engine
+    (model/generation.py); any other transformers model (e.g. a Llama export) uses transformers' own
+    `generate()` with a streamer, so no second decoding loop has to follow transformers' cache API."""
     limit = getattr(model.config, "max_position_embeddings", None) or 1 << 30
     max_new_tokens = max(0, min(max_new_tokens, limit - len(prompt_ids)))
     if is_minimind(model):
@@ -410,21 +411,65 @@ def stream_tokens(model, prompt_ids: Sequence[int], max_new_tokens: int = 512, t
                                    top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty,
                                    eos_token_id=eos_token_id, pad_token_id=pad_token_id, generator=generator)
         return
-    device = next(model.parameters()).device
-    ids = torch.tensor([list(prompt_ids)], device=device)
-    seen, past = ids, None
-    for _ in range(max_new_tokens):
-        out = model(input_ids=ids, past_key_values=past, use_cache=True)
-        past = out.past_key_values
-        logits = process_logits(out.logits[:, -1], temperature, top_p, top_k, repetition_penalty, seen)
-        if temperature > 0:
-            tok = torch.multinomial(logits.softmax(-1), 1, generator=generator)
-        else:
-            tok = logits.argmax(-1, keepdim=True)
-        t = int(tok)
-        yield t
-        if t == eos_token_id:
-            return
-        ids = tok
-        if repetition_penalty != 1.0:
-            seen = torch.cat([seen, tok], 1)
+    yield from hf_stream_tokens(model, prompt_ids, max_new_tokens, temperature, top_p, top_k, repetition_penalty,
+                                eos_token_id, pad_token_id)
+
+
+def hf_stream_tokens(model, prompt_ids, max_new_tokens, temperature, top_p, top_k, repetition_penalty,
+                     eos_token_id, pad_token_id) -> Iterator[int]:
+    """transformers' `generate()` in a worker thread, its tokens handed over through a streamer queue."""
+    import queue
+    import threading
+
+    from transformers import StoppingCriteria, StoppingCriteriaList
+    from transformers.generation.streamers import BaseStreamer
+
+    class TokenQueue(BaseStreamer):
+        def __init__(self):
+            self.q, self.prompt_seen = queue.Queue(), False
+
+        def put(self, value):  # first call: the prompt; then one tensor of new token ids per step
+            if not self.prompt_seen:
+                self.prompt_seen = True
+                return
+            for t in value.reshape(-1).tolist():
+                self.q.put(int(t))
+
+        def end(self):
+            self.q.put(None)
+
+    class Cancelled(StoppingCriteria):  # the consumer stopped early (a client went away): stop generating too
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    if max_new_tokens <= 0:
+        return
+    streamer, cancel = TokenQueue(), threading.Event()
+    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k) if temperature > 0 else \
+        dict(do_sample=False)
+    ids = torch.tensor([list(prompt_ids)], device=next(model.parameters()).device)
+    failure = []
+
+    def work():
+        try:
+            with torch.inference_mode():
+                model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                               eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                               repetition_penalty=repetition_penalty, streamer=streamer,
+                               stopping_criteria=StoppingCriteriaList([Cancelled()]), **sampling)
+        except BaseException as e:  # re-raised in the consumer's thread below
+            failure.append(e)
+            streamer.q.put(None)
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    try:
+        while (t := streamer.q.get()) is not None:
+            yield t
+            if t == eos_token_id:
+                break
+    finally:
+        cancel.set()
+        worker.join()
+    if failure:
+        raise failure[0]

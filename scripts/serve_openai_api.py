@@ -251,7 +251,7 @@ class Engine:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         padded = any(len(j.prompt_ids) < width for j in new)
         out = self.model(input_ids=ids, attention_mask=mask if padded else None, position_ids=positions,
-                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+                         cache=cache, use_cache=True, logits_to_keep=1)
         logits, pos = out.logits[:, -1].float(), positions[:, -1:] + 1
         if direct:
             self.cache, self.mask, self.pos, self.logits = cache, mask, pos, logits
@@ -310,7 +310,7 @@ class Engine:
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(rows), 1)], 1)
         padded = not bool(self.mask.all())  # padding columns (from prefill or a splice) must stay masked
         out = self.model(input_ids=tok, attention_mask=self.mask if padded else None, position_ids=self.pos,
-                         past_key_values=self.cache, use_cache=True)
+                         cache=self.cache, use_cache=True)
         self.logits = out.logits[:, -1].float()
         self.pos = self.pos + 1
 

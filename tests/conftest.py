@@ -28,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(scope="module")
 def tokenizer():
     """The shipped tokenizer (model/), loaded once per test module."""
-    from trainer.trainer_utils import load_tokenizer
+    from model.checkpoint import load_tokenizer
     return load_tokenizer()
 
 

@@ -55,11 +55,11 @@ class ScriptedLM(torch.nn.Module):
         self.script = list(script) + [eos_id]
         self.start = None
 
-    def forward(self, input_ids, position_ids=None, past_key_values=None, **kwargs):
+    def forward(self, input_ids, position_ids=None, cache=None, **kwargs):
         b, t = input_ids.shape
         c = self.config
         zeros = torch.zeros(b, c.num_key_value_heads, t, c.head_dim)
-        past_key_values.update(zeros, zeros, 0)  # keep the cache's bookkeeping real
+        cache.update(zeros, zeros, 0)  # keep the cache's bookkeeping real
         if t > 1:  # prefill: the answer starts right after the prompt
             self.start = position_ids[:, -1] + 1
         step = (position_ids[:, -1] + 1 - self.start).clamp(max=len(self.script) - 1)

@@ -83,7 +83,7 @@ def test_comparison_ratios_exist_and_match_rows(report):
 def test_meta_says_what_was_measured(report):
     data, _ = report
     meta = data["meta"]
-    from trainer.trainer_utils import cpu_has_native_bf16
+    from model.runtime import cpu_has_native_bf16
     assert meta["device"] == "cpu"
     # --dtype auto: bf16 on a CPU with native bf16, else fp32; the naive rows are fp32 as in the original
     assert meta["dtype"] == ("bfloat16" if cpu_has_native_bf16() else "float32")

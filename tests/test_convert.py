@@ -89,6 +89,16 @@ def test_torch2hf_remote_code_parity_and_roundtrip(tmp_path, use_moe):
     assert ref.abs().mean() > 0.1  # non-trivial logits, so the tolerance below means something
     assert (ref - got).abs().max().item() <= 1e-5
 
+    # transformers' generate() on the exported remote code, with its KV cache, equals plain greedy decoding of
+    # our model. This is what broke silently when transformers 5.24 renamed the cache keyword (the remote model
+    # then rebuilt an empty cache each step and saw only the last token).
+    prompt = ids[:1, :5]
+    ours = greedy(model, prompt, 10)
+    assert len(set(ours[0, 5:].tolist())) > 3, "test model too degenerate to catch cache bugs"
+    theirs = hf.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, use_cache=True,
+                         max_new_tokens=10, min_new_tokens=10, top_p=None, temperature=None)
+    assert torch.equal(ours, theirs)
+
     tok = AutoTokenizer.from_pretrained(str(out))
     assert len(tok) == 6400 and tok.chat_template == SOURCE_TOKENIZER_CONFIG["chat_template"]
     text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)

@@ -17,7 +17,7 @@ from helpers import SAMPLE, SHARED, finish, save_tiny, start_script, tiny_cpu_fl
 from trainer.train_distillation import (check_same_vocab, distillation_kl, load_teacher,  # noqa: E402
                                         make_distill_loss_fn)
 from trainer.train_reason import make_reason_loss_fn, reason_token_weights, tag_token_ids  # noqa: E402
-from trainer.trainer_utils import WeightLoadError, load_tokenizer  # noqa: E402
+from model.checkpoint import WeightLoadError, load_tokenizer  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -19,7 +19,7 @@ from helpers import ScriptedLM, read_jsonl, save_tiny, tiny_model as tiny_base_m
 from model.generation import generate  # noqa: E402
 from scripts.model_loading import (ChatStreamParser, IncrementalDecoder, add_model_args, chat_prompt,  # noqa: E402
                                    load_model, model_args, split_thinking)
-from trainer.trainer_utils import WeightLoadError  # noqa: E402
+from model.checkpoint import WeightLoadError  # noqa: E402
 
 TINY = ["--hidden_size", "64", "--num_hidden_layers", "2", "--num_attention_heads", "4",
         "--num_key_value_heads", "2", "--device", "cpu", "--dtype", "float32"]
@@ -175,7 +175,7 @@ def test_native_load_is_exact_and_yarn_flag_reaches_config(save_dir):
 
 def test_bf16_on_cpu_is_the_auto_choice_where_native_and_generates_like_a_bf16_model(save_dir, tokenizer, tmp_path,
                                                                                       monkeypatch):
-    import trainer.trainer_utils as tu
+    import model.runtime as tu
     auto = [a for a in TINY if a not in ("--dtype", "float32")]
     monkeypatch.setattr(tu, "cpu_has_native_bf16", lambda: True)
     model, _, _ = load_model(parse(["--save_dir", str(save_dir), *auto]), log=lambda *a: None)

@@ -159,8 +159,11 @@ def greedy_no_cache(model, ids, n):
     return ids
 
 
-def test_generate_with_cache_equals_greedy_without_cache():
-    model = tiny_model()
+@pytest.mark.parametrize("use_moe", [False, True], ids=["dense", "moe"])
+def test_generate_with_cache_equals_greedy_without_cache(use_moe):
+    """transformers' generate() (GenerationMixin) with its KV cache == greedy decoding without a cache, whatever
+    the installed transformers calls the cache keyword (`past_key_values` before 5.24, `cache` after)."""
+    model = tiny_model(use_moe=use_moe)
     prompt = torch.randint(3, 6400, (1, 7))
     ref = greedy_no_cache(model, prompt, 12)
     assert len(set(ref[0, 7:].tolist())) > 3, "test model too degenerate to catch cache bugs"
@@ -177,7 +180,7 @@ def test_generate_really_uses_the_cache():
 
     def spy(*a, **kw):
         ids = kw.get("input_ids")
-        past = kw.get("past_key_values")
+        past = kw.get("cache")
         seen.append((ids.shape[1], past.get_seq_length() if past is not None else None))
         return orig(*a, **kw)
 
@@ -193,10 +196,10 @@ def test_static_cache_incremental_logits_match_full_forward():
     with torch.no_grad():
         full = model(ids).logits
         cache = StaticKVCache(model.config, 2, 15)
-        parts = [model(ids[:, :9], past_key_values=cache, use_cache=True).logits]
-        parts.append(model(ids[:, 9:12], past_key_values=cache, use_cache=True).logits)  # chunked prefill
+        parts = [model(ids[:, :9], cache=cache, use_cache=True).logits]
+        parts.append(model(ids[:, 9:12], cache=cache, use_cache=True).logits)  # chunked prefill
         for t in range(12, 15):
-            parts.append(model(ids[:, t:t + 1], past_key_values=cache, use_cache=True).logits)
+            parts.append(model(ids[:, t:t + 1], cache=cache, use_cache=True).logits)
     assert torch.allclose(full, torch.cat(parts, 1), atol=1e-5)
 
 

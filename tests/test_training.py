@@ -9,7 +9,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from helpers import SAMPLE, SHARED, run_trainer, train_log  # noqa: E402
-from trainer.trainer_utils import atomic_save, get_lr, resolve_dtype  # noqa: E402
+from model.atomic_io import atomic_save  # noqa: E402
+from model.runtime import resolve_dtype  # noqa: E402
+from trainer.trainer_utils import get_lr  # noqa: E402
 
 
 def small_pretrain_file(tmp, n=20):
@@ -193,7 +195,7 @@ def test_cosine_schedule_with_floor_and_warmup():
 
 
 def test_dtype_choice(tmp_path, monkeypatch):
-    import trainer.trainer_utils as tu
+    import model.runtime as tu
     zen4 = tmp_path / "zen4"
     zen4.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni\n")
     old = tmp_path / "old"

@@ -40,11 +40,13 @@ if str(ROOT) not in sys.path:
 
 from dataset.lm_dataset import PadCollator, doc_attention_mask  # noqa: E402
 from model.atomic_io import atomic_save  # noqa: E402,F401  (re-exported: scripts and tests import it from here)
+from model.checkpoint import (DEFAULT_CHECKPOINTS, DEFAULT_OUT, DEFAULT_TOKENIZER, WeightLoadError,  # noqa: E402,F401
+                              half_state_dict, load_state_dict_file, load_tokenizer, load_weights, model_config_from_args,
+                              resume_path, unwrap, weight_name, weight_path)
+from model.errors import run_main  # noqa: E402,F401
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
-
-DEFAULT_TOKENIZER = ROOT / "model"
-DEFAULT_OUT = ROOT / "out"
-DEFAULT_CHECKPOINTS = ROOT / "checkpoints"
+from model.runtime import (autocast_context, cpu_has_native_bf16, default_device, is_npu_available,  # noqa: E402,F401
+                           resolve_dtype, setup_seed)
 
 
 # ================================================================================================================
@@ -103,61 +105,6 @@ def add_common_args(parser: argparse.ArgumentParser, *, stage: str, data_path: s
 # ================================================================================================================
 # Devices, precision, distributed
 # ================================================================================================================
-def is_npu_available() -> bool:
-    try:
-        import torch_npu  # noqa: F401
-    except ImportError:
-        return False
-    return torch.npu.is_available()
-
-
-def default_device() -> str:
-    if is_npu_available():
-        return "npu:0"
-    if torch.cuda.is_available():
-        return "cuda:0"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """True when the CPU multiplies bf16 in hardware: x86 AVX512-BF16 or AMX (Zen 4+, Sapphire Rapids+) or Arm
-    BF16. There, oneDNN runs bf16 matmuls about 2x faster than fp32 and moves half the bytes, so CPU training
-    under bf16 autocast is 1.5-2.6x faster for 1.6M-104M models (measured: scripts/benchmark.py, README) and
-    decoding with bf16 weights about 1.8x. Without those instructions bf16 is emulated and slower than fp32."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:  # not Linux: no cheap, reliable probe, stay with fp32
-        return False
-    flags = set()
-    for line in text.splitlines():
-        if line.lower().startswith(("flags", "features")):
-            flags.update(line.split(":", 1)[-1].split())
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
-
-
-def resolve_dtype(name: str, device: str) -> torch.dtype:
-    """--dtype -> torch dtype. auto: bf16 on NPU, on CUDA where supported (else fp16 + GradScaler) and on CPUs
-    with native bf16; fp32 elsewhere (MPS, older CPUs). Weights stay fp32 in training (autocast)."""
-    kind = torch.device(device).type
-    if name == "auto":
-        if kind == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if kind == "npu":
-            return torch.bfloat16
-        if kind == "cpu" and cpu_has_native_bf16():
-            return torch.bfloat16
-        return torch.float32
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
-
-
-def autocast_context(device: str, dtype: torch.dtype):
-    if dtype == torch.float32:
-        return nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
-
-
 @dataclass
 class DistState:
     rank: int = 0
@@ -207,81 +154,9 @@ def cleanup_distributed():
         dist.destroy_process_group()
 
 
-def setup_seed(seed: int):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.cuda.manual_seed_all(seed)
-
-
-def unwrap(model):
-    """The plain module under DDP and/or torch.compile wrappers."""
-    model = model.module if isinstance(model, DistributedDataParallel) else model
-    return getattr(model, "_orig_mod", model)
-
-
 # ================================================================================================================
 # Model and weights
 # ================================================================================================================
-def model_config_from_args(args, **overrides) -> MiniMindConfig:
-    kw = dict(hidden_size=args.hidden_size, num_hidden_layers=args.num_hidden_layers,
-              num_attention_heads=args.num_attention_heads, num_key_value_heads=args.num_key_value_heads,
-              use_moe=bool(args.use_moe))
-    kw.update(overrides)
-    return MiniMindConfig(**kw)
-
-
-def weight_name(stage: str, config: MiniMindConfig) -> str:
-    return f"{stage}_{config.hidden_size}{'_moe' if config.use_moe else ''}"
-
-
-def weight_path(save_dir, stage: str, config: MiniMindConfig) -> Path:
-    return Path(save_dir) / f"{weight_name(stage, config)}.pth"
-
-
-def resume_path(checkpoint_dir, stage: str, config: MiniMindConfig) -> Path:
-    return Path(checkpoint_dir) / f"{weight_name(stage, config)}_resume.pth"
-
-
-def load_tokenizer(path=DEFAULT_TOKENIZER):
-    from transformers import AutoTokenizer
-    path = Path(path)
-    if not (path / "tokenizer.json").exists():
-        raise FileNotFoundError(f"no tokenizer.json in {path} (train one with trainer/train_tokenizer.py)")
-    return AutoTokenizer.from_pretrained(str(path))
-
-
-def load_state_dict_file(path) -> dict:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]  # a resume checkpoint also holds the weights
-    return state
-
-
-class WeightLoadError(RuntimeError):
-    """A weight file that does not fit the model (wrong stage, size or vocab)."""
-
-
-def load_weights(model, path, what="weights"):
-    """strict=True load with an actionable message instead of a 60-line key dump."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what}: file not found: {path}")
-    state = load_state_dict_file(path)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        cfg = getattr(model, "config", None)
-        hint = ""
-        if cfg is not None:
-            hint = (f" The model was built with hidden_size={cfg.hidden_size}, num_hidden_layers="
-                    f"{cfg.num_hidden_layers}, use_moe={int(cfg.use_moe)}, vocab_size={cfg.vocab_size}; "
-                    f"the file was probably trained with different --hidden_size/--num_hidden_layers/--use_moe.")
-        first = str(e).splitlines()[0:3]
-        raise WeightLoadError(f"{what}: {path} does not match the model.{hint}\n" + "\n".join(first)) from None
-    return model
-
-
 def init_model(config: MiniMindConfig, from_weight: str = "none", save_dir=DEFAULT_OUT,
                tokenizer_path=DEFAULT_TOKENIZER, device="cpu", log=print):
     """Build the model, load `from_weight` strictly, and load the tokenizer; check they agree on the vocab."""
@@ -335,11 +210,6 @@ def padded_dataset(args, tokenizer, dataset_cls):
 # ================================================================================================================
 # Checkpoints (atomic writes: `atomic_save` from model/atomic_io.py)
 # ================================================================================================================
-def half_state_dict(model) -> dict:
-    """Weights for release/inference: half precision on CPU, like the original MiniMind's .pth files."""
-    return {k: (v.half() if v.is_floating_point() else v).cpu() for k, v in unwrap(model).state_dict().items()}
-
-
 def rng_state() -> dict:
     np_state = np.random.get_state()
     state = {"python": random.getstate(), "torch": torch.get_rng_state(),
@@ -740,19 +610,6 @@ class TrainLoop:
         self.logger.info(f"[{self.name}] step {self.step}/{last_step} loss: {metrics['loss']:.4f} {extra} "
                          f"lr: {lr:.3e} grad_norm: {vals[-1]:.3f} tok/s: {tok_s:,.0f} ETA: {format_eta(eta)}")
         self.logger.bar_update(loss=f"{metrics['loss']:.3f}", tok_s=f"{tok_s:,.0f}")
-
-
-def run_main(main: Callable):
-    """Run a stage's main(); user mistakes (missing file, bad data line, mismatched weights) end with one clear
-    `error:` line instead of a traceback. Anything else is a bug and keeps its traceback."""
-    from dataset.lm_dataset import DataFormatError
-    try:
-        main()
-    except (FileNotFoundError, DataFormatError, WeightLoadError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        sys.exit(2)
 
 
 def lm_loss(model, batch, doc_attention_impl: str = "auto") -> Batch:
