@@ -18,12 +18,37 @@ DEFAULT_OUT = ROOT / "out"
 DEFAULT_CHECKPOINTS = ROOT / "checkpoints"
 
 
+PRESETS = ("minimind2-small", "minimind2", "minimind2-moe", "minimind3", "minimind3-moe")
+SIZE_FLAGS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "use_moe")
+
+
+def add_model_size_args(parser):
+    """--preset and the size flags every training, inference, eval and conversion script shares.
+
+    The size flags default to None: unset, they come from --preset (or, without one, from MiniMindConfig's
+    defaults, i.e. minimind2-small); set, they override it (`--preset minimind3 --num_hidden_layers 4`)."""
+    p = parser
+    p.add_argument("--preset", type=str, default=None, choices=PRESETS,
+                   help="model shape: minimind2-small (default, 25.8M), minimind2 (104M), minimind2-moe (145M), "
+                        "minimind3 (63.9M), minimind3-moe (198M, ~64M active); size flags below override it")
+    p.add_argument("--hidden_size", type=int, default=None, help="default: the preset's (512 without one)")
+    p.add_argument("--num_hidden_layers", type=int, default=None, help="default: the preset's (8)")
+    p.add_argument("--num_attention_heads", type=int, default=None, help="default: the preset's (8)")
+    p.add_argument("--num_key_value_heads", type=int, default=None, help="default: the preset's (2)")
+    p.add_argument("--use_moe", type=int, default=None, choices=[0, 1], help="default: the preset's (0)")
+    return p
+
+
 def model_config_from_args(args, **overrides) -> MiniMindConfig:
-    """The model config from the size flags every script shares (--hidden_size --num_hidden_layers ...)."""
-    kw = dict(hidden_size=args.hidden_size, num_hidden_layers=args.num_hidden_layers,
-              num_attention_heads=args.num_attention_heads, num_key_value_heads=args.num_key_value_heads,
-              use_moe=bool(args.use_moe))
+    """The model config from --preset and the size flags (unset flags keep the preset's value)."""
+    kw = {k: getattr(args, k, None) for k in SIZE_FLAGS}
+    kw = {k: v for k, v in kw.items() if v is not None}
+    if "use_moe" in kw:
+        kw["use_moe"] = bool(kw["use_moe"])
     kw.update(overrides)
+    preset = getattr(args, "preset", None)
+    if preset:
+        return MiniMindConfig.from_preset(preset, **kw)
     return MiniMindConfig(**kw)
 
 

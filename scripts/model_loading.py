@@ -46,8 +46,8 @@ if str(ROOT) not in sys.path:
 from model.errors import UserError  # noqa: E402
 from model.generation import stream_generate  # noqa: E402
 from model.model_minimind import MiniMindForCausalLM  # noqa: E402
-from model.checkpoint import (DEFAULT_OUT, DEFAULT_TOKENIZER, WeightLoadError, load_tokenizer,  # noqa: E402
-                              load_weights, model_config_from_args, weight_name, weight_path)
+from model.checkpoint import (DEFAULT_OUT, DEFAULT_TOKENIZER, WeightLoadError, add_model_size_args,  # noqa: E402
+                              load_tokenizer, load_weights, model_config_from_args, weight_name, weight_path)
 from model.runtime import default_device, resolve_dtype  # noqa: E402
 
 NO_LORA = (None, "", "None", "none")
@@ -69,11 +69,7 @@ def add_model_args(parser: argparse.ArgumentParser, weight: str = "full_sft") ->
     p.add_argument("--save_dir", type=str, default=str(DEFAULT_OUT), help="folder holding the .pth weights")
     p.add_argument("--load_from", type=str, default="model",
                    help="'model' = native .pth weights; anything else = a transformers model folder")
-    p.add_argument("--hidden_size", type=int, default=512)
-    p.add_argument("--num_hidden_layers", type=int, default=8)
-    p.add_argument("--num_attention_heads", type=int, default=8)
-    p.add_argument("--num_key_value_heads", type=int, default=2)
-    p.add_argument("--use_moe", type=int, default=0, choices=[0, 1])
+    add_model_size_args(p)  # --preset, --hidden_size, --num_hidden_layers, ..., --use_moe
     p.add_argument("--tokenizer_path", type=str, default=str(DEFAULT_TOKENIZER),
                    help="tokenizer folder for --load_from model (a transformers folder brings its own)")
     p.add_argument("--lora_weight", type=str, default="None",

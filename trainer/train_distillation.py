@@ -130,7 +130,7 @@ def main():
     check_same_vocab(model, teacher)
     train_ds, collate, lengths = padded_dataset(args, tokenizer, SFTDataset)
 
-    loss_fn = make_distill_loss_fn(teacher, args.alpha, args.temperature, bool(args.use_moe))
+    loss_fn = make_distill_loss_fn(teacher, args.alpha, args.temperature, model.config.use_moe)
     TrainLoop(args, "full_dist", model, dist_state).run(train_ds, collate, loss_fn, lengths=lengths)
     cleanup_distributed()
 

@@ -87,7 +87,7 @@ def main():
     log(f"tag tokens {dict(zip(REASON_TAGS, tag_ids))} weigh {args.special_token_weight:g}")
     train_ds, collate, lengths = padded_dataset(args, tokenizer, SFTDataset)
 
-    loss_fn = make_reason_loss_fn(tag_ids, args.special_token_weight, bool(args.use_moe))
+    loss_fn = make_reason_loss_fn(tag_ids, args.special_token_weight, model.config.use_moe)
     TrainLoop(args, "reason", model, dist_state).run(train_ds, collate, loss_fn, lengths=lengths)
     cleanup_distributed()
 

@@ -41,7 +41,8 @@ if str(ROOT) not in sys.path:
 from dataset.lm_dataset import PadCollator, doc_attention_mask  # noqa: E402
 from model.atomic_io import atomic_save  # noqa: E402,F401  (re-exported: scripts and tests import it from here)
 from model.checkpoint import (DEFAULT_CHECKPOINTS, DEFAULT_OUT, DEFAULT_TOKENIZER, WeightLoadError,  # noqa: E402,F401
-                              half_state_dict, load_state_dict_file, load_tokenizer, load_weights, model_config_from_args,
+                              add_model_size_args, half_state_dict,
+                              load_state_dict_file, load_tokenizer, load_weights, model_config_from_args,
                               resume_path, unwrap, weight_name, weight_path)
 from model.errors import run_main  # noqa: E402,F401
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
@@ -75,12 +76,8 @@ def add_common_args(parser: argparse.ArgumentParser, *, stage: str, data_path: s
     p.add_argument("--grad_clip", type=float, default=1.0)
     p.add_argument("--log_interval", type=int, default=log_interval)
     p.add_argument("--save_interval", type=int, default=save_interval)
-    p.add_argument("--hidden_size", type=int, default=512)
-    p.add_argument("--num_hidden_layers", type=int, default=8)
-    p.add_argument("--num_attention_heads", type=int, default=8)
-    p.add_argument("--num_key_value_heads", type=int, default=2)
+    add_model_size_args(p)  # --preset, --hidden_size, --num_hidden_layers, ..., --use_moe
     p.add_argument("--max_seq_len", type=int, default=max_seq_len)
-    p.add_argument("--use_moe", type=int, default=0, choices=[0, 1])
     p.add_argument("--data_path", type=str, default=str(ROOT / data_path))
     p.add_argument("--tokenizer_path", type=str, default=str(DEFAULT_TOKENIZER))
     p.add_argument("--from_weight", type=str, default=from_weight,
