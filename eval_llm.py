@@ -29,11 +29,12 @@ sys.path.insert(0, str(ROOT))  # run from any directory
 
 import torch  # noqa: E402
 
-from dataset.lm_dataset import iter_jsonl  # noqa: E402
+from dataset.lm_dataset import DataFormatError, iter_jsonl  # noqa: E402
 from model.atomic_io import atomic_write_text  # noqa: E402
-from scripts.model_loading import (ChatStreamParser, IncrementalDecoder, add_model_args, chat_prompt,  # noqa: E402
-                                   cli_errors, load_model, stream_tokens)
+from model.errors import exit_on_user_error  # noqa: E402
+from model.generation import stream_tokens  # noqa: E402
 from model.runtime import setup_seed  # noqa: E402
+from scripts.model_loading import ReplyStream, add_model_args, chat_prompt, load_model  # noqa: E402
 
 CHAT_PROMPTS = [
     "你有什么特长？",
@@ -104,26 +105,25 @@ def read_prompts(path: str):
                 turns = rec["conversations"]
                 if not all(isinstance(t, dict) and isinstance(t.get("content") or "", str) and
                            t.get("role") in ("system", "user", "assistant", "tool") for t in turns):
-                    raise ValueError(f"{p}:{lineno}: each turn must be {{\"role\", \"content\"}} with role "
+                    raise DataFormatError(f"{p}:{lineno}: each turn must be {{\"role\", \"content\"}} with role "
                                      f"system/user/assistant/tool")
                 if turns[-1]["role"] == "assistant" and len(turns) > 1:
                     turns = turns[:-1]  # the reference answer
                 users = [t["content"] for t in turns if t["role"] == "user"]
                 if not users:
-                    raise ValueError(f"{p}:{lineno}: the conversation has no user turn")
+                    raise DataFormatError(f"{p}:{lineno}: the conversation has no user turn")
                 items.append((users[-1], turns, rec.get("tools")))
             else:
-                raise ValueError(f'{p}:{lineno}: expected {{"prompt": "..."}} or {{"conversations": [...]}}')
+                raise DataFormatError(f'{p}:{lineno}: expected {{"prompt": "..."}} or {{"conversations": [...]}}')
     if not items:
-        raise ValueError(f"--prompts_file {p}: no prompts in it")
+        raise DataFormatError(f"--prompts_file {p}: no prompts in it")
     return items
 
 
 def answer(model, tokenizer, prompt_ids, args, printer, in_thinking=False) -> dict:
     """Generate one reply, printing it as it comes; -> {"answer", "reasoning", "tokens", "tokens_per_s"}.
     `in_thinking`: the prompt itself opened a <think> block."""
-    decoder = IncrementalDecoder(tokenizer)
-    parser = ChatStreamParser(in_thinking=in_thinking)
+    reply = ReplyStream(tokenizer, in_thinking=in_thinking, eos_token_id=tokenizer.eos_token_id)
     parts = {"content": [], "reasoning": []}
 
     def handle(events):
@@ -140,9 +140,8 @@ def answer(model, tokenizer, prompt_ids, args, printer, in_thinking=False) -> di
         n += 1
         if t_first is None:
             t_first = time.perf_counter()
-        if tok != tokenizer.eos_token_id:
-            handle(parser.feed(decoder.push(tok)))
-    handle(parser.feed(decoder.flush()) + parser.finish())
+        handle(reply.push(tok))
+    handle(reply.finish())
     t_end = time.perf_counter()
     printer.end()
     # Decode speed: tokens after the first over the time after the first (the prompt's prefill is excluded).
@@ -192,14 +191,8 @@ def main(argv=None):
     if args.temperature < 0 or not 0 <= args.top_p <= 1:
         parser.error("--temperature must be >= 0 and --top_p in [0, 1]")
 
-    items = None
-    if args.prompts_file:  # check the file before the (slow) model load
-        try:
-            items = read_prompts(args.prompts_file)
-        except (ValueError, FileNotFoundError) as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-            sys.exit(2)
-    with cli_errors():
+    with exit_on_user_error():  # a bad prompts file or weights: one `error:` line, exit status 2
+        items = read_prompts(args.prompts_file) if args.prompts_file else None  # checked before the slow load
         model, tokenizer, name = load_model(args)
     # Pretrain weights never saw the chat template: they continue text, starting from BOS like their data.
     raw = args.weight == "pretrain" and args.load_from == "model"

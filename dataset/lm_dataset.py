@@ -6,6 +6,13 @@
 | SFTDataset       | {"conversations": [{role, content}, ...], "tools"?}  | full_sft, lora, distillation, reason  |
 | DPODataset       | {"chosen": [turns], "rejected": [turns]}             | dpo                                   |
 | RLAIFDataset     | {"conversations": [...]} or {"question", "answer"}   | ppo, grpo, spo                        |
+| AgentRLDataset   | {"conversations": [...], "gt": [answers]}            | agentic RL (upstream agent_rl.jsonl)  |
+
+Conversations follow the OpenAI / upstream minimind-3 message layout: `tools` (the function schemas) on the
+system message or at the top of the record, `tool_calls` on assistant messages, `reasoning_content` on assistant
+messages, `tool` messages for results. `tools` and `tool_calls` may be lists or JSON strings (upstream's files
+store strings); a string that is not valid JSON stops with `file:line`. `chat_messages` turns either spelling
+into what chat templates expect.
 
 Files may be far larger than RAM, so nothing is `json.load`-ed into a list: `JsonlFile` validates the file
 once, keeps only the byte offset of each good line (8 bytes per record, cached on disk next to a hash of the
@@ -22,11 +29,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from model.atomic_io import atomic_write, atomic_write_text
+from model.chat_template import thinking_kwargs
 from model.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = Path(os.environ.get("MINIMIND_CACHE", ROOT / ".cache"))
 IGNORE_INDEX = -100
+CHECKS_VERSION = 2  # bump when a record validator gets stricter (cached indexes are keyed by it)
 
 
 class DataFormatError(UserError, ValueError):
@@ -36,6 +46,64 @@ class DataFormatError(UserError, ValueError):
 # ----------------------------------------------------------------------------------------------------------------
 # Record validators: return None if fine, else a short reason.
 # ----------------------------------------------------------------------------------------------------------------
+def _json_list(value, where: str, field: str):
+    """`value` as a list: a list as is, a JSON string parsed (upstream stores `tools` / `tool_calls` as strings),
+    None / "" / [] as None. Raises DataFormatError(reason) for anything else (the caller adds file:line)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise DataFormatError(f'{where}["{field}"] is not valid JSON ({e})') from None
+    if isinstance(value, dict) and field == "tool_calls":
+        value = [value]  # a single call written without its list
+    if not isinstance(value, list):
+        raise DataFormatError(f'{where}["{field}"] must be a list (or a JSON string of one), '
+                              f'got {type(value).__name__}')
+    return value or None
+
+
+def _check_tools(tools, where: str):
+    for j, tool in enumerate(tools):
+        fn = tool.get("function", tool) if isinstance(tool, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise DataFormatError(f'{where}["tools"][{j}] must be a function schema with a "name"')
+
+
+def _check_tool_calls(calls, where: str):
+    for j, call in enumerate(calls):
+        fn = call.get("function", call) if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise DataFormatError(f'{where}["tool_calls"][{j}] must be {{"name", "arguments"}} or '
+                                  f'{{"function": {{"name", "arguments"}}}}')
+        args = fn.get("arguments")
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except json.JSONDecodeError as e:
+                raise DataFormatError(f'{where}["tool_calls"][{j}] arguments are not valid JSON ({e})') from None
+        if args is not None and not isinstance(args, dict):
+            raise DataFormatError(f'{where}["tool_calls"][{j}] arguments must be a JSON object')
+
+
+def _check_turn_fields(t: dict, where: str):
+    """tools / tool_calls / reasoning_content on one message; raises DataFormatError(reason)."""
+    tools = _json_list(t.get("tools"), where, "tools")
+    if tools:
+        if t["role"] != "system":
+            raise DataFormatError(f'{where} has "tools", which belong on the system message')
+        _check_tools(tools, where)
+    calls = _json_list(t.get("tool_calls"), where, "tool_calls")
+    if calls:
+        if t["role"] != "assistant":
+            raise DataFormatError(f'{where} has "tool_calls", which belong on assistant messages')
+        _check_tool_calls(calls, where)
+    reasoning = t.get("reasoning_content")
+    if reasoning is not None and not isinstance(reasoning, str):
+        raise DataFormatError(f'{where}["reasoning_content"] must be a string')
+
+
 def _check_turns(turns, key="conversations"):
     if not isinstance(turns, list) or not turns:
         return f'"{key}" must be a non-empty list of {{"role", "content"}} turns'
@@ -46,6 +114,29 @@ def _check_turns(turns, key="conversations"):
             return f'"{key}"[{i}] has unknown role {t["role"]!r}'
         if not isinstance(t.get("content", ""), str) and t.get("content") is not None:
             return f'"{key}"[{i}]["content"] must be a string'
+        try:
+            _check_turn_fields(t, f'"{key}"[{i}]')
+        except DataFormatError as e:
+            return str(e)
+    return None
+
+
+def _check_record_tools(rec):
+    """The record-level "tools" (our layout) beside the system message's (upstream's): valid, and not both."""
+    try:
+        tools = _json_list(rec.get("tools"), "record", "tools")
+    except DataFormatError as e:
+        return str(e)
+    if tools:
+        try:
+            _check_tools(tools, "record")
+        except DataFormatError as e:
+            return str(e)
+        for key in ("conversations", "chosen", "rejected"):
+            turns = rec.get(key) or []
+            if any(isinstance(t, dict) and t.get("role") == "system" and _json_list(t.get("tools"), "", "tools")
+                   for t in turns):
+                return f'tools are given twice: at the top of the record and on the "{key}" system message'
     return None
 
 
@@ -61,7 +152,7 @@ def check_sft(rec):
         return reason
     if not any(t["role"] == "assistant" for t in rec["conversations"]):
         return "conversation has no assistant turn to learn from"
-    return None
+    return _check_record_tools(rec)
 
 
 def check_dpo(rec):
@@ -71,13 +162,32 @@ def check_dpo(rec):
             return reason
         if rec[key][-1]["role"] != "assistant":
             return f'"{key}" must end with an assistant turn'
+    return _check_record_tools(rec)
+
+
+def _check_gt(rec, required: bool):
+    gt = rec.get("gt")
+    if gt is None and not required:
+        return None
+    if not isinstance(gt, list) or not gt or not all(
+            isinstance(g, (str, int, float)) and not isinstance(g, bool) for g in gt):
+        return '"gt" must be a non-empty list of answers (strings or numbers)'
     return None
 
 
 def check_rlaif(rec):
     if isinstance(rec.get("question"), str):
         return None
-    return _check_turns(rec.get("conversations"))
+    return _check_turns(rec.get("conversations")) or _check_record_tools(rec) or _check_gt(rec, required=False)
+
+
+def check_agent_rl(rec):
+    reason = _check_turns(rec.get("conversations")) or _check_record_tools(rec) or _check_gt(rec, required=True)
+    if reason:
+        return reason
+    if not any(t["role"] == "user" for t in rec["conversations"]):
+        return "conversation has no user turn to answer"
+    return None
 
 
 def iter_jsonl(path):
@@ -112,7 +222,8 @@ class JsonlFile:
         if not self.path.is_file():
             raise FileNotFoundError(f"data file not found: {self.path}")
         self.check = check
-        key = f"{file_fingerprint(self.path)}_{check.__name__}_{int(skip_bad_lines)}"
+        # CHECKS_VERSION: an index built before the validators learned a rule must not vouch for the file.
+        key = f"{file_fingerprint(self.path)}_{check.__name__}{CHECKS_VERSION}_{int(skip_bad_lines)}"
         cache = CACHE_DIR / "jsonl_index" / f"{self.path.stem}_{key}.npz"
         if use_cache and cache.exists():
             z = np.load(cache)
@@ -120,10 +231,8 @@ class JsonlFile:
         else:
             self.offsets, self.line_numbers, self.n_bad = self._scan(skip_bad_lines)
             if use_cache:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
-                np.savez(tmp, offsets=self.offsets, line_numbers=self.line_numbers, n_bad=self.n_bad)
-                os.replace(tmp, cache)
+                atomic_write(cache, lambda f: np.savez(f, offsets=self.offsets, line_numbers=self.line_numbers,
+                                                       n_bad=self.n_bad))
         if len(self.offsets) == 0:
             raise DataFormatError(f"{self.path}: no valid records")
         self._fh = None
@@ -178,13 +287,48 @@ class JsonlFile:
         state["_fh"] = None
         return state
 
+    def close(self):
+        if getattr(self, "_fh", None) is not None:
+            self._fh.close()
+            self._fh = None
+
+    __del__ = close  # the lazily opened handle is closed with the object (no ResourceWarning at exit)
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Chat-template helpers shared by SFT / DPO / RLAIF
 # ----------------------------------------------------------------------------------------------------------------
+def chat_messages(turns, tools=None):
+    """Conversation turns (either layout, validated) -> (messages, tools) for `apply_chat_template`.
+
+    - `tools` from the argument (a record's top-level field) or else from the system message, parsed if it is a
+      JSON string; the system message itself no longer carries it (templates take tools as their own argument).
+    - `tool_calls` parsed if it is a JSON string (a template iterating over a string would render characters).
+    - `reasoning_content` that is empty is dropped: "no reasoning" is no <think> block in our template (an empty
+      one would teach the model to open every reply with it). Templates that always render the block, like
+      minimind-3's, render it anyway.
+    - None or missing content -> "" (an assistant turn that only calls tools); other fields pass through.
+    Applying it twice gives the same result.
+    """
+    tools = _json_list(tools, "record", "tools")
+    messages = []
+    for t in turns:
+        m = dict(t, content=t.get("content") or "")
+        if m["role"] == "system" and "tools" in m:
+            tools = tools or _json_list(m.pop("tools"), "system", "tools")
+        m.pop("tools", None)
+        calls = _json_list(m.pop("tool_calls", None), "message", "tool_calls")
+        if calls:
+            m["tool_calls"] = calls
+        if not (isinstance(m.get("reasoning_content"), str) and m["reasoning_content"].strip()):
+            m.pop("reasoning_content", None)
+        messages.append(m)
+    return messages, tools
+
+
 def to_messages(turns):
-    """Conversation turns -> chat-template messages (extra fields such as tool_calls pass through)."""
-    return [dict(t, content=t.get("content") or "") for t in turns]
+    """Conversation turns -> chat-template messages (see `chat_messages`, which also returns the tools)."""
+    return chat_messages(turns)[0]
 
 
 def assistant_mask(input_ids, bos_id: int, eos_id: int, header_ids, last_only: bool = False):
@@ -233,10 +377,11 @@ class _ChatDataset(Dataset):
         return len(self.data)
 
     def render(self, turns, tools=None, add_generation_prompt=False) -> str:
-        kwargs = {}
-        if self.enable_thinking is not None:
-            kwargs["enable_thinking"] = self.enable_thinking
-        return self.tokenizer.apply_chat_template(to_messages(turns), tools=tools, tokenize=False,
+        # enable_thinking reaches the template under the switch name it reads (ours: enable_thinking; upstream
+        # minimind-3's: open_thinking), so --tokenizer_path with either tokenizer behaves the same.
+        messages, tools = chat_messages(turns, tools)
+        kwargs = thinking_kwargs(self.tokenizer, enable_thinking=self.enable_thinking)
+        return self.tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
                                                   add_generation_prompt=add_generation_prompt, **kwargs)
 
     def encode_chat(self, turns, tools=None, last_only=False):
@@ -290,7 +435,11 @@ class DPODataset(_ChatDataset):
 class RLAIFDataset(_ChatDataset):
     """Prompts for on-policy RL: the conversation minus its final assistant placeholder, rendered with the
     generation prompt. GSM8K-style {"question", "answer"} records give the question as prompt and keep the
-    reference answer for rule rewards."""
+    reference answer for rule rewards.
+
+    Each item: "prompt" (the rendered text), "prompt_ids" (its tokens; a prompt longer than `max_length` keeps
+    its LAST `max_length` tokens: the question and the assistant header the response must follow; 0 = keep
+    all) and "answer"."""
     check = staticmethod(check_rlaif)
 
     def __getitem__(self, i):
@@ -303,7 +452,39 @@ class RLAIFDataset(_ChatDataset):
             if turns[-1]["role"] == "assistant":
                 answer = turns[-1].get("content") or ""
                 turns = turns[:-1]
-        return {"prompt": self.render(turns, rec.get("tools"), add_generation_prompt=True), "answer": answer}
+        prompt = self.render(turns, rec.get("tools"), add_generation_prompt=True)
+        ids = self.tokenizer(prompt, add_special_tokens=False).input_ids
+        return {"prompt": prompt, "prompt_ids": ids[-self.max_length:] if self.max_length else ids, "answer": answer}
+
+
+def collate_lists(batch: list) -> dict:
+    """Batch of dicts -> dict of lists (agent episodes: messages, tools and gt do not stack into tensors)."""
+    return {k: [b[k] for b in batch] for k in batch[0]}
+
+
+class AgentRLDataset(_ChatDataset):
+    """Episodes for agentic RL in upstream's agent_rl.jsonl / agent_rl_math.jsonl layout:
+
+        {"conversations": [{"role": "system", "content": "", "tools": "[...schemas...]"},
+                           {"role": "user", "content": "算算7109*2920"},
+                           {"role": "assistant", "content": ""}],          <- placeholder, dropped
+         "gt": ["20758280"]}
+
+    Each item: "messages" (the conversation without its final assistant turn, normalised by `chat_messages`:
+    tools and tool_calls parsed), "tools" (the schemas, or None), "gt" (the answers, as strings), "prompt" (the
+    rendered text with the generation prompt), "prompt_ids" (its tokens, never cut: cutting from the left would
+    drop the tool schemas, so a trainer filters long prompts itself) and "index". Batch with `collate_lists`.
+    """
+    check = staticmethod(check_agent_rl)
+
+    def __getitem__(self, i):
+        rec = self.data[i]
+        messages, tools = chat_messages(rec["conversations"], rec.get("tools"))
+        if messages[-1]["role"] == "assistant":
+            messages = messages[:-1]
+        prompt = self.render(messages, tools, add_generation_prompt=True)
+        return {"messages": messages, "tools": tools, "gt": [str(g) for g in rec["gt"]], "prompt": prompt,
+                "prompt_ids": self.tokenizer(prompt, add_special_tokens=False).input_ids, "index": i}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -326,10 +507,7 @@ def content_hash(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 24), b""):
             h.update(chunk)
     digest = h.hexdigest()[:16]
-    memo.parent.mkdir(parents=True, exist_ok=True)
-    tmp = memo.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(digest)
-    os.replace(tmp, memo)
+    atomic_write_text(memo, digest)
     return digest
 
 
@@ -362,26 +540,24 @@ class TokenCache:
     def _build(self, tokenizer, skip_bad_lines, batch_docs):
         from tqdm import tqdm
         data = JsonlFile(self.path, check_pretrain, skip_bad_lines)
-        self.bin_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp_bin = self.bin_path.with_suffix(f".tmp{os.getpid()}")
         bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-        offsets, total = [0], 0
-        with open(tmp_bin, "wb") as out, tqdm(total=len(data), desc=f"tokenizing {self.path.name}", unit="doc",
-                                              mininterval=2) as bar:
-            for start in range(0, len(data), batch_docs):
-                texts = [str(data[i]["text"]) for i in range(start, min(start + batch_docs, len(data)))]
-                bar.update(len(texts))
-                # The fast tokenizer encodes a batch in parallel in Rust.
-                for ids in tokenizer(texts, add_special_tokens=False).input_ids:
-                    doc = np.asarray([bos] + ids + [eos], dtype=np.uint16)
-                    out.write(doc.tobytes())
-                    total += len(doc)
-                    offsets.append(total)
-        tmp_idx = self.idx_path.with_name(f".{self.idx_path.name}.tmp{os.getpid()}.npy")
-        np.save(tmp_idx, np.asarray(offsets, dtype=np.int64))
-        os.replace(tmp_bin, self.bin_path)
-        os.replace(tmp_idx, self.idx_path)  # the index appears last: its presence means the cache is complete
-        print(f"[data] cached {len(offsets) - 1} documents, {total:,} tokens -> {self.bin_path}")
+        offsets = [0]
+
+        def write_tokens(out):
+            with tqdm(total=len(data), desc=f"tokenizing {self.path.name}", unit="doc", mininterval=2) as bar:
+                for start in range(0, len(data), batch_docs):
+                    texts = [str(data[i]["text"]) for i in range(start, min(start + batch_docs, len(data)))]
+                    bar.update(len(texts))
+                    # The fast tokenizer encodes a batch in parallel in Rust.
+                    for ids in tokenizer(texts, add_special_tokens=False).input_ids:
+                        doc = np.asarray([bos] + ids + [eos], dtype=np.uint16)
+                        out.write(doc.tobytes())
+                        offsets.append(offsets[-1] + len(doc))
+
+        atomic_write(self.bin_path, write_tokens)
+        # The index appears last: its presence means the cache is complete.
+        atomic_write(self.idx_path, lambda f: np.save(f, np.asarray(offsets, dtype=np.int64)))
+        print(f"[data] cached {len(offsets) - 1} documents, {offsets[-1]:,} tokens -> {self.bin_path}")
 
     @property
     def n_tokens(self) -> int:

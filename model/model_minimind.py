@@ -1,12 +1,17 @@
-"""MiniMind: a small Llama-style decoder (dense or MoE) in plain PyTorch.
+"""MiniMind: a small decoder (dense or MoE) in plain PyTorch, for both released generations.
 
-One file, top to bottom: config -> RMSNorm -> RoPE (with optional YaRN) -> attention (GQA, SDPA, KV cache)
--> SwiGLU feed-forward -> MoE feed-forward -> decoder block -> model -> causal-LM head.
+One file, top to bottom: config + presets -> RMSNorm -> RoPE (with optional YaRN) -> attention (GQA, optional
+QK-norm, SDPA, KV cache) -> SwiGLU feed-forward -> MoE feed-forward -> decoder block -> model -> causal-LM head.
 
-The state-dict keys are exactly those of the original MiniMind2 release, so its `.pth` files load with
-`strict=True`, and the math is exactly Llama's, so the dense model can be exported to `LlamaForCausalLM`.
-The classes subclass transformers' `PretrainedConfig` / `PreTrainedModel` / `GenerationMixin`, so
-`save_pretrained`, `from_pretrained(trust_remote_code=True)` and `generate()` work (transformers 4.57 and 5.x).
+Two generations, one code path, chosen by the config (`MiniMindConfig.from_preset`):
+  * MiniMind2 (the default): Llama's math. Dense exports to `LlamaForCausalLM`; MoE adds a shared expert.
+  * minimind-3: Qwen3's math (QK-norm, explicit head_dim, rms eps 1e-6); dense = `Qwen3ForCausalLM`,
+    MoE (top-1 of 4 experts, no shared expert) = `Qwen3MoeForCausalLM`.
+The state-dict keys are exactly those of upstream's releases of each generation, so their `.pth` files load
+with `strict=True`. The classes subclass transformers' `PretrainedConfig` / `PreTrainedModel` /
+`GenerationMixin`, so `save_pretrained`, `from_pretrained(trust_remote_code=True)` and `generate()` work
+(transformers 4.57 and 5.x). This file is also the remote code of `torch2hf` exports: it imports nothing from
+the repository.
 """
 import dataclasses
 import math
@@ -53,8 +58,41 @@ YARN_ROPE_SCALING = {
 }
 
 
+def minimind3_intermediate_size(hidden_size: int) -> int:
+    """minimind-3's rule: pi * hidden, rounded up to a multiple of 64 (768 -> 2432)."""
+    return 64 * math.ceil(hidden_size * math.pi / 64)
+
+
+# The released shapes. MiniMind2 presets are MiniMindConfig's defaults plus a size; minimind-3 presets switch on
+# its architecture (QK-norm, 4 KV heads, rms eps 1e-6, top-1 MoE without a shared expert, Switch aux loss).
+# `from_preset` recomputes the minimind-3 intermediate size from the (possibly overridden) hidden size.
+MINIMIND3 = dict(hidden_size=768, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
+                 qk_norm=True, rms_norm_eps=1e-6, n_routed_experts=4, num_experts_per_tok=1,
+                 n_shared_experts=0, aux_loss_type="switch", aux_loss_alpha=5e-4)
+PRESETS = {
+    "minimind2-small": dict(hidden_size=512, num_hidden_layers=8),                  # 25.83M
+    "minimind2": dict(hidden_size=768, num_hidden_layers=16),                       # 104.03M
+    "minimind2-moe": dict(hidden_size=640, num_hidden_layers=8, use_moe=True),      # 145.03M
+    "minimind3": dict(MINIMIND3),                                                   # 63,912,192
+    "minimind3-moe": dict(MINIMIND3, use_moe=True),                                 # 198,416,640 (~64M active)
+}
+AUX_LOSS_TYPES = ("seq", "batch", "switch")
+
+# Field names of upstream's minimind-3 config.json -> ours (MiniMind2's names, which stay canonical).
+UPSTREAM3_NAMES = {"num_experts": "n_routed_experts", "router_aux_loss_coef": "aux_loss_alpha"}
+
+
 class MiniMindConfig(PretrainedConfig):
+    """Both generations. Defaults are MiniMind2-small; `from_preset` gives every released shape.
+
+    Loading upstream's minimind-3 config.json works as is: its names `num_experts` / `router_aux_loss_coef` are
+    read as `n_routed_experts` / `aux_loss_alpha`, and a config written with those names and without our
+    `qk_norm` field is a minimind-3 one (QK-norm on, no shared expert, Switch aux loss) unless it says otherwise.
+    """
+
     model_type = "minimind"
+    # Read access under upstream minimind-3's names too (`config.num_experts`).
+    attribute_map = dict(UPSTREAM3_NAMES)
 
     def __init__(
         self,
@@ -69,6 +107,8 @@ class MiniMindConfig(PretrainedConfig):
         num_attention_heads: int = 8,
         num_hidden_layers: int = 8,
         num_key_value_heads: int = 2,
+        head_dim: Optional[int] = None,
+        qk_norm: Optional[bool] = None,
         vocab_size: int = 6400,
         rms_norm_eps: float = 1e-5,
         rope_theta: float = 1e6,
@@ -78,8 +118,9 @@ class MiniMindConfig(PretrainedConfig):
         use_moe: bool = False,
         num_experts_per_tok: int = 2,
         n_routed_experts: int = 4,
-        n_shared_experts: int = 1,
-        scoring_func: str = "softmax",
+        n_shared_experts: Optional[int] = None,
+        moe_intermediate_size: Optional[int] = None,
+        aux_loss_type: Optional[str] = None,
         aux_loss_alpha: float = 0.1,
         seq_aux: bool = True,
         norm_topk_prob: bool = True,
@@ -87,10 +128,29 @@ class MiniMindConfig(PretrainedConfig):
         tie_word_embeddings: bool = True,
         **kwargs,
     ):
+        # Upstream minimind-3 spellings (its config.json). Our own saved configs always carry `qk_norm`, so a config
+        # with `router_aux_loss_coef` and no `qk_norm` was written by upstream's minimind-3 code.
+        upstream3 = qk_norm is None and "router_aux_loss_coef" in kwargs
+        if "num_experts" in kwargs:
+            n_routed_experts = kwargs.pop("num_experts")
+        if "router_aux_loss_coef" in kwargs:
+            aux_loss_alpha = kwargs.pop("router_aux_loss_coef")
+        # MiniMind2 configs carry `scoring_func`; softmax is the only router there is, so it is not a field.
+        scoring_func = kwargs.pop("scoring_func", "softmax")
+        if scoring_func != "softmax":
+            raise ValueError(f"unsupported MoE scoring_func {scoring_func!r} (only 'softmax')")
+        if qk_norm is None:
+            qk_norm = upstream3
+        if n_shared_experts is None:
+            n_shared_experts = 0 if upstream3 else 1
+        if aux_loss_type is None:
+            aux_loss_type = "switch" if upstream3 else ("seq" if seq_aux else "batch")
+
         self.dropout = dropout
         self.hidden_act = hidden_act
         self.hidden_size = hidden_size
-        # Upstream rule: 8/3 * hidden, rounded up to a multiple of 64 (SwiGLU keeps the MLP's FLOPs ~ 4h^2 * 2).
+        # MiniMind2's rule: 8/3 * hidden, rounded up to a multiple of 64 (SwiGLU keeps the MLP's FLOPs ~ 4h^2 * 2).
+        # minimind-3 presets pass theirs explicitly (`minimind3_intermediate_size`).
         if intermediate_size is None:
             intermediate_size = 64 * math.ceil(hidden_size * 8 / 3 / 64)
         self.intermediate_size = intermediate_size
@@ -98,6 +158,13 @@ class MiniMindConfig(PretrainedConfig):
         self.num_attention_heads = num_attention_heads
         self.num_hidden_layers = num_hidden_layers
         self.num_key_value_heads = num_key_value_heads if num_key_value_heads is not None else num_attention_heads
+        if head_dim is None:
+            if hidden_size % num_attention_heads:
+                raise ValueError(f"hidden_size {hidden_size} must be divisible by num_attention_heads "
+                                 f"{num_attention_heads} (or give head_dim explicitly)")
+            head_dim = hidden_size // num_attention_heads
+        self.head_dim = head_dim
+        self.qk_norm = bool(qk_norm)
         self.vocab_size = vocab_size
         self.rms_norm_eps = rms_norm_eps
         self.rope_theta = rope_theta
@@ -106,34 +173,51 @@ class MiniMindConfig(PretrainedConfig):
         rope_scaling = kwargs.pop("rope_scaling", None)
         if isinstance(rope_scaling, dict) and rope_scaling.get("type", rope_scaling.get("rope_type")) == "yarn":
             inference_rope_scaling = True
+        # upstream minimind-3 writes `rope_parameters: null`; a YaRN dict there means the same as above.
+        rope_parameters = kwargs.pop("rope_parameters", None)
+        if isinstance(rope_parameters, dict) and rope_parameters.get("rope_type") == "yarn":
+            inference_rope_scaling = True
         self.inference_rope_scaling = inference_rope_scaling
         self.flash_attn = flash_attn
         self.use_moe = use_moe
         self.num_experts_per_tok = num_experts_per_tok
         self.n_routed_experts = n_routed_experts
         self.n_shared_experts = n_shared_experts
-        self.scoring_func = scoring_func
+        self.moe_intermediate_size = moe_intermediate_size if moe_intermediate_size is not None else intermediate_size
+        if aux_loss_type not in AUX_LOSS_TYPES:
+            raise ValueError(f"aux_loss_type {aux_loss_type!r} is not one of {AUX_LOSS_TYPES}")
+        self.aux_loss_type = aux_loss_type
         self.aux_loss_alpha = aux_loss_alpha
-        self.seq_aux = seq_aux
+        self.seq_aux = aux_loss_type == "seq"  # MiniMind2's spelling, kept in saved configs
         self.norm_topk_prob = norm_topk_prob
         self.initializer_range = initializer_range
-        assert hidden_size % num_attention_heads == 0, (
-            f"hidden_size {hidden_size} must be divisible by num_attention_heads {num_attention_heads}")
-        assert num_attention_heads % self.num_key_value_heads == 0, (
-            f"num_attention_heads {num_attention_heads} must be a multiple of num_key_value_heads "
-            f"{self.num_key_value_heads}")
-        assert scoring_func == "softmax", f"unsupported MoE scoring_func {scoring_func!r} (only 'softmax')"
+        if num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"num_attention_heads {num_attention_heads} must be a multiple of num_key_value_heads "
+                             f"{self.num_key_value_heads}")
+        if head_dim % 2:
+            raise ValueError(f"head_dim {head_dim} must be even (RoPE rotates pairs of dimensions)")
+        if use_moe and not 1 <= num_experts_per_tok <= n_routed_experts:
+            raise ValueError(f"num_experts_per_tok {num_experts_per_tok} must be in 1..n_routed_experts "
+                             f"({n_routed_experts})")
         super().__init__(bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
                          tie_word_embeddings=tie_word_embeddings, **kwargs)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "MiniMindConfig":
+        """A released shape (`PRESETS`), with any field overridden (`from_preset("minimind3", num_hidden_layers=4)`).
+
+        minimind-3's intermediate size follows its own rule from the final hidden size unless given."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        kw = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
+        if name.startswith("minimind3") and "intermediate_size" not in kw:
+            kw["intermediate_size"] = minimind3_intermediate_size(kw["hidden_size"])
+        return cls(**kw)
 
     @property
     def yarn_scaling(self) -> Optional[dict]:
         """The YaRN `rope_scaling` dict when `inference_rope_scaling` is on, else None."""
         return dict(YARN_ROPE_SCALING) if self.inference_rope_scaling else None
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
 
 
 class RMSNorm(nn.Module):
@@ -328,6 +412,13 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=False)
+        # minimind-3 / Qwen3 "QK-norm": an RMSNorm over each head's vector of q and k, before RoPE. The size of the
+        # attention logits then depends on the two norm weights, not on how large W_q / W_k have grown, which keeps
+        # the softmax from saturating during training.
+        self.qk_norm = config.qk_norm
+        if self.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout = config.dropout
@@ -338,6 +429,8 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(bsz, seq_len, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(bsz, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(bsz, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         cos, sin = position_embeddings
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         if cache is not None:
@@ -387,14 +480,17 @@ class FeedForward(nn.Module):
 # Mixture of experts
 # ----------------------------------------------------------------------------------------------------------------
 class MoEGate(nn.Module):
-    """Softmax router with top-k selection and the DeepSeek-style load-balancing auxiliary loss."""
+    """Softmax router with top-k selection and a load-balancing auxiliary loss.
+
+    The aux loss (`config.aux_loss_type`) is MiniMind2's DeepSeek-style one ("seq": per sequence, "batch": over the
+    batch) or minimind-3's Switch-Transformer one ("switch"), times `aux_loss_alpha`."""
 
     def __init__(self, config: MiniMindConfig):
         super().__init__()
         self.top_k = config.num_experts_per_tok
         self.n_routed_experts = config.n_routed_experts
         self.alpha = config.aux_loss_alpha
-        self.seq_aux = config.seq_aux
+        self.aux_loss_type = config.aux_loss_type
         self.norm_topk_prob = config.norm_topk_prob
         self.weight = nn.Parameter(torch.empty((self.n_routed_experts, config.hidden_size)))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
@@ -404,14 +500,21 @@ class MoEGate(nn.Module):
         x = hidden_states.reshape(-1, h)
         scores = F.linear(x, self.weight).softmax(dim=-1)  # (N, E)
         topk_weight, topk_idx = torch.topk(scores, k=self.top_k, dim=-1, sorted=False)
-        if self.top_k > 1 and self.norm_topk_prob:
+        if self.norm_topk_prob:
+            # The chosen experts' weights sum to 1 (as in Qwen3-MoE and llama.cpp's qwen3moe). With top-1 every
+            # weight is 1: the router then learns from the aux loss only, exactly as upstream minimind-3 does.
             topk_weight = topk_weight / (topk_weight.sum(dim=-1, keepdim=True) + 1e-20)
 
         aux_loss = scores.new_zeros(())
         if self.training and self.alpha > 0.0:
             # Penalise routers that send most tokens to few experts: sum_e f_e * P_e, where f_e is the
             # (normalised) fraction of routing slots that chose expert e and P_e its mean router probability.
-            if self.seq_aux:  # per sequence, then averaged
+            if self.aux_loss_type == "switch":
+                # Switch Transformer (minimind-3): E * sum_e f_e * P_e over all tokens of the batch, f_e the
+                # fraction of tokens that chose e, counted once per top-k slot (= 1 when balanced, for top-1).
+                load = F.one_hot(topk_idx, self.n_routed_experts).to(scores.dtype).mean(0)  # (k, E)
+                aux_loss = (load * scores.mean(0)).sum() * self.n_routed_experts * self.alpha
+            elif self.aux_loss_type == "seq":  # DeepSeek-style, per sequence, then averaged
                 idx = topk_idx.view(bsz, -1)
                 ce = torch.zeros(bsz, self.n_routed_experts, device=x.device, dtype=scores.dtype)
                 ce.scatter_add_(1, idx, torch.ones_like(idx, dtype=scores.dtype))
@@ -427,10 +530,11 @@ class MOEFeedForward(nn.Module):
     def __init__(self, config: MiniMindConfig):
         super().__init__()
         self.config = config
-        self.experts = nn.ModuleList([FeedForward(config) for _ in range(config.n_routed_experts)])
+        inter = config.moe_intermediate_size
+        self.experts = nn.ModuleList([FeedForward(config, inter) for _ in range(config.n_routed_experts)])
         self.gate = MoEGate(config)
-        if config.n_shared_experts > 0:
-            self.shared_experts = nn.ModuleList([FeedForward(config) for _ in range(config.n_shared_experts)])
+        if config.n_shared_experts > 0:  # MiniMind2: one always-on expert beside the routed ones; minimind-3: none
+            self.shared_experts = nn.ModuleList([FeedForward(config, inter) for _ in range(config.n_shared_experts)])
         self.aux_loss = None
 
     def forward(self, x):
@@ -467,16 +571,6 @@ class MOEFeedForward(nn.Module):
             expert_out = self.experts[e](gathered[start:end]) * weights[start:end].to(x.dtype)
             out.index_add_(0, token_of_slot[start:end], expert_out.to(out.dtype))
             start = end
-        return out
-
-    def dispatch_reference(self, x, topk_idx, topk_weight):
-        """The straightforward per-expert loop with masks (the original's training path), kept for tests."""
-        out = torch.zeros_like(x)
-        for e, expert in enumerate(self.experts):
-            for slot in range(topk_idx.shape[1]):
-                sel = topk_idx[:, slot] == e
-                if sel.any():
-                    out[sel] += expert(x[sel]) * topk_weight[sel, slot, None].to(x.dtype)
         return out
 
 
@@ -547,8 +641,8 @@ class MiniMindModel(MiniMindPreTrainedModel):
         position_embeddings = self.rotary_emb(position_ids)
         position_embeddings = tuple(p.to(inputs_embeds.dtype) for p in position_embeddings)
 
-        # An all-ones padding mask carries no information: drop it so SDPA can take the causal fast path.
-        # (Checking it costs a host sync, so only do it when no cache is in play, i.e. training / prefill.)
+        # A given padding mask is always applied. Callers without padding pass None themselves (model/generation.py,
+        # the trainers), so SDPA keeps its causal fast path without a host sync here to test for an all-ones mask.
         mask = None
         if attention_mask is not None:
             mask = build_attention_mask(attention_mask, seq_len, past_len + seq_len, inputs_embeds.device)

@@ -28,7 +28,7 @@ Stages (one row per config x stage x mode):
                        each forward (logits_to_keep=0), the attention mask and sequence grown with torch.cat.
             Decoding always runs --decode_tokens new tokens (EOS disabled) and its tokens/s includes the
             short prompt's prefill. The decode model is cast to the mode's dtype (as for serving); training
-            keeps fp32 weights under autocast, as TrainLoop does.
+            keeps fp32 weights under autocast, as the stage scripts do.
 
 The optimised mode also uses the vectorised MoE dispatch, fused AdamW on CUDA and, with --compile,
 torch.compile for the training forward (SFT/DPO batches padded to multiples of 64 and every shape compiled
@@ -101,7 +101,7 @@ from scripts.script_utils import pyplot, save_figure, write_json  # noqa: E402
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM, MOEFeedForward, StaticKVCache  # noqa: E402
 from trainer.rl_utils import (aggregate_loss, clipped_policy_loss, format_reward, group_advantages,  # noqa: E402
                               kl_k3, position_ids_from_mask, rollout, step_generator, token_logps)
-from trainer.train_dpo import make_dpo_loss_fn, sequence_logps  # noqa: E402
+from trainer.train_dpo import dpo_loss, sequence_logps  # noqa: E402
 from trainer.trainer_utils import (ResumableSampler, autocast_context, default_device, lm_loss,  # noqa: E402
                                    load_tokenizer, resolve_dtype, setup_seed)
 
@@ -214,6 +214,18 @@ def peak_tflops_for(device, override):
     return None, f"unknown device {name!r}: pass --peak_tflops for MFU"
 
 
+def dispatch_reference(self, x, topk_idx, topk_weight):
+    """The original MiniMind's MoE routing (its training path): a per-expert loop with boolean masks.
+    Swapped in for MOEFeedForward.dispatch by `naive_moe`; tests also check the vectorised dispatch against it."""
+    out = torch.zeros_like(x)
+    for e, expert in enumerate(self.experts):
+        for slot in range(topk_idx.shape[1]):
+            sel = topk_idx[:, slot] == e
+            if sel.any():
+                out[sel] += expert(x[sel]) * topk_weight[sel, slot, None].to(x.dtype)
+    return out
+
+
 @contextmanager
 def naive_moe(enabled: bool):
     """The original MiniMind's MoE: loop over experts and top-k slots with boolean masks."""
@@ -221,7 +233,7 @@ def naive_moe(enabled: bool):
         yield
         return
     vectorised = MOEFeedForward.dispatch
-    MOEFeedForward.dispatch = MOEFeedForward.dispatch_reference
+    MOEFeedForward.dispatch = dispatch_reference
     try:
         yield
     finally:
@@ -490,8 +502,16 @@ class Bench:
         opt = self.make_optimizer(model, naive)
         scaler = self.make_scaler(naive)
         if stage == "dpo":
-            dpo = make_dpo_loss_fn(ref, 0.1, "sigmoid", naive_sequence_logps if naive else sequence_logps)
-            loss_fn = lambda m, b: dpo(m, b).loss  # noqa: E731
+            logps_fn = naive_sequence_logps if naive else sequence_logps
+
+            def loss_fn(m, b):  # train_dpo.py's loss, scoring rows with `logps_fn` (the original's way if naive)
+                ids, labels, n = b["input_ids"], b["labels"], b["input_ids"].shape[0] // 2
+                with torch.no_grad():
+                    ref_logps = logps_fn(ref(input_ids=ids).logits, labels)
+                out = m(input_ids=ids)
+                logps = logps_fn(out.logits, labels)
+                losses = dpo_loss(logps[:n], logps[n:], ref_logps[:n], ref_logps[n:], 0.1, "sigmoid")[0]
+                return losses.mean() + out.aux_loss
         else:
             loss_fn = lambda m, b: lm_loss(m, b).loss  # noqa: E731
         model.train()

@@ -6,12 +6,21 @@
 
 Reads prompts from stdin until EOF or `exit`, streams each answer; a reasoning model's reasoning_content is
 shown dimmed (or between [think] markers when stdout is not a terminal). Any OpenAI-compatible server works.
+A server that cannot be reached or refuses the request (wrong key, bad value) ends it with one `error:` line.
 """
 import argparse
 import os
 import sys
+from pathlib import Path
 
+import openai
 from openai import OpenAI
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from model.errors import UserError, run_main  # noqa: E402
 
 
 def main(argv=None):
@@ -45,8 +54,11 @@ def main(argv=None):
         messages = ([{"role": "system", "content": args.system}] if args.system else [])
         messages += (history[-args.historys:] if args.historys else []) + [{"role": "user", "content": prompt}]
         kwargs = {"max_tokens": args.max_tokens} if args.max_tokens else {}
-        stream = client.chat.completions.create(model=args.model, messages=messages, stream=True,
-                                                temperature=args.temperature, top_p=args.top_p, **kwargs)
+        try:
+            stream = client.chat.completions.create(model=args.model, messages=messages, stream=True,
+                                                    temperature=args.temperature, top_p=args.top_p, **kwargs)
+        except openai.APIError as e:  # not a bug here: the server is down, or says what is wrong with the request
+            raise UserError(f"--base_url {args.base_url}: {e}") from None
         print("🤖: ", end="", flush=True)
         answer, thinking = [], False
         for chunk in stream:
@@ -75,4 +87,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

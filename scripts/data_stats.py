@@ -38,14 +38,15 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 from dataset.lm_dataset import _ChatDataset, check_dpo, check_pretrain, check_rlaif, check_sft  # noqa: E402
-from scripts.script_utils import pyplot, save_figure, user_error, write_json  # noqa: E402
+from model.errors import USER_ERRORS, UserError, report_user_error  # noqa: E402
+from scripts.script_utils import pyplot, save_figure, write_json  # noqa: E402
 
 CHECKS = {"pretrain": check_pretrain, "sft": check_sft, "dpo": check_dpo, "rlaif": check_rlaif}
 PERCENTILES = (50, 75, 90, 95, 99)
 RLAIF_PLACEHOLDER = "无"  # upstream rlaif-mini.jsonl's assistant content: the response is generated in RL
 
 
-class StatsError(Exception):
+class StatsError(UserError):
     """A user mistake (missing file, unknown format): one `error:` line."""
 
 
@@ -340,8 +341,8 @@ def main(argv=None) -> int:
             path = write_json({k: v for k, v in stats.items() if not k.startswith("_")}, args.json)
             print(f"statistics -> {path}")
         return 0
-    except (StatsError, FileNotFoundError) as e:
-        return user_error(e)
+    except USER_ERRORS as e:  # one `error:` line, exit status 2
+        return report_user_error(e)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ The upstream data sets live in one repository per hub, with every file at the to
 
     python scripts/download_data.py --list
     python scripts/download_data.py --names pretrain_hq sft_mini_512            # the quick-start pair
+    python scripts/download_data.py --names pretrain_t2t_mini sft_t2t_mini      # minimind-3's quick-start pair
+    python scripts/download_data.py --names rlaif agent_rl agent_rl_math        # minimind-3's RL / agentic RL
     python scripts/download_data.py --names dpo,rlaif-mini --source huggingface
     HF_ENDPOINT=https://hf-mirror.com python scripts/download_data.py --names lora_identity --source huggingface
 
@@ -25,7 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 REPOS = {"modelscope": "gongjy/minimind_dataset", "huggingface": "jingyaogong/minimind_dataset"}
 
-# name -> (file in the repository, approximate size, what it is for). Sizes are the upstream release's.
+# name -> (file in the repository, approximate size, what it is for). Sizes are the upstream release's. The
+# repository holds both generations' files: MiniMind2's (pretrain_hq, sft_*, rlaif-mini, r1_mix) and
+# minimind-3's (*_t2t*, rlaif, agent_rl*); dpo and lora_* serve both.
 DATASETS: Dict[str, tuple] = {
     "pretrain_hq": ("pretrain_hq.jsonl", "1.6 GB", "pretraining text (trainer/train_pretrain.py)"),
     "sft_mini_512": ("sft_mini_512.jsonl", "1.2 GB", "SFT, the quick-start choice (train_full_sft.py)"),
@@ -37,8 +41,16 @@ DATASETS: Dict[str, tuple] = {
     "r1_mix_1024": ("r1_mix_1024.jsonl", "340 MB", "reasoning distillation (train_reason.py)"),
     "lora_identity": ("lora_identity.jsonl", "23 KB", "LoRA: the assistant's identity (train_lora.py)"),
     "lora_medical": ("lora_medical.jsonl", "34 MB", "LoRA: a medical Q&A domain (train_lora.py)"),
+    "pretrain_t2t_mini": ("pretrain_t2t_mini.jsonl", "1.2 GB", "minimind-3: pretraining text, the quick-start choice"),
+    "pretrain_t2t": ("pretrain_t2t.jsonl", "10 GB", "minimind-3: pretraining text, full"),
+    "sft_t2t_mini": ("sft_t2t_mini.jsonl", "1.6 GB", "minimind-3: SFT with tool-call and reasoning turns, quick start"),
+    "sft_t2t": ("sft_t2t.jsonl", "14 GB", "minimind-3: SFT, full"),
+    "rlaif": ("rlaif.jsonl", "24 MB", "minimind-3: RL prompts (train_ppo.py / train_grpo.py)"),
+    "agent_rl": ("agent_rl.jsonl", "86 MB", "minimind-3: agentic RL, tools + gt answers (AgentRLDataset)"),
+    "agent_rl_math": ("agent_rl_math.jsonl", "18 MB", "minimind-3: agentic RL on math, verifiable answers"),
 }
-ALIASES = {"rlaif_mini": "rlaif-mini", "rlaif": "rlaif-mini", "r1_mix": "r1_mix_1024", "pretrain": "pretrain_hq"}
+# "rlaif" was an alias of rlaif-mini before minimind-3 published its own rlaif.jsonl; it now names that file.
+ALIASES = {"rlaif_mini": "rlaif-mini", "r1_mix": "r1_mix_1024", "pretrain": "pretrain_hq"}
 
 MIRROR_HINT = {
     "huggingface": "check your network or proxy, or use a mirror: HF_ENDPOINT=https://hf-mirror.com python "
@@ -71,8 +83,8 @@ def target_path(name: str, out_dir) -> Path:
 
 
 def listing() -> str:
-    lines = [f"{'name':<15} {'file':<22} {'size':>8}  use",
-             *(f"{n:<15} {f:<22} {s:>8}  {u}" for n, (f, s, u) in DATASETS.items()),
+    lines = [f"{'name':<18} {'file':<24} {'size':>7}  use",
+             *(f"{n:<18} {f:<24} {s:>7}  {u}" for n, (f, s, u) in DATASETS.items()),
              "", f"sources: modelscope = {REPOS['modelscope']}, huggingface = {REPOS['huggingface']}"]
     return "\n".join(lines)
 

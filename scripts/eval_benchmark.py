@@ -73,13 +73,14 @@ import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from dataset.lm_dataset import DataFormatError, JsonlFile, check_pretrain, iter_jsonl  # noqa: E402
-from scripts.script_utils import pyplot, save_figure, user_error, write_json  # noqa: E402
+from model.errors import USER_ERRORS, UserError, report_user_error  # noqa: E402
+from scripts.script_utils import pyplot, save_figure, write_json  # noqa: E402
 
 LETTERS = "ABCDEFGHIJ"
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 
 
-class EvalError(Exception):
+class EvalError(UserError):
     """A user mistake (missing file, wrong layout, bad option): one `error:` line, no traceback."""
 
 
@@ -632,11 +633,10 @@ def gsm8k_prompts(tokenizer, questions: List[str], suffix: str = "", system: str
 def default_generate_fn(model, tokenizer, max_new_tokens: int, max_total_len: Optional[int] = None) -> Callable:
     """Greedy decoding of a batch of prompt ids -> response texts (our batched decoder for MiniMind models,
     transformers' generate() for anything else, e.g. a Llama export)."""
-    from model.generation import generate
+    from model.generation import generate, is_minimind
 
     def run(prompts: List[List[int]]) -> List[str]:
-        # model_type, not isinstance: a torch2hf folder loads MiniMind's class from its own copy of the code
-        if getattr(model.config, "model_type", None) == "minimind":
+        if is_minimind(model):
             out = generate(model, prompts, max_new_tokens=max_new_tokens, temperature=0, max_total_len=max_total_len,
                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
             rows = [r[m.bool()].tolist() for r, m in zip(out.responses.cpu(), out.response_mask.cpu())]
@@ -847,17 +847,15 @@ def main(argv=None):
                 raise EvalError("lm_eval with its hf backend is not installed: `pip install \"lm_eval[hf]\"`, then "
                                 "run the command above") from None
             return subprocess.call(cmd)
-        ml = _model_loading()
-        with ml.cli_errors():  # a missing / mismatched weight file: one `error:` line, exit status 2
-            model, tokenizer, name = ml.load_model(args)
+        model, tokenizer, name = _model_loading().load_model(args)
         model.eval()
         result = {"ppl": run_ppl, "mc": run_mc, "gsm8k": run_gsm8k}[args.command](args, model, tokenizer, name)
         if args.output:
             write_json(result, args.output)
             print(f"results -> {args.output}")
         return 0
-    except (EvalError, DataFormatError, FileNotFoundError) as e:
-        return user_error(e)
+    except USER_ERRORS as e:  # a missing or malformed file, weights that do not fit: one `error:` line, exit 2
+        return report_user_error(e)
 
 
 if __name__ == "__main__":

@@ -6,20 +6,25 @@ the evaluation tools, so that "which model, which weights, which device" means t
 API
     add_model_args(parser)                  the upstream flags: --weight --save_dir --load_from --hidden_size
                                             --num_hidden_layers --use_moe --lora_weight --inference_rope_scaling
-                                            --device --dtype (+ --num_attention_heads --num_key_value_heads
+                                            --device --dtype (+ --preset --num_attention_heads --num_key_value_heads
                                             --tokenizer_path --lora_alpha)
     model_args(**overrides) -> Namespace    the same flags' defaults without a command line, e.g.
                                             load_model(model_args(weight="reason", device="cpu"))
     load_model(args) -> (model, tokenizer, name)
                                             eval-mode model on its device/dtype, its tokenizer, a display name
-    chat_prompt(tokenizer, messages, tools=None, enable_thinking=None) -> str
-                                            the ChatML prompt text, ending with the assistant header
+    chat_prompt(tokenizer, messages, tools=None, enable_thinking=None, open_thinking=None,
+                chat_template_kwargs=None) -> str
+                                            the ChatML prompt text, ending with the assistant header (the
+                                            thinking switch mapped to whichever one the template reads)
     split_thinking(text) -> (reasoning, answer)
                                             separate a reasoning model's <think>...</think> from its answer
-    IncrementalDecoder(tokenizer)           token ids in, printable text out, never half a UTF-8 character
     ChatStreamParser()                      streamed text in, ("content" | "reasoning" | "tool_call", value) out
-    stream_tokens(model, prompt_ids, ...)   yield generated token ids (any causal LM, MiniMind's fast path)
-    cli_errors()                            context manager: loading mistakes -> one `error:` line, exit 2
+    ReplyStream(tokenizer, stops, ...)      generated token ids in, those events out (decoding, stop strings,
+                                            parsing: the whole text path of a streamed reply)
+
+Generating token ids (stream_tokens) and turning them into text (IncrementalDecoder, StopMatcher) is
+model/generation.py's. Loading mistakes raise model.errors.UserError subclasses (or FileNotFoundError):
+commands report them with model.errors.run_main / exit_on_user_error (one `error:` line, exit status 2).
 
 Where the weights come from (flags named as in the original MiniMind):
     --load_from model (default)   native weights {save_dir}/{weight}_{hidden_size}[_moe].pth, e.g.
@@ -31,11 +36,9 @@ Where the weights come from (flags named as in the original MiniMind):
                                   by trainer/train_lora.py, merged into the weights after loading
 """
 import argparse
-import json
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -43,12 +46,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from model.chat_template import thinking_kwargs  # noqa: E402
 from model.errors import UserError  # noqa: E402
-from model.generation import stream_generate  # noqa: E402
+from model.generation import IncrementalDecoder, StopMatcher  # noqa: E402
 from model.model_minimind import MiniMindForCausalLM  # noqa: E402
-from model.checkpoint import (DEFAULT_OUT, DEFAULT_TOKENIZER, WeightLoadError, add_model_size_args,  # noqa: E402
+from model.checkpoint import (DEFAULT_OUT, DEFAULT_TOKENIZER, add_model_size_args,  # noqa: E402
                               load_tokenizer, load_weights, model_config_from_args, weight_name, weight_path)
 from model.runtime import default_device, resolve_dtype  # noqa: E402
+from model.tools import parse_tool_call_json  # noqa: E402
 
 NO_LORA = (None, "", "None", "none")
 
@@ -111,7 +116,7 @@ def _missing_weight_message(args, path: Path) -> str:
     found = sorted(p.name for p in folder.glob("*.pth")) if folder.is_dir() else []
     listing = f"; {folder} holds: {', '.join(found)}" if found else f"; {folder} holds no .pth files"
     return (f"--weight {args.weight}: weight file not found: {path}{listing}. Train that stage first, or check "
-            f"--weight / --save_dir / --hidden_size / --num_hidden_layers / --use_moe.")
+            f"--weight / --save_dir / --preset / --hidden_size / --num_hidden_layers / --use_moe.")
 
 
 def lora_file(args, config) -> Path:
@@ -155,7 +160,7 @@ def load_model(args, log=print):
     """Build the model the flags describe -> (model in eval mode on its device/dtype, tokenizer, display name).
 
     Errors a user can fix (missing file, wrong size) raise FileNotFoundError / WeightLoadError /
-    ModelLoadError with a message saying what to change; wrap the call in `cli_errors()` in scripts.
+    ModelLoadError (all model.errors.UserError) with a message saying what to change.
     """
     device = args.device or default_device()
     dtype = resolve_dtype(getattr(args, "dtype", "auto"), device)
@@ -198,29 +203,22 @@ def load_model(args, log=print):
     return model, tokenizer, name
 
 
-@contextmanager
-def cli_errors():
-    """Turn a user's loading mistake into one `error: ...` line and exit status 2 (bugs keep their traceback)."""
-    from model.model_lora import LoRALoadError
-    try:
-        yield
-    except (FileNotFoundError, WeightLoadError, LoRALoadError, ModelLoadError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
-
-
 # ================================================================================================================
 # Prompts and outputs
 # ================================================================================================================
 def chat_prompt(tokenizer, messages: List[dict], tools: Optional[list] = None,
-                enable_thinking: Optional[bool] = None, add_generation_prompt: bool = True) -> str:
+                enable_thinking: Optional[bool] = None, add_generation_prompt: bool = True,
+                open_thinking: Optional[bool] = None, chat_template_kwargs: Optional[dict] = None) -> str:
     """Render `messages` ([{role, content, ...}]) with the tokenizer's chat template, ending with the assistant
     header so the model writes the reply. Tokenize the result with `tokenizer(text, add_special_tokens=False)`.
 
-    enable_thinking=False pre-fills an empty <think></think> block (reasoning models then answer directly);
-    None leaves the choice to the model.
+    enable_thinking / open_thinking (synonyms; either may also sit in chat_template_kwargs): False pre-fills an
+    empty <think></think> block (reasoning models then answer directly); True lets the model reason; None is the
+    template's default. model/chat_template.thinking_kwargs passes the choice under the switch the template
+    reads (ours: enable_thinking; upstream's minimind-3 tokenizer: open_thinking, which opens a <think> block),
+    and raises ChatTemplateArgumentError (a UserError) on a non-boolean or contradictory value.
     """
-    kwargs = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
+    kwargs = thinking_kwargs(tokenizer, enable_thinking, open_thinking, chat_template_kwargs)
     return tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False,
                                          add_generation_prompt=add_generation_prompt, **kwargs)
 
@@ -241,48 +239,6 @@ def split_thinking(text: str) -> Tuple[str, str]:
         before, _, reasoning = text.partition("<think>")
         return reasoning.strip(), _strip_answer_tags(before).strip()
     return "", _strip_answer_tags(text)
-
-
-class IncrementalDecoder:
-    """Token ids in, text out, as they are generated.
-
-    A Chinese character or an emoji spans several byte-level tokens; decoding them one at a time prints U+FFFD.
-    So the ids are kept, and the text is released only once the decoded tail no longer ends in U+FFFD (an
-    incomplete character). Only a short window is re-decoded each time, not the whole answer: the ids from the
-    previous release on, whose text is known, give the context (tokenizers that drop a word's leading space at
-    the start of a decode need it) and the new text is what lies beyond it.
-    """
-
-    def __init__(self, tokenizer, skip_special_tokens: bool = True):
-        self.tokenizer = tokenizer
-        self.skip = skip_special_tokens
-        self.ids: List[int] = []
-        self.prefix = 0  # window start: ids[prefix:read] were printed by the previous release
-        self.read = 0    # ids[:read] are fully printed
-
-    def _decode(self, ids) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=self.skip)
-
-    def push(self, token_id: int) -> str:
-        """Add one token; return the newly printable text (often '', e.g. mid-character)."""
-        self.ids.append(int(token_id))
-        return self._release(final=False)
-
-    def _release(self, final: bool) -> str:
-        known = self._decode(self.ids[self.prefix:self.read])
-        text = self._decode(self.ids[self.prefix:])
-        if len(text) <= len(known) or (text.endswith("\ufffd") and not final):
-            return ""
-        self.prefix, self.read = self.read, len(self.ids)
-        return text[len(known):]
-
-    def flush(self) -> str:
-        """Whatever is still held back (an invalid byte sequence at the very end), at the end of generation."""
-        return self._release(final=True)
-
-    @property
-    def text(self) -> str:
-        return self._decode(self.ids)
 
 
 class ChatStreamParser:
@@ -329,16 +285,11 @@ class ChatStreamParser:
         self.state, self.pending_ws, self.started = state, "", False
 
     def _tool_call(self, raw: str, out: list):
-        try:
-            call = json.loads(raw)
-            name = call["name"]
-            assert isinstance(name, str) and name
-            args = call.get("arguments", {})
-            if not isinstance(args, str):
-                args = json.dumps(args, ensure_ascii=False)
-            out.append(("tool_call", {"name": name, "arguments": args}))
-        except (ValueError, KeyError, TypeError, AssertionError):
-            out.append(("content", f"<tool_call>{raw}</tool_call>"))  # not a valid call: show it as text
+        call = parse_tool_call_json(raw)  # the same rule as training rewards and the tool-call eval
+        if call is None:  # not a valid call: show it as text
+            out.append(("content", f"<tool_call>{raw}</tool_call>"))
+        else:
+            out.append(("tool_call", call))
 
     def feed(self, text: str) -> list:
         out = []
@@ -387,85 +338,33 @@ class ChatStreamParser:
         return out
 
 
-# ================================================================================================================
-# Generation for any causal LM
-# ================================================================================================================
-def is_minimind(model) -> bool:
-    return getattr(model.config, "model_type", None) == "minimind"
+class ReplyStream:
+    """Generated token ids -> chat events, the whole text path of a streamed reply: text without half characters
+    (IncrementalDecoder), cut at an OpenAI stop string (StopMatcher), split into ("reasoning" | "content" |
+    "tool_call", value) events (ChatStreamParser). `eos_token_id` is skipped (None: shown like any token).
 
+        stream = ReplyStream(tokenizer, eos_token_id=tokenizer.eos_token_id)
+        for tok in stream_tokens(...):
+            events = stream.push(tok)   # stream.stopped: a stop string matched, generation should end
+        events = stream.finish()
+    """
 
-def stream_tokens(model, prompt_ids: Sequence[int], max_new_tokens: int = 512, temperature: float = 0.85,
-                  top_p: float = 0.85, top_k: int = 0, repetition_penalty: float = 1.0, eos_token_id: int = 2,
-                  pad_token_id: int = 0, generator: Optional[torch.Generator] = None) -> Iterator[int]:
-    """Yield generated token ids (EOS included, then stop). MiniMind models use our decoding engine
-    (model/generation.py); any other transformers model (e.g. a Llama export) uses transformers' own
-    `generate()` with a streamer, so no second decoding loop has to follow transformers' cache API."""
-    limit = getattr(model.config, "max_position_embeddings", None) or 1 << 30
-    max_new_tokens = max(0, min(max_new_tokens, limit - len(prompt_ids)))
-    if is_minimind(model):
-        yield from stream_generate(model, list(prompt_ids), max_new_tokens=max_new_tokens, temperature=temperature,
-                                   top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty,
-                                   eos_token_id=eos_token_id, pad_token_id=pad_token_id, generator=generator)
-        return
-    yield from hf_stream_tokens(model, prompt_ids, max_new_tokens, temperature, top_p, top_k, repetition_penalty,
-                                eos_token_id, pad_token_id)
+    def __init__(self, tokenizer, stops=(), in_thinking: bool = False, parse_tools: bool = True,
+                 eos_token_id: Optional[int] = None):
+        self.decoder, self.stopper = IncrementalDecoder(tokenizer), StopMatcher(stops)
+        self.parser = ChatStreamParser(in_thinking=in_thinking, parse_tools=parse_tools)
+        self.eos, self.stopped = eos_token_id, False
 
+    def push(self, token_id: int) -> list:
+        if token_id == self.eos or self.stopped:
+            return []
+        text, self.stopped = self.stopper.feed(self.decoder.push(token_id))
+        return self.parser.feed(text)
 
-def hf_stream_tokens(model, prompt_ids, max_new_tokens, temperature, top_p, top_k, repetition_penalty,
-                     eos_token_id, pad_token_id) -> Iterator[int]:
-    """transformers' `generate()` in a worker thread, its tokens handed over through a streamer queue."""
-    import queue
-    import threading
-
-    from transformers import StoppingCriteria, StoppingCriteriaList
-    from transformers.generation.streamers import BaseStreamer
-
-    class TokenQueue(BaseStreamer):
-        def __init__(self):
-            self.q, self.prompt_seen = queue.Queue(), False
-
-        def put(self, value):  # first call: the prompt; then one tensor of new token ids per step
-            if not self.prompt_seen:
-                self.prompt_seen = True
-                return
-            for t in value.reshape(-1).tolist():
-                self.q.put(int(t))
-
-        def end(self):
-            self.q.put(None)
-
-    class Cancelled(StoppingCriteria):  # the consumer stopped early (a client went away): stop generating too
-        def __call__(self, input_ids, scores, **kwargs):
-            return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
-
-    if max_new_tokens <= 0:
-        return
-    streamer, cancel = TokenQueue(), threading.Event()
-    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k) if temperature > 0 else \
-        dict(do_sample=False)
-    ids = torch.tensor([list(prompt_ids)], device=next(model.parameters()).device)
-    failure = []
-
-    def work():
-        try:
-            with torch.inference_mode():
-                model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                               eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-                               repetition_penalty=repetition_penalty, streamer=streamer,
-                               stopping_criteria=StoppingCriteriaList([Cancelled()]), **sampling)
-        except BaseException as e:  # re-raised in the consumer's thread below
-            failure.append(e)
-            streamer.q.put(None)
-
-    worker = threading.Thread(target=work, daemon=True)
-    worker.start()
-    try:
-        while (t := streamer.q.get()) is not None:
-            yield t
-            if t == eos_token_id:
-                break
-    finally:
-        cancel.set()
-        worker.join()
-    if failure:
-        raise failure[0]
+    def finish(self) -> list:
+        """End of generation: what the decoder and the stop matcher held back, then the parser's rest."""
+        out = []
+        if not self.stopped:
+            text, hit = self.stopper.feed(self.decoder.flush())
+            out = self.parser.feed(text if hit else text + self.stopper.flush())
+        return out + self.parser.finish()

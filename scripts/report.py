@@ -1,7 +1,7 @@
 """Training report: curves (PNG) and a markdown report card from the metrics every stage logs.
 
 Every stage appends one JSON row per log interval to {save_dir}/logs/{stage}_{hidden}[_moe].jsonl
-(trainer_utils.MetricsLogger): step, epoch, lr, grad_norm, tokens_per_s, loss, the stage's own metrics
+(trainer_utils.TrainLogger): step, epoch, lr, grad_norm, tokens_per_s, loss, the stage's own metrics
 (aux_loss, reward, kl, ...) and a unix time. This script reads one or more of those logs (or whole folders),
 draws every numeric metric against the step (one subplot each; several runs overlaid), and writes report.md:
 
@@ -33,14 +33,15 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from model.atomic_io import atomic_write_text  # noqa: E402
-from scripts.script_utils import pyplot, save_figure, user_error  # noqa: E402
+from model.errors import USER_ERRORS, UserError, report_user_error  # noqa: E402
+from scripts.script_utils import pyplot, save_figure  # noqa: E402
 
 # Plotted first and in this order; every other numeric column follows alphabetically.
 PREFERRED = ("loss", "lr", "tokens_per_s", "grad_norm")
 NOT_METRICS = ("step", "epoch", "time")
 
 
-class ReportError(Exception):
+class ReportError(UserError):
     """A user mistake (no logs, unreadable file): one `error:` line."""
 
 
@@ -414,8 +415,8 @@ def main(argv=None) -> int:
         for what, p in written.items():
             print(f"{what}: {p}")
         return 0
-    except (ReportError, FileNotFoundError) as e:
-        return user_error(e)
+    except USER_ERRORS as e:  # one `error:` line, exit status 2
+        return report_user_error(e)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Small pieces the command-line tools in scripts/ share: writing their outputs and reporting user errors.
+"""Small pieces the command-line tools in scripts/ share: writing their outputs and figures (user errors are
+model/errors.py's: UserError, report_user_error, run_main).
 
 Light on purpose (standard library at import time): scripts/report.py and scripts/data_stats.py import it
 without pulling in torch or transformers.
@@ -36,8 +37,3 @@ def save_figure(fig, path) -> Path:
     pyplot().close(fig)
     return path
 
-
-def user_error(e: Exception) -> int:
-    """Report a user mistake as one `error:` line on stderr (no traceback); returns the exit status 2."""
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    return 2

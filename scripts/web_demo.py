@@ -33,9 +33,10 @@ import streamlit as st  # noqa: E402
 import torch  # noqa: E402
 from openai import APIError  # noqa: E402
 
-from model.model_lora import LoRALoadError  # noqa: E402
-from scripts.model_loading import (ChatStreamParser, IncrementalDecoder, ModelLoadError, WeightLoadError,  # noqa: E402
-                                   add_model_args, chat_prompt, load_model, stream_tokens)
+from model.checkpoint import model_config_from_args  # noqa: E402
+from model.errors import USER_ERRORS  # noqa: E402
+from model.generation import IncrementalDecoder, stream_tokens  # noqa: E402
+from scripts.model_loading import ChatStreamParser, add_model_args, chat_prompt, load_model  # noqa: E402
 
 DEFAULT_SAVE_DIR = ROOT / "out"
 DEFAULT_API_BASE = "http://127.0.0.1:8998/v1"
@@ -44,8 +45,9 @@ SKIP_DIRS = {"__pycache__", "node_modules", "venv", "dataset", "checkpoints", "i
              "logs"}
 NATIVE_NAME = re.compile(r"^(?P<weight>.+)_(?P<hidden>\d+)(?P<moe>_moe)?\.pth$")
 LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.")
-# Errors a user can fix by picking another model or path: shown in the page, not as a traceback.
-LOAD_ERRORS = (FileNotFoundError, WeightLoadError, ModelLoadError, LoRALoadError, OSError, ValueError)
+# Errors a user can fix by picking another model or path: shown in the page, not as a traceback (OSError and
+# ValueError: what transformers raises for a folder it cannot read).
+LOAD_ERRORS = (*USER_ERRORS, OSError, ValueError)
 
 
 # ================================================================================================================
@@ -148,9 +150,9 @@ def trim_history(messages: List[dict], rounds: int) -> List[dict]:
 # ================================================================================================================
 def local_pieces(model, tokenizer, prompt: str, max_new_tokens: int, temperature: float, top_p: float,
                  repetition_penalty: float) -> Iterator[Tuple[str, str]]:
-    """Generate on a local model: token ids from model_loading.stream_tokens (MiniMind's preallocated-cache loop,
-    or a plain loop for other transformers models), text through IncrementalDecoder so a character split over
-    several byte-level tokens is printed only once complete."""
+    """Generate on a local model: token ids from model/generation.py's stream_tokens (our decoding engine for
+    MiniMind, transformers' generate() for other models), text through IncrementalDecoder so a character split
+    over several byte-level tokens is printed only once complete."""
     ids = tokenizer(prompt, add_special_tokens=False).input_ids
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     decoder = IncrementalDecoder(tokenizer)
@@ -333,7 +335,7 @@ def sidebar(args):
 
 def preselect(models: List[dict], args) -> Optional[int]:
     """Index of the model --load_from names (None: not listed, so the free-text path), else of --weight
-    (+ --hidden_size), else 0."""
+    (+ the hidden size --hidden_size / --preset give, 512 without either), else 0."""
     if args.load_from not in (None, "", "model"):
         for i, m in enumerate(models):
             if m["kind"] == "hf" and Path(m["path"]) == Path(args.load_from).resolve():
@@ -342,8 +344,9 @@ def preselect(models: List[dict], args) -> Optional[int]:
     if not models:
         return None
     same_name = [i for i, m in enumerate(models) if m["kind"] == "native" and m["weight"] == args.weight]
+    hidden = model_config_from_args(args).hidden_size  # --hidden_size defaults to None: the preset's size
     for i in same_name:
-        if models[i]["hidden_size"] == args.hidden_size:
+        if models[i]["hidden_size"] == hidden:
             return i
     return same_name[0] if same_name else 0
 

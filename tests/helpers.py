@@ -68,6 +68,34 @@ class ScriptedLM(torch.nn.Module):
         return SimpleNamespace(logits=logits)
 
 
+class PromptScriptedLM(ScriptedLM):
+    """A ScriptedLM with several scripts: at prefill, `choose(prompt ids of a row) -> index` picks the row's
+    script (e.g. by the number of <tool_response> tokens: call a tool first, answer once a result is in the
+    prompt). Each row's script index and first answer position are written into its prefill cache columns (later
+    columns hold zeros, so a max over columns reads them back), so they follow the row when the batch drops rows
+    or admits new ones (continuous batching works)."""
+
+    def __init__(self, scripts, eos_id, choose):
+        super().__init__([], eos_id)
+        width = max(len(s) for s in scripts) + 1
+        self.table = torch.tensor([list(s) + [eos_id] * (width - len(s)) for s in scripts])
+        self.choose = choose
+
+    def forward(self, input_ids, position_ids=None, cache=None, **kwargs):
+        b, t = input_ids.shape
+        c = self.config
+        info = torch.zeros(b, c.num_key_value_heads, t, c.head_dim)
+        if t > 1:  # prefill
+            info[..., 0] = torch.tensor([float(self.choose(row)) for row in input_ids.tolist()])[:, None, None]
+            info[..., 1] = (position_ids[:, -1] + 1).float()[:, None, None]
+        keys, _ = cache.update(info, info, 0)
+        which, start = keys[:, 0, :, 0].amax(1).long(), keys[:, 0, :, 1].amax(1).long()
+        step = (position_ids[:, -1] + 1 - start).clamp(max=self.table.shape[1] - 1)
+        logits = torch.zeros(b, 1, c.vocab_size)
+        logits[torch.arange(b), 0, self.table[which, step]] = 100.0
+        return SimpleNamespace(logits=logits)
+
+
 # ---------------------------------------------------------------------------------------------------- scripts
 def free_port() -> int:
     with socket.socket() as s:
@@ -149,5 +177,5 @@ def read_jsonl(path) -> list:
 
 
 def train_log(save_dir, name: str) -> list:
-    """The metric rows a stage logged to {save_dir}/logs/{name}.jsonl (MetricsLogger)."""
+    """The metric rows a stage logged to {save_dir}/logs/{name}.jsonl (trainer_utils.TrainLogger)."""
     return read_jsonl(Path(save_dir) / "logs" / f"{name}.jsonl")

@@ -141,14 +141,14 @@ def test_naive_baselines_compute_the_same_thing_as_the_optimised_paths():
 
 def test_naive_moe_swaps_the_dispatch_only_inside_the_context():
     from model.model_minimind import MOEFeedForward
-    from scripts.benchmark import flops_params, naive_moe
+    from scripts.benchmark import dispatch_reference, flops_params, naive_moe
 
     vectorised = MOEFeedForward.dispatch
     model = tiny_model(0, use_moe=True).eval()
     x = torch.randint(3, 6000, (2, 9))
     fast = model(input_ids=x).logits
     with naive_moe(True):
-        assert MOEFeedForward.dispatch is MOEFeedForward.dispatch_reference
+        assert MOEFeedForward.dispatch is dispatch_reference
         slow = model(input_ids=x).logits
     assert MOEFeedForward.dispatch is vectorised
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)

@@ -49,7 +49,7 @@ def test_compiled_model_matches_eager_loss_and_gradients(use_moe):
 
 
 def test_compile_flag_trains_like_eager(tmp_path):
-    """`--compile` goes through TrainLoop (compiled forward, DDP-free, packed blocks): same losses as eager."""
+    """`--compile` through train_pretrain.py (compiled forward, DDP-free, packed blocks): same losses as eager."""
     common = ["--data_path", SAMPLE / "pretrain.jsonl", "--batch_size", 4, "--accumulation_steps", 1,
               "--max_seq_len", 64, "--learning_rate", 1e-3, "--max_steps", 3, "--log_interval", 1]
     run_trainer("train_pretrain.py", *common, tmp=tmp_path / "eager")

@@ -1,7 +1,6 @@
 """Knowledge distillation (trainer/train_distillation.py) and reasoning distillation (trainer/train_reason.py):
 their loss pieces against direct formulas, token-exact tag weighting on real R1-style data, and both scripts
 end to end with resume."""
-import argparse
 import sys
 from pathlib import Path
 
@@ -14,10 +13,11 @@ import torch.nn.functional as F  # noqa: E402
 
 from dataset.lm_dataset import PadCollator, SFTDataset, assistant_mask  # noqa: E402
 from helpers import SAMPLE, SHARED, finish, save_tiny, start_script, tiny_cpu_flags, tiny_model, train_log  # noqa: E402
-from trainer.train_distillation import (check_same_vocab, distillation_kl, load_teacher,  # noqa: E402
-                                        make_distill_loss_fn)
-from trainer.train_reason import make_reason_loss_fn, reason_token_weights, tag_token_ids  # noqa: E402
 from model.checkpoint import WeightLoadError, load_tokenizer  # noqa: E402
+from model.model_minimind import MiniMindConfig  # noqa: E402
+from trainer.train_distillation import (check_same_vocab, distillation_kl, distillation_loss,  # noqa: E402
+                                        load_teacher)
+from trainer.train_reason import reason_loss, reason_token_weights, tag_token_ids  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -45,15 +45,16 @@ def test_vocab_mismatch_is_a_clear_error(tmp_path):
     check_same_vocab(tiny_model(), tiny_model(hidden_size=128))  # different sizes are fine
     # load_teacher reads the vocab from the weight file, so a teacher from another tokenizer is reported as such
     save_tiny(tmp_path / "full_sft_128.pth", hidden_size=128, vocab_size=6500)
-    args = argparse.Namespace(teacher_weight="full_sft", save_dir=str(tmp_path), teacher_hidden_size=128,
-                              teacher_num_hidden_layers=2, teacher_num_attention_heads=4,
-                              teacher_num_key_value_heads=2, teacher_use_moe=0)
-    teacher = load_teacher(args, "cpu", log=lambda *a: None)
+    def teacher_config(hidden_size):
+        return MiniMindConfig(hidden_size=hidden_size, num_hidden_layers=2, num_attention_heads=4,
+                              num_key_value_heads=2)
+
+    teacher = load_teacher("full_sft", teacher_config(128), tmp_path, "cpu", log=lambda *a: None)
     assert teacher.config.vocab_size == 6500 and not any(p.requires_grad for p in teacher.parameters())
     with pytest.raises(WeightLoadError, match="same tokenizer"):
         check_same_vocab(tiny_model(), teacher)
     with pytest.raises(FileNotFoundError, match="teacher_hidden_size"):
-        load_teacher(argparse.Namespace(**{**vars(args), "teacher_hidden_size": 256}), "cpu")
+        load_teacher("full_sft", teacher_config(256), tmp_path, "cpu")
 
 
 def sft_batch(path, n=4, max_len=256):
@@ -62,21 +63,24 @@ def sft_batch(path, n=4, max_len=256):
     return PadCollator(tok.pad_token_id)([ds[i] for i in range(n)]), tok, ds
 
 
-def test_distill_loss_fn_limits():
+def test_distillation_loss_limits():
     batch, _, _ = sft_batch(SAMPLE / "sft.jsonl")
+    ids, labels = batch["input_ids"], batch["labels"]
     student = tiny_model(0)
+    logits = student(input_ids=ids).logits
+    teacher_logits = tiny_model(1, hidden_size=128)(input_ids=ids).logits
     # alpha = 1: plain SFT cross-entropy
-    out = make_distill_loss_fn(tiny_model(1, hidden_size=128), alpha=1.0, temperature=2.0)(student, batch)
-    ce = student(input_ids=batch["input_ids"], labels=batch["labels"]).loss
-    torch.testing.assert_close(out.loss, ce)
-    torch.testing.assert_close(out.metrics["ce"], ce)
-    assert out.metrics["kl"] > 0
+    loss, ce, kl = distillation_loss(logits, teacher_logits, labels, alpha=1.0, temperature=2.0)
+    want = student(input_ids=ids, labels=labels).loss
+    torch.testing.assert_close(loss, want)
+    torch.testing.assert_close(ce, want)
+    assert kl > 0
     # a teacher identical to the student: the KL term vanishes, whatever alpha
-    same = make_distill_loss_fn(tiny_model(0).eval().requires_grad_(False), alpha=0.0, temperature=2.0)(student, batch)
-    assert same.loss.abs() < 1e-5
+    same, _, _ = distillation_loss(logits, logits.detach(), labels, alpha=0.0, temperature=2.0)
+    assert same.abs() < 1e-5
     # mixed: alpha * ce + (1 - alpha) * kl
-    mix = make_distill_loss_fn(tiny_model(1, hidden_size=128), alpha=0.3, temperature=2.0)(student, batch)
-    torch.testing.assert_close(mix.loss, 0.3 * mix.metrics["ce"] + 0.7 * mix.metrics["kl"])
+    mix, ce, kl = distillation_loss(logits, teacher_logits, labels, alpha=0.3, temperature=2.0)
+    torch.testing.assert_close(mix, 0.3 * ce + 0.7 * kl)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -123,17 +127,18 @@ def test_reason_loss_weighting():
     tag_ids = tag_token_ids(tok)
     model = tiny_model()
     ce = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
-    plain = make_reason_loss_fn(tag_ids, 1.0)(model, batch)
-    torch.testing.assert_close(plain.loss, ce)  # weight 1 is ordinary SFT
-    weighted = make_reason_loss_fn(tag_ids, 10.0)(model, batch)
-    logits, targets = model(input_ids=batch["input_ids"]).logits[:, :-1], batch["labels"][:, 1:]
+    logits = model(input_ids=batch["input_ids"]).logits
+    plain, _ = reason_loss(logits, batch["labels"], tag_ids, 1.0)
+    torch.testing.assert_close(plain, ce)  # weight 1 is ordinary SFT
+    weighted, weighted_ce = reason_loss(logits, batch["labels"], tag_ids, 10.0)
+    logits, targets = logits[:, :-1], batch["labels"][:, 1:]
     per_tok = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
     is_tag = torch.isin(targets, torch.tensor(tag_ids))
     n = (targets != -100).sum()
     assert is_tag.sum() == 4 * 4  # four tags in each of the four samples
     want = (per_tok.sum() + 9.0 * per_tok[is_tag].sum()) / n  # tags count 10x; normalised by the token count
-    torch.testing.assert_close(weighted.loss, want)
-    torch.testing.assert_close(weighted.metrics["ce"], ce)
+    torch.testing.assert_close(weighted, want)
+    torch.testing.assert_close(weighted_ce, ce)
 
 
 # ----------------------------------------------------------------------------------------------------------------

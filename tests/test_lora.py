@@ -14,7 +14,7 @@ from helpers import (SAMPLE, run_script, save_tiny, tiny_cpu_flags, tiny_model a
                      train_log)
 from model.model_lora import (LoRALinear, LoRALoadError, apply_lora, load_lora, lora_meta,  # noqa: E402
                               lora_state_dict, merge_lora, save_lora)
-from trainer.trainer_utils import lm_loss, load_tokenizer  # noqa: E402
+from model.checkpoint import load_tokenizer  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -141,9 +141,13 @@ def test_lora_learns_identity_and_base_stays_bit_identical():
     apply_lora(model, rank=8, alpha=32)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-2)
+
+    def lm_loss():  # what train_lora.py's loop computes (dense: no balance loss)
+        return model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
+
     losses = []
     for _ in range(40):
-        loss = lm_loss(model, batch).loss
+        loss = lm_loss()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -153,17 +157,17 @@ def test_lora_learns_identity_and_base_stays_bit_identical():
     for k, v in base.items():
         assert torch.equal(state[k], v), f"base parameter {k} changed"
     # and the adapter carries what was learned: merged model reproduces the trained loss
-    trained = lm_loss(model, batch).loss.item()
+    trained = lm_loss().item()
     merge_lora(model)
-    assert abs(lm_loss(model, batch).loss.item() - trained) < 1e-3
+    assert abs(lm_loss().item() - trained) < 1e-3
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # The script, end to end: single process, then resumed under 2-process DDP (gloo)
 # ----------------------------------------------------------------------------------------------------------------
 def test_train_lora_script_ddp_then_resume(tmp_path, run_in_process):
-    """2-process gloo run (a real torchrun subprocess), then --from_resume 1 in a single process (TrainLoop
-    resumes across world sizes); only the adapter is written, under out/lora/."""
+    """2-process gloo run (a real torchrun subprocess), then --from_resume 1 in a single process (a resume
+    across world sizes); only the adapter is written, under out/lora/."""
     save_tiny(tmp_path / "full_sft_64.pth")
     script = ROOT / "trainer" / "train_lora.py"
     common = [*tiny_cpu_flags(tmp_path, tmp_path / "ck"), "--data_path", SAMPLE / "lora_identity.jsonl",

@@ -1,4 +1,6 @@
-"""Model correctness: sizes, MiniMind2 key compatibility, Llama parity, HF round trip, KV cache, YaRN, MoE."""
+"""Model correctness: sizes, MiniMind2 key compatibility, Llama parity, HF round trip, KV cache, YaRN, MoE.
+
+minimind-3 (presets, upstream keys and config names, Qwen3 / Qwen3-MoE parity) is in test_minimind3.py."""
 import math
 import sys
 from pathlib import Path
@@ -39,11 +41,28 @@ def test_parameter_counts(hidden, layers, moe, expected):
     assert round(n / 1e6, 2) == expected
 
 
-def expected_keys(layers, moe, experts=4, shared=1):
+@pytest.mark.parametrize("preset,expected", [
+    ("minimind2-small", 25_829_888), ("minimind2", 104_030_976), ("minimind2-moe", 145_029_760),
+    ("minimind3", 63_912_192), ("minimind3-moe", 198_416_640)])
+def test_preset_parameter_counts(preset, expected):
+    with torch.device("meta"):
+        model = MiniMindForCausalLM(MiniMindConfig.from_preset(preset))
+    assert sum(p.numel() for p in model.parameters()) == expected
+
+
+def test_default_config_is_minimind2_small():
+    assert MiniMindConfig().to_dict() == MiniMindConfig.from_preset("minimind2-small").to_dict()
+    c = MiniMindConfig()
+    assert (c.qk_norm, c.n_shared_experts, c.aux_loss_type, c.head_dim, c.rms_norm_eps) == (False, 1, "seq", 64, 1e-5)
+
+
+def expected_keys(layers, moe, experts=4, shared=1, qk_norm=False):
     keys = ["model.embed_tokens.weight"]
     for i in range(layers):
         p = f"model.layers.{i}."
         keys += [p + f"self_attn.{x}_proj.weight" for x in "qkvo"]
+        if qk_norm:
+            keys += [p + "self_attn.q_norm.weight", p + "self_attn.k_norm.weight"]
         keys += [p + "input_layernorm.weight", p + "post_attention_layernorm.weight"]
         if moe:
             for e in range(experts):
@@ -54,6 +73,15 @@ def expected_keys(layers, moe, experts=4, shared=1):
         else:
             keys += [p + f"mlp.{x}_proj.weight" for x in ("gate", "down", "up")]
     return keys + ["model.norm.weight", "lm_head.weight"]
+
+
+@pytest.mark.parametrize("preset,layers,moe,shared,qk_norm", [
+    ("minimind2-small", 8, False, 1, False), ("minimind2", 16, False, 1, False), ("minimind2-moe", 8, True, 1, False),
+    ("minimind3", 8, False, 0, True), ("minimind3-moe", 8, True, 0, True)])
+def test_preset_state_dict_keys(preset, layers, moe, shared, qk_norm):
+    with torch.device("meta"):
+        model = MiniMindForCausalLM(MiniMindConfig.from_preset(preset))
+    assert sorted(model.state_dict()) == sorted(expected_keys(layers, moe, shared=shared, qk_norm=qk_norm))
 
 
 @pytest.mark.parametrize("moe", [False, True])
@@ -273,12 +301,22 @@ def test_yarn_config_round_trip(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ MoE
-def test_moe_vectorised_dispatch_equals_loop():
+def dispatch_loop(moe, x, topk_idx, topk_weight):
+    """The straightforward routing, token by token and slot by slot."""
+    out = torch.zeros_like(x)
+    for t in range(x.shape[0]):
+        for slot in range(topk_idx.shape[1]):
+            out[t] += moe.experts[int(topk_idx[t, slot])](x[t:t + 1])[0] * topk_weight[t, slot]
+    return out
+
+
+@pytest.mark.parametrize("experts,top_k", [(4, 2), (4, 1), (6, 3)])
+def test_moe_vectorised_dispatch_equals_loop(experts, top_k):
     torch.manual_seed(0)
-    moe = MOEFeedForward(tiny_config(use_moe=True, n_routed_experts=4, num_experts_per_tok=2))
+    moe = MOEFeedForward(tiny_config(use_moe=True, n_routed_experts=experts, num_experts_per_tok=top_k))
     x = torch.randn(37, 64)
     idx, w, _ = moe.gate(x[None])
-    assert torch.allclose(moe.dispatch(x, idx, w), moe.dispatch_reference(x, idx, w), atol=1e-6)
+    assert torch.allclose(moe.dispatch(x, idx, w), dispatch_loop(moe, x, idx, w), atol=1e-6)
 
 
 def test_moe_aux_loss_formula_and_gradients():

@@ -1,9 +1,9 @@
 """RL stages (PPO, GRPO, SPO): the shared math on hand values, rewards, reward models, rollouts, and the three
 scripts end to end (incl. resume, 2-process gloo, and reward variance on real GSM8K prompts)."""
+import argparse
 import math
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,17 +14,18 @@ sys.path.insert(0, str(ROOT))
 from dataset.lm_dataset import DataFormatError  # noqa: E402
 from helpers import (SAMPLE, SHARED, finish, run_trainer, start_trainer, tiny_model, train_log,  # noqa: E402
                      write_jsonl)
-from trainer.rl_utils import (RewardFunction, RewardModelScorer, RLPromptDataset, aggregate_loss,  # noqa: E402
-                              chatml_messages, clipped_policy_loss, clipped_value_loss,
-                              extract_gold_answer, extract_predicted_answer, format_reward, gae, group_advantages,
-                              gsm8k_reward, kl_k1, kl_k3, length_reward, parse_reward_spec, prompt_batches,
-                              rollout, token_logps)
+from trainer.rl_utils import (RewardFunction, RewardModelScorer, RLPromptDataset, add_rl_args,  # noqa: E402
+                              aggregate_loss, chatml_messages, check_rl_args, clipped_policy_loss,
+                              clipped_value_loss, collate_prompts, extract_gold_answer, extract_predicted_answer,
+                              format_reward, gae, group_advantages, gsm8k_reward, kl_k1, kl_k3, length_reward,
+                              load_rl_checkpoint, parse_reward_spec, rollout, token_logps)
 from trainer.train_ppo import CriticModel  # noqa: E402
 from trainer.train_spo import SPOValueTracker  # noqa: E402
-from trainer.trainer_utils import DistState  # noqa: E402
+from trainer.trainer_utils import (Batches, DistState, add_common_args, load_checkpoint,  # noqa: E402
+                                   save_checkpoint)
 
 FAST = ["--max_gen_len", "16", "--batch_size", "2", "--max_steps", "2", "--temperature", "1.0",
-        "--learning_rate", "1e-3", "--max_seq_len", "64"]
+        "--learning_rate", "1e-3", "--max_prompt_len", "64"]
 
 
 @pytest.fixture(scope="module")
@@ -223,6 +224,27 @@ def test_reward_spec_parsing():
             parse_reward_spec(bad)
 
 
+def rl_parser():
+    parser = argparse.ArgumentParser(conflict_handler="resolve")  # as the RL scripts build theirs
+    add_common_args(parser, stage="grpo", data_path="x.jsonl")
+    add_rl_args(parser, max_prompt_len=256)
+    return parser
+
+
+def test_rl_flags_prompt_len_alias_and_reward_terms(capsys):
+    parser = rl_parser()
+    args = parser.parse_args(["--reward", "format:0.5,gsm8k"])
+    assert args.max_prompt_len == 256 and not hasattr(args, "max_seq_len")  # one flag, one meaning
+    assert parser.parse_args(["--max_seq_len", "64"]).max_prompt_len == 64  # upstream's spelling
+    assert parser.parse_args(["--max_prompt_len", "32"]).max_prompt_len == 32
+    before = dict(vars(args))
+    assert check_rl_args(parser, args) == [("format", 0.5), ("gsm8k", 1.0)]
+    assert vars(args) == before  # the parsed terms are returned, not stored on args
+    with pytest.raises(SystemExit):
+        check_rl_args(parser, parser.parse_args(["--reward", "nope"]))
+    assert "unknown term 'nope'" in capsys.readouterr().err
+
+
 def test_reward_model_sequence_classification(tiny_reward_model, tokenizer):
     scorer = RewardModelScorer.load(tiny_reward_model, batch_size=3)
     assert not scorer.has_get_score
@@ -266,27 +288,62 @@ def test_chatml_messages_roundtrip(tokenizer):
     assert chatml_messages(prompt) == turns
 
 
-# ================================================================================================ data order
+# ================================================================================================ prompts, data order
+def test_prompt_dataset_keeps_the_end_of_long_prompts(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"question": "short"}, {"question": "word " * 200 + "final question"}])
+    full, cut = RLPromptDataset(path, tokenizer, 0), RLPromptDataset(path, tokenizer, 16)
+    assert cut[0]["index"] == 0 and cut[0]["messages"] == [{"role": "user", "content": "short"}]
+    whole = tokenizer(full[0]["prompt"], add_special_tokens=False).input_ids
+    assert cut[0]["prompt_ids"] == full[0]["prompt_ids"] == whole  # short enough: kept whole
+    long_ids = full[1]["prompt_ids"]
+    assert len(long_ids) > 200 and cut[1]["prompt_ids"] == long_ids[-16:]  # the question and assistant header
+    assert tokenizer.decode(cut[1]["prompt_ids"]).endswith("final question<|im_end|>\n<|im_start|>assistant\n")
+    assert cut[1]["prompt"] == full[1]["prompt"]  # the reward model still sees the whole conversation
+
+
 def test_prompt_batches_resume_and_epoch_rollover(tmp_path, tokenizer):
-    path = tmp_path / "p.jsonl"
-    write_jsonl(path, [{"question": f"q{i}", "answer": f"#### {i}"} for i in range(10)])
+    path = write_jsonl(tmp_path / "p.jsonl", [{"question": f"q{i}", "answer": f"#### {i}"} for i in range(10)])
     ds = RLPromptDataset(path, tokenizer, 64)
-    assert ds[3]["index"] == 3 and ds[3]["messages"] == [{"role": "user", "content": "q3"}]
 
-    def fake_loop(epoch=0, consumed=0):
-        return SimpleNamespace(ds=DistState(), args=SimpleNamespace(epochs=2), epoch=epoch, consumed=consumed)
+    def prompt_batches(state=None):
+        batches = Batches(ds, collate_prompts, DistState(), batch_size=4, epochs=2, seed=42)
+        if state:
+            batches.load_state_dict(state)
+        return batches, iter(batches)
 
-    full = fake_loop()
-    it = prompt_batches(full, ds, 4)
-    order = [next(it)["index"].tolist() for _ in range(3)]
+    full, it = prompt_batches()
+    order = [next(it)[0]["index"].tolist() for _ in range(3)]
     assert sorted(sum(order, [])) == list(range(10))  # one epoch: 4 + 4 + 2
-    assert (full.epoch, full.consumed) == (1, 0)       # the last batch of the epoch rolled the counters over
-    nxt = next(it)["index"].tolist()
-    assert (full.epoch, full.consumed) == (1, 4)
+    assert full.state_dict() == {"epoch": 1, "consumed": 0}  # the epoch's last batch rolled the position over
+    nxt = next(it)[0]
+    assert full.state_dict() == {"epoch": 1, "consumed": 4}
+    assert nxt["prompt_ids"][0] == ds[int(nxt["index"][0])]["prompt_ids"] and nxt["answer"][0].startswith("####")
 
-    resumed = fake_loop(epoch=0, consumed=4)            # as saved after the first batch
-    it2 = prompt_batches(resumed, ds, 4)
-    assert [next(it2)["index"].tolist() for _ in range(3)] == order[1:] + [nxt]
+    _, it2 = prompt_batches({"epoch": 0, "consumed": 4})  # as saved after the first batch
+    assert [next(it2)[0]["index"].tolist() for _ in range(3)] == order[1:] + [nxt["index"].tolist()]
+
+
+def test_rl_resume_on_another_world_size_counts_optimizer_steps(tmp_path, tokenizer, tiny_policy):
+    """Two rollout batches of 3 optimizer steps each (e.g. GRPO --num_iterations 3) on one process, resumed on two:
+    the same 4 prompts are one batch of the 2-process run, so the run is 3 optimizer steps in (plain
+    load_checkpoint would say 1: it counts batches)."""
+    path = write_jsonl(tmp_path / "p.jsonl", [{"question": f"q{i}"} for i in range(10)])
+    ds = RLPromptDataset(path, tokenizer, 64)
+    one = Batches(ds, collate_prompts, DistState(), batch_size=2, epochs=1, seed=42)
+    it = iter(one)
+    next(it), next(it)
+    opt = torch.optim.AdamW(tiny_policy.parameters())
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    resume = tmp_path / "r.pth"
+    save_checkpoint(tmp_path / "w.pth", resume, tiny_policy, opt, scaler, 6, one, DistState())
+
+    def on_two_ranks(load, **kw):
+        two = Batches(ds, collate_prompts, DistState(rank=0, world_size=2), batch_size=2, epochs=1, seed=42)
+        return load(resume, tiny_policy, opt, scaler, two, world_size=2, **kw)[0]
+
+    assert on_two_ranks(load_checkpoint) == 1
+    assert on_two_ranks(load_rl_checkpoint, steps_per_batch=3) == 3
+    assert load_rl_checkpoint(resume, tiny_policy, opt, scaler, one, world_size=1, steps_per_batch=3)[0] == 6
 
 
 # ================================================================================================ rollout
@@ -357,20 +414,29 @@ def rlaif_data():
     return path if path.exists() else SAMPLE / "rlaif.jsonl"
 
 
-def test_ppo_end_to_end_with_local_reward_model(tmp_path, base_weights, tiny_reward_model):
-    run_trainer("train_ppo.py", *FAST, "--from_weight", base_weights, "--data_path", rlaif_data(),
-                "--reward", "model:1.0,length:0.1", "--reward_model_path", tiny_reward_model,
-                "--kl_estimator", "k3", "--ppo_epochs", 2, "--mini_batch_size", 1, "--critic_learning_rate", 1e-3,
-                "--max_steps", 6, tmp=tmp_path)  # 2 rollouts: 4 updates (2 epochs x 2 mini-batches), then 2
-    rows = train_log(tmp_path / "out", "ppo_actor_64")
-    assert [r["step"] for r in rows] == [4, 6]
+def test_ppo_end_to_end_with_local_reward_model_and_resume(tmp_path, base_weights, tiny_reward_model):
+    common = [*FAST, "--from_weight", base_weights, "--data_path", rlaif_data(), "--reward", "model:1.0,length:0.1",
+              "--reward_model_path", tiny_reward_model, "--kl_estimator", "k3", "--ppo_epochs", 2,
+              "--mini_batch_size", 1, "--critic_learning_rate", 1e-3]
+    # 2 rollouts: 4 updates (2 epochs x 2 mini-batches), then 2 (--max_steps 6); or stop after the first rollout
+    # and resume (actor and critic each from their own checkpoint).
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    both = [start_trainer("train_ppo.py", *common, "--max_steps", 6, tmp=straight),
+            start_trainer("train_ppo.py", *common, "--max_steps", 4, tmp=resumed)]
+    for started in both:
+        finish(started)
+    run_trainer("train_ppo.py", *common, "--max_steps", 6, "--from_resume", 1, tmp=resumed)
+    ref, rows = train_log(straight / "out", "ppo_actor_64"), train_log(resumed / "out", "ppo_actor_64")
+    assert [r["step"] for r in ref] == [r["step"] for r in rows] == [4, 6]
     for key in ("loss", "value_loss", "reward", "reward_model", "kl", "return", "critic_grad_norm"):
         assert math.isfinite(rows[-1][key]), key
-    actor = torch.load(tmp_path / "out" / "ppo_actor_64.pth", weights_only=True)
-    critic = torch.load(tmp_path / "out" / "ppo_critic_64.pth", weights_only=True)
+    for key in ("loss", "value_loss", "reward", "kl", "return", "grad_norm", "critic_grad_norm"):
+        assert math.isclose(rows[1][key], ref[1][key], rel_tol=1e-5, abs_tol=1e-7), (key, rows[1][key], ref[1][key])
+    actor = torch.load(resumed / "out" / "ppo_actor_64.pth", weights_only=True)
+    critic = torch.load(resumed / "out" / "ppo_critic_64.pth", weights_only=True)
     assert "lm_head.weight" in actor and "value_head.weight" in critic
     assert critic["value_head.weight"].abs().sum() > 0  # the critic was trained
-    ck = torch.load(tmp_path / "ckpt" / "ppo_critic_64_resume.pth", weights_only=True)
+    ck = torch.load(resumed / "ckpt" / "ppo_critic_64_resume.pth", weights_only=True)
     assert ck["step"] == 6
 
 

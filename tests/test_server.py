@@ -20,10 +20,11 @@ sys.path.insert(0, str(ROOT))
 
 import uvicorn  # noqa: E402
 
-from helpers import ScriptedLM, free_port, tiny_model  # noqa: E402
+from helpers import PromptScriptedLM, ScriptedLM, free_port, tiny_model  # noqa: E402
 from model.generation import generate  # noqa: E402
 from scripts.model_loading import ChatStreamParser, chat_prompt  # noqa: E402
-from scripts.serve_openai_api import Engine, Job, create_app  # noqa: E402
+from scripts.serve_engine import Engine, Job  # noqa: E402
+from scripts.serve_openai_api import create_app  # noqa: E402
 
 KEY = "sk-test"
 ERROR_KEYS = {"message", "type", "param", "code"}
@@ -60,7 +61,7 @@ def serve(app):
 def server(model, tokenizer):
     app = create_app(model, tokenizer, "tiny-minimind", api_key=KEY)
     with serve(app) as url:
-        yield SimpleNamespace(url=url, app=app, engine=app.state.engine,
+        yield SimpleNamespace(url=url, app=app, engine=app.state.server.engine,
                               client=openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0))
 
 
@@ -192,6 +193,15 @@ def test_bad_requests_get_openai_errors(server, body, status, param):
     assert set(err) == ERROR_KEYS and err["param"] == param and err["message"]
 
 
+def test_developer_role_and_content_parts_are_templated_as_plain_messages(server, tokenizer):
+    msgs = [{"role": "developer", "content": [{"type": "text", "text": "Be "}, {"type": "image_url"},
+                                              {"type": "text", "text": "brief."}]},
+            {"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+    r = server.client.chat.completions.create(model="m", messages=msgs, max_tokens=1)
+    plain = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    assert r.usage.prompt_tokens == len(prompt_ids(tokenizer, plain))
+
+
 def test_unparseable_json_is_400_and_sdk_raises(server):
     r = httpx.post(server.url + "/v1/chat/completions", content=b'{"messages": [', headers={
         "Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
@@ -294,8 +304,7 @@ def test_engine_admits_jobs_mid_batch_exactly(model):
     lengths = [12, 20, 8, 15]
     want = [generate(model, [p], max_new_tokens=n, temperature=0).responses[0].tolist()
             for p, n in zip(prompts, lengths)]
-    engine = Engine(model, eos_token_id=2)
-    engine.CACHE_CHUNK = 4  # grow the shared cache many times along the way
+    engine = Engine(model, eos_token_id=2, cache_chunk=4)  # grow the shared cache many times along the way
     got, reasons = [[] for _ in prompts], {}
 
     def job(i):
@@ -334,44 +343,204 @@ TOOLS = [{"type": "function", "function": {"name": "get_weather", "description":
 SCRIPT = ('<think>\nThe user wants weather and time.\n</think>\n\n<tool_call>\n{"name": "get_weather", '
           '"arguments": {"city": "Paris"}}\n</tool_call>\n<tool_call>\n{"name": "get_time", "arguments": '
           '{"tz": "CET"}}\n</tool_call>')
+# What the scripted model writes, by what its prompt looks like (PromptScriptedLM picks one per request):
+REPLIES = {
+    "required": '{"name": "get_time", "arguments": {}}\n</tool_call>',  # after the forced '<tool_call>\n'
+    "named": '{"city": "Rome"}}\n</tool_call>',                         # after '..."arguments": '
+    "answer": "It is 21 degrees in Paris.",                             # once a tool result is in the prompt
+    "calc": '<tool_call>\n{"name": "calculate_math", "arguments": {"expression": "6*7"}}\n</tool_call>',
+    "default": SCRIPT,
+}
+
+
+def scripted_reply(tokenizer, ids) -> str:
+    prompt = tokenizer.decode([t for t in ids if t != 0])
+    if prompt.endswith('"arguments": '):
+        return "named"
+    if prompt.endswith("<tool_call>\n"):
+        return "required"
+    if "<tool_response>" in prompt:
+        return "answer"
+    return "calc" if '"calculate_math"' in prompt else "default"
 
 
 @pytest.fixture(scope="module")
 def scripted(tokenizer):
-    lm = ScriptedLM(tokenizer(SCRIPT, add_special_tokens=False).input_ids, tokenizer.eos_token_id)
+    names = list(REPLIES)
+    lm = PromptScriptedLM([tokenizer(REPLIES[n], add_special_tokens=False).input_ids for n in names],
+                          tokenizer.eos_token_id, lambda ids: names.index(scripted_reply(tokenizer, ids)))
     app = create_app(lm, tokenizer, "scripted", max_seq_len=512, max_prompt_tokens=400)
     with serve(app) as url:
         yield SimpleNamespace(url=url, client=openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0))
 
 
+def post(url, body):
+    return httpx.post(url + "/v1/chat/completions", json=body, timeout=60)
+
+
+WEATHER_Q = [{"role": "user", "content": "Weather and time in Paris?"}]
+# model/tools.py's calculator, with a schema short enough for the scripted server's 400-token prompts
+CALC = {"type": "function", "function": {"name": "calculate_math", "parameters": {
+    "type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]}}}
+WANT_CALLS = [("function", "get_weather", {"city": "Paris"}), ("function", "get_time", {"tz": "CET"})]
+
+
 def test_tool_calls_and_reasoning_non_stream(scripted):
-    msgs = [{"role": "user", "content": "Weather and time in Paris?"}]
-    r = scripted.client.chat.completions.create(model="m", messages=msgs, tools=TOOLS, tool_choice="auto")
+    r = scripted.client.chat.completions.create(model="m", messages=WEATHER_Q, tools=TOOLS, tool_choice="auto")
     choice = r.choices[0]
     assert choice.finish_reason == "tool_calls"
     assert choice.message.content is None
     assert choice.message.model_extra["reasoning_content"] == "The user wants weather and time."
     calls = choice.message.tool_calls
-    assert [(c.type, c.function.name, json.loads(c.function.arguments)) for c in calls] == [
-        ("function", "get_weather", {"city": "Paris"}), ("function", "get_time", {"tz": "CET"})]
+    assert [(c.type, c.function.name, json.loads(c.function.arguments)) for c in calls] == WANT_CALLS
     assert all(c.id.startswith("call_") for c in calls) and calls[0].id != calls[1].id
     # without tools in the request the same text is plain content
-    r = scripted.client.chat.completions.create(model="m", messages=msgs)
+    r = scripted.client.chat.completions.create(model="m", messages=WEATHER_Q)
     assert r.choices[0].finish_reason == "stop"
     assert '<tool_call>\n{"name": "get_weather"' in r.choices[0].message.content
 
 
-def test_tool_calls_stream_with_indexes(scripted):
-    msgs = [{"role": "user", "content": "Weather and time in Paris?"}]
-    chunks = list(scripted.client.chat.completions.create(model="m", messages=msgs, tools=TOOLS, stream=True))
-    deltas = [c.choices[0].delta for c in chunks]
-    reasoning = "".join((d.model_extra or {}).get("reasoning_content") or "" for d in deltas)
-    assert reasoning == "The user wants weather and time."
-    calls = [tc for d in deltas for tc in (d.tool_calls or [])]
-    assert [(tc.index, tc.function.name, json.loads(tc.function.arguments)) for tc in calls] == [
-        (0, "get_weather", {"city": "Paris"}), (1, "get_time", {"tz": "CET"})]
-    assert not "".join(d.content or "" for d in deltas)
-    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+def test_tool_calls_stream_the_openai_way(scripted):
+    """On the wire: per call, a delta with index, id, type and function.name (arguments ""), then deltas with
+    argument text under the same index; parallel calls get indexes 0, 1. The SDK's own accumulator
+    (ChatCompletionStreamState, what client.chat.completions.stream() uses) rebuilds the non-streamed message."""
+    r = post(scripted.url, {"messages": WEATHER_Q, "tools": TOOLS, "stream": True})
+    chunks = [json.loads(x) for x in sse_events(r.text)[:-1]]
+    deltas = [tc for c in chunks for tc in c["choices"][0]["delta"].get("tool_calls", [])]
+    assert all(len(c["choices"][0]["delta"].get("tool_calls", [])) <= 1 for c in chunks)
+    assert [set(d) for d in deltas] == [{"index", "id", "type", "function"}, {"index", "function"}] * 2
+    assert [d["index"] for d in deltas] == [0, 0, 1, 1]
+    assert deltas[0]["type"] == "function" and deltas[0]["function"] == {"name": "get_weather", "arguments": ""}
+    assert set(deltas[1]["function"]) == {"arguments"} and json.loads(deltas[1]["function"]["arguments"]) == {
+        "city": "Paris"}
+    assert deltas[0]["id"].startswith("call_") and deltas[0]["id"] != deltas[2]["id"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+    state = ChatCompletionStreamState(input_tools=TOOLS)
+    stream = scripted.client.chat.completions.create(model="m", messages=WEATHER_Q, tools=TOOLS, stream=True)
+    done = [e for chunk in stream for e in state.handle_chunk(chunk) if e.type == "tool_calls.function.arguments.done"]
+    assert [(e.index, e.name, json.loads(e.arguments)) for e in done] == [(i, n, a) for i, (_, n, a) in
+                                                                       enumerate(WANT_CALLS)]
+    final = state.get_final_completion().choices[0]
+    assert final.finish_reason == "tool_calls" and not final.message.content
+    assert [(c.type, c.function.name, json.loads(c.function.arguments)) for c in final.message.tool_calls] == \
+        WANT_CALLS
+    assert final.message.model_extra["reasoning_content"] == "The user wants weather and time."
+
+
+def test_tool_round_trip_through_the_sdk(scripted, tokenizer):
+    """The returned message goes back as an assistant message with tool_calls, each result as a `tool` message
+    with its tool_call_id; the chat template renders both and the model answers."""
+    from model.tools import call_tool
+    msgs = [{"role": "user", "content": "What is 6*7?"}]
+    tools = [CALC]
+    r = scripted.client.chat.completions.create(model="m", messages=msgs, tools=tools)
+    msg = r.choices[0].message
+    (call,) = msg.tool_calls
+    assert call.function.name == "calculate_math" and json.loads(call.function.arguments) == {"expression": "6*7"}
+    msgs += [msg.model_dump(exclude_none=True),
+             {"role": "tool", "tool_call_id": call.id, "content": call_tool(call.function.name,
+                                                                            call.function.arguments)}]
+    assert msgs[-1]["content"] == '{"result": "42"}'
+    r = scripted.client.chat.completions.create(model="m", messages=msgs, tools=tools)
+    assert r.choices[0].message.content == REPLIES["answer"] and r.choices[0].finish_reason == "stop"
+    rendered = [msgs[0], {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "calculate_math", "arguments": '{"expression": "6*7"}'}}]},
+        {"role": "tool", "content": '{"result": "42"}'}]
+    text = chat_prompt(tokenizer, rendered, tools)
+    assert '<tool_response>\n{"result": "42"}\n</tool_response>' in text
+    assert r.usage.prompt_tokens == len(tokenizer(text, add_special_tokens=False).input_ids)
+
+
+def test_tool_choice_none_required_and_named(scripted, tokenizer):
+    # "none": no tools in the prompt, and the model's call text stays content
+    r = scripted.client.chat.completions.create(model="m", messages=WEATHER_Q, tools=TOOLS, tool_choice="none")
+    assert r.choices[0].finish_reason == "stop" and r.choices[0].message.tool_calls is None
+    assert "<tool_call>" in r.choices[0].message.content
+    assert r.usage.prompt_tokens == len(prompt_ids(tokenizer, WEATHER_Q))
+    # "required": the reply is started as a call, whatever the model would have written
+    r = scripted.client.chat.completions.create(model="m", messages=WEATHER_Q, tools=TOOLS, tool_choice="required")
+    assert r.choices[0].finish_reason == "tool_calls"
+    assert [(c.function.name, c.function.arguments) for c in r.choices[0].message.tool_calls] == [("get_time", "{}")]
+    assert r.usage.prompt_tokens == len(prompt_ids(tokenizer, WEATHER_Q, TOOLS)) + 2  # + '<tool_call>', '\n'
+    # a named function: only it is offered, and the call is to it
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    for stream in (False, True):
+        r = scripted.client.chat.completions.create(model="m", messages=WEATHER_Q, tools=TOOLS, tool_choice=named,
+                                                    stream=stream)
+        if stream:
+            from openai.lib.streaming.chat import ChatCompletionStreamState
+            state = ChatCompletionStreamState()
+            for chunk in r:
+                state.handle_chunk(chunk)
+            r = state.get_final_completion()
+        (call,) = r.choices[0].message.tool_calls
+        assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Rome"})
+        assert r.choices[0].finish_reason == "tool_calls"
+    r = scripted.client.chat.completions.create(model="m", messages=WEATHER_Q, tools=TOOLS, tool_choice=named,
+                                                max_tokens=1)
+    only_weather = len(tokenizer(chat_prompt(tokenizer, WEATHER_Q, TOOLS[:1]) + '<tool_call>\n{"name": '
+                                 '"get_weather", "arguments": ', add_special_tokens=False).input_ids)
+    assert r.usage.prompt_tokens == only_weather
+    # parallel_tool_calls=false: the reply ends after its first call
+    r = scripted.client.chat.completions.create(model="m", messages=WEATHER_Q, tools=TOOLS,
+                                                parallel_tool_calls=False)
+    assert [c.function.name for c in r.choices[0].message.tool_calls] == ["get_weather"]
+    assert r.choices[0].finish_reason == "tool_calls" and r.usage.completion_tokens < len(
+        tokenizer(SCRIPT, add_special_tokens=False).input_ids)
+
+
+@pytest.mark.parametrize("extra,message", [
+    ({"tool_choice": {"type": "function", "function": {"name": "get_stock"}}}, "'get_stock', which is not in tools"),
+    ({"tool_choice": {"type": "function"}}, "tool_choice must be"),
+    ({"tool_choice": "always"}, "tool_choice must be"),
+    ({"tool_choice": "required", "tools": None}, "tool_choice requires tools"),
+])
+def test_bad_tool_choice_is_a_400_naming_it(scripted, extra, message):
+    r = post(scripted.url, {"messages": WEATHER_Q, "tools": TOOLS, **extra})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == "tool_choice" and message in err["message"], err
+
+
+def test_thinking_switches_map_to_the_template(scripted, tokenizer):
+    """enable_thinking, open_thinking and chat_template_kwargs all reach our template's enable_thinking switch;
+    bad or contradictory values are a 400 naming the field."""
+    off = len(tokenizer(chat_prompt(tokenizer, WEATHER_Q, enable_thinking=False), add_special_tokens=False).input_ids)
+    assert off > len(prompt_ids(tokenizer, WEATHER_Q))  # the empty <think></think> block
+    for extra in ({"enable_thinking": False}, {"open_thinking": False},
+                  {"chat_template_kwargs": {"enable_thinking": False}}, {"chat_template_kwargs": {"open_thinking": False}}):
+        r = scripted.client.chat.completions.create(model="m", messages=WEATHER_Q, max_tokens=1, extra_body=extra)
+        assert r.usage.prompt_tokens == off, extra
+    for body, param in [({"chat_template_kwargs": {"enable_thinking": "yes"}}, "chat_template_kwargs"),
+                        ({"enable_thinking": True, "open_thinking": False}, "enable_thinking"),
+                        ({"chat_template_kwargs": {"tools": []}}, "chat_template_kwargs")]:
+        r = post(scripted.url, {"messages": WEATHER_Q, **body})
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, (body, r.text)
+
+
+def test_minimind3_tokenizer_open_thinking(tokenizer):
+    """Upstream's minimind-3 tokenizer spells the switch open_thinking; a request's enable_thinking opens its
+    <think> block, so the model's text up to </think> is reasoning_content. A forced call cannot go there."""
+    folder = ROOT.parent / "shared" / "data" / "reference" / "minimind3_tokenizer"
+    if not folder.is_dir():
+        pytest.skip(f"needs {folder} (upstream's minimind-3 tokenizer, shared data)")
+    from transformers import AutoTokenizer
+    tok3 = AutoTokenizer.from_pretrained(folder)
+    lm = ScriptedLM(tok3("Greet back.\n</think>\n\nHello!", add_special_tokens=False).input_ids, tok3.eos_token_id)
+    want = tok3.apply_chat_template(WEATHER_Q, tokenize=False, add_generation_prompt=True, open_thinking=True)
+    assert want.endswith("<think>\n")
+    with serve(create_app(lm, tok3, "m3", max_seq_len=512)) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+        for extra in ({"enable_thinking": True}, {"chat_template_kwargs": {"enable_thinking": True}},
+                      {"open_thinking": True}):
+            r = client.chat.completions.create(model="m", messages=WEATHER_Q, extra_body=extra)
+            assert r.usage.prompt_tokens == len(tok3(want, add_special_tokens=False).input_ids)
+            assert r.choices[0].message.model_extra["reasoning_content"] == "Greet back."
+            assert r.choices[0].message.content == "Hello!"
+        r = post(url, {"messages": WEATHER_Q, "tools": TOOLS, "tool_choice": "required", "open_thinking": True})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "tool_choice" and "<think>" in r.text
 
 
 def test_tool_history_is_templated_and_long_chats_are_truncated(scripted, tokenizer):
@@ -418,6 +587,11 @@ def test_chat_client_script(server):
     assert proc.returncode == 0, proc.stderr
     assert r.choices[0].message.content in proc.stdout
     assert proc.stdout.count("🤖: ") == 2
+    # a refused request (wrong key) is one `error:` line and exit status 2, not a traceback
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "chat_openai_api.py"), "--base_url",
+                           server.url + "/v1", "--api_key", "wrong"], input="hello\n", capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --base_url") and "Incorrect API key" in proc.stderr
 
 
 # ------------------------------------------------------------------------------------------------ other models
@@ -435,7 +609,7 @@ def test_non_minimind_model_is_served_one_at_a_time(tokenizer):
     with serve(app) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
         r = client.chat.completions.create(model="m", messages=msgs, temperature=0, max_tokens=10)
-    assert not app.state.engine.batched
+    assert not app.state.server.engine.batched
     assert r.usage.completion_tokens == len(want[:want.index(2) + 1] if 2 in want else want)
     assert r.choices[0].message.content == parsed_content(tokenizer, [t for t in want if t != 2])
 

@@ -332,3 +332,52 @@ def test_iter_texts_skips_blank_lines_and_caps(tmp_path):
     data.write_text('{"text": "a"}\n\n   \n{"text": "b"}\n{"text": "c"}\n', encoding="utf-8")
     assert list(iter_texts(data)) == ["a", "b", "c"]
     assert list(iter_texts(data, max_lines=2)) == ["a", "b"]
+
+
+# -----------------------------------------------------------------------------
+# upstream's minimind-3 tokenizer (--tokenizer_path ../shared/data/reference/minimind3_tokenizer)
+
+MINIMIND3_TOKENIZER = REPO_ROOT.parent / "shared" / "data" / "reference" / "minimind3_tokenizer"
+
+
+@pytest.fixture(scope="module")
+def mm3():
+    if not (MINIMIND3_TOKENIZER / "tokenizer.json").exists():
+        pytest.skip(f"upstream's minimind-3 tokenizer is not at {MINIMIND3_TOKENIZER}")
+    return AutoTokenizer.from_pretrained(str(MINIMIND3_TOKENIZER))
+
+
+def test_shipped_tokenizer_stays_ours(tok, mm3):
+    """Same size and the same ChatML control ids, but a different vocabulary, tag ids and template: released
+    minimind-3 weights need upstream's tokenizer, ours go with MiniMind2 weights and models trained here."""
+    assert len(tok) == len(mm3) == 6400
+    assert (mm3.pad_token_id, mm3.bos_token_id, mm3.eos_token_id) == (tok.pad_token_id, tok.bos_token_id,
+                                                                     tok.eos_token_id) == (0, 1, 2)
+    assert tok.convert_tokens_to_ids(["<tool_call>", "<think>"]) == [7, 3]
+    assert mm3.convert_tokens_to_ids(["<tool_call>", "<think>"]) == [21, 25]
+    assert tok.chat_template == CHAT_TEMPLATE != mm3.chat_template
+    assert "open_thinking" in mm3.chat_template and "open_thinking" not in tok.chat_template
+
+
+def test_minimind3_template_always_renders_a_think_block(mm3):
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    assert render(mm3, messages) == ("<|im_start|>user\nhi<|im_end|>\n"
+                                     "<|im_start|>assistant\n<think>\n\n</think>\n\nhello<|im_end|>\n")
+    prompt = [{"role": "user", "content": "hi"}]
+    head = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert render(mm3, prompt, add_generation_prompt=True) == head + "<think>\n\n</think>\n\n"
+    assert render(mm3, prompt, add_generation_prompt=True, open_thinking=False) == head + "<think>\n\n</think>\n\n"
+    assert render(mm3, prompt, add_generation_prompt=True, open_thinking=True) == head + "<think>\n"
+    # It does not know our switch: enable_thinking is ignored there (model/chat_template.py maps it).
+    assert render(mm3, prompt, add_generation_prompt=True, enable_thinking=True) == head + "<think>\n\n</think>\n\n"
+
+
+def test_both_templates_write_the_same_tool_call_text(tok, mm3):
+    """The <tool_call> block an assistant turn renders to is identical, so parsing and the server work alike."""
+    call = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "北京"}}}
+    messages = [{"role": "user", "content": "天气？"}, {"role": "assistant", "content": "", "tool_calls": [call]},
+                {"role": "tool", "content": "晴"}]
+    block = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "北京"}}\n</tool_call><|im_end|>\n'
+    response = "<|im_start|>user\n<tool_response>\n晴\n</tool_response><|im_end|>\n"
+    assert render(tok, messages).endswith("<|im_start|>assistant\n" + block + response)
+    assert render(mm3, messages).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n" + block + response)

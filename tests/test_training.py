@@ -211,3 +211,55 @@ def test_dtype_choice(tmp_path, monkeypatch):
     assert resolve_dtype("auto", "mps") == torch.float32
     assert resolve_dtype("bfloat16", "cpu") == torch.bfloat16
     assert resolve_dtype("float16", "cpu") == torch.float16
+
+
+def test_batches_groups_position_and_resume():
+    """Batches: groups of <= accumulation_steps micro-batches that never span epochs, a position that advances
+    when a group is handed out, and a restored position that continues with exactly the remaining groups."""
+    from trainer.trainer_utils import Batches, DistState
+
+    data = [{"x": torch.tensor([i])} for i in range(10)]
+    collate = lambda items: {"x": torch.cat([it["x"] for it in items])}  # noqa: E731
+    make = lambda: Batches(data, collate, DistState(), batch_size=2, epochs=2, seed=0,  # noqa: E731
+                           accumulation_steps=2)
+    batches = make()
+    assert batches.steps_per_epoch == 3 and batches.total_steps == 6  # 5 micro-batches per epoch: 2 + 2 + 1
+    seen = []
+    for group in batches:
+        seen.append([b["x"].tolist() for b in group])
+        if len(seen) == 2:
+            assert batches.state_dict() == {"epoch": 0, "consumed": 8} and batches.current_epoch == 1
+            saved = batches.state_dict()
+        if len(seen) == 3:
+            assert batches.state_dict() == {"epoch": 1, "consumed": 0}  # the epoch's last group points at the next
+    assert [len(g) for g in seen] == [2, 2, 1, 2, 2, 1]
+    assert sorted(x for g in seen[:3] for b in g for x in b) == list(range(10))  # each sample once per epoch
+    resumed = make()
+    resumed.load_state_dict(saved)
+    assert resumed.steps_done() == 2
+    assert [[b["x"].tolist() for b in g] for g in resumed] == seen[2:]
+
+
+def test_train_logger_cadence_and_rows(tmp_path, capsys):
+    """A row on the first step, whenever the steps cross a multiple of log_interval (RL may take several steps at
+    once) and on the last step; values averaged over what was added since the last row; tokens summed."""
+    from trainer.trainer_utils import DistState, TrainLogger
+
+    logger = TrainLogger("run_64", tmp_path, DistState(), log_interval=3, last_step=8)
+    for step in (1, 2, 4, 5, 7, 8):  # crosses 3 at step 4, 6 at step 7
+        logger.add(tokens=torch.tensor(10), loss=torch.tensor(float(step)), aux_loss=None)
+        logger.add(tokens=torch.tensor(10), loss=torch.tensor(float(step) + 1))
+        logger.log(step, {"lr": 0.1, "grad_norm": torch.tensor(2.0)}, epoch=1)
+    logger.close()
+    rows = train_log(tmp_path, "run_64")
+    assert [r["step"] for r in rows] == [1, 4, 7, 8]
+    assert [r["loss"] for r in rows] == [1.5, 3.5, 6.5, 8.5]  # mean of the micro-batches since the last row
+    assert list(rows[0]) == ["step", "epoch", "lr", "grad_norm", "tokens_per_s", "loss", "time"]
+    assert rows[0]["grad_norm"] == 2.0 and rows[0]["tokens_per_s"] > 0 and "aux_loss" not in rows[0]
+    out = capsys.readouterr().out
+    assert "[run_64] step 4/8 loss: 3.5000 lr: 1.000e-01 grad_norm: 2.000" in out
+    # a fresh run starts a fresh log; append=True (a resume) keeps it
+    TrainLogger("run_64", tmp_path, DistState(), log_interval=3, last_step=8, append=True).close()
+    assert len(train_log(tmp_path, "run_64")) == 4
+    TrainLogger("run_64", tmp_path, DistState(), log_interval=3, last_step=8).close()
+    assert not (tmp_path / "logs" / "run_64.jsonl").exists()

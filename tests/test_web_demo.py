@@ -33,7 +33,8 @@ import torch  # noqa: E402
 
 from helpers import free_port  # noqa: E402
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
-from trainer.trainer_utils import atomic_save, half_state_dict, load_tokenizer  # noqa: E402
+from model.atomic_io import atomic_save  # noqa: E402
+from model.checkpoint import half_state_dict, load_tokenizer  # noqa: E402
 
 APP = ROOT / "scripts" / "web_demo.py"
 CHROMIUM = "/usr/bin/chromium"
@@ -96,6 +97,16 @@ def test_discovery_reads_names_layers_and_skips_non_models(tmp_path):
     (tmp_path / "broken" / "config.json").write_text("{not json")
     found = [p.relative_to(tmp_path.resolve()).as_posix() for p in wd.find_hf_dirs([tmp_path])]
     assert found == ["exports/llama", "exports/mm-hf"]
+
+
+def test_preselect_uses_the_size_the_flags_give():
+    """--hidden_size defaults to None now: the wanted size is the preset's (or MiniMindConfig's 512)."""
+    models = [{"kind": "native", "weight": "full_sft", "hidden_size": h} for h in (64, 512, 768)]
+    parse = lambda *a: wd.parse_cli(["--load_from", "model", *a])  # noqa: E731
+    assert wd.preselect(models, parse()) == 1
+    assert wd.preselect(models, parse("--hidden_size", "64")) == 0
+    assert wd.preselect(models, parse("--preset", "minimind3")) == 2
+    assert wd.preselect(models, parse("--weight", "reason")) == 0  # no such weight: the first model
 
 
 def test_reply_events_split_thinking_from_answer():

@@ -1,22 +1,28 @@
 """What the RL stages (PPO, GRPO, SPO) share, written once: prompts, rollouts, rewards and the RL math.
+Each script writes its own loop (prompts -> rollout -> reward -> advantage -> loss -> step -> log -> save) with
+these pieces and the generic ones in trainer_utils.py (Batches, optimizer_step, save_checkpoint, TrainLogger...).
 
-  prompts     `RLPromptDataset` (RLAIFDataset + prompt index + chat messages), `prompt_batches` (resumable)
-  rollout     `rollout`: batched left-padded sampling (model/generation.py) -> `Rollout`;
-              `token_logps`: per-token log-probs of the response tokens under a model, with or without grad
+  flags       `add_rl_args` (rollout and reward flags, --max_prompt_len), `check_rl_args` -> the reward terms
+  prompts     `RLPromptDataset` (RLAIFDataset + prompt index + chat messages), `collate_prompts`
+  rollout     `rollout`: batched left-padded sampling with a KV cache (model/generation.py) -> `Rollout`;
+              `token_logps`: per-token log-probs of the response tokens under a model, with or without grad;
+              `step_generator`: the sampling RNG of one (seed, rank, step), so a resumed run samples the same
   rewards     rule rewards (think/answer format, length penalty, GSM8K exact answer), a reward model
               (InternLM2-style `get_score` or any AutoModelForSequenceClassification), combined by weights:
               `--reward model:1.0,format:0.5,length:0.1`; `reward_metrics`: the reward columns every stage logs
   RL math     KL estimators k1/k3, GAE, group-normalised advantages, clipped policy and value losses,
-              the GRPO / DAPO / Dr.GRPO loss normalisations
-  the loop    `run_rl`: prompt batches -> the script's update -> logging / checkpoint cadence -> final save
+              CISPO's clipped-weight policy loss, the GRPO / DAPO / Dr.GRPO / CISPO loss normalisations;
+              `add_clip_args` (--clip_epsilon, --clip_epsilon_high and upstream's --epsilon / --epsilon_high)
+  runs        `all_gather_cat` (batch-wide statistics under DDP), `load_rl_checkpoint` (resume when one rollout
+              batch takes several optimizer steps)
 
 Every function here is plain tensor code with the shapes in its docstring, so tests/test_rl.py checks each
-one on hand values; the three scripts only wire them together.
+one on hand values.
 """
+import argparse
 import math
 import re
 import sys
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,33 +30,42 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from dataset.lm_dataset import DataFormatError, RLAIFDataset  # noqa: E402
+from model.checkpoint import WeightLoadError, unwrap  # noqa: E402
 from model.generation import generate  # noqa: E402
-from trainer.trainer_utils import (ResumableSampler, WeightLoadError, cleanup_distributed, format_eta,  # noqa: E402
-                                   unwrap)
+from trainer.trainer_utils import load_checkpoint  # noqa: E402
 
 # Upstream keeps the InternLM2 reward model as a sibling of the repository (../internlm2-1_8b-reward).
 DEFAULT_REWARD_MODEL = ROOT.parent / "internlm2-1_8b-reward"
 REWARD_NAMES = ("model", "format", "length", "gsm8k")
+# CISPO's default weight cap, 1 + CISPO_EPS_HIGH = 5: upstream's --epsilon_high 5.0. The cap only bounds the
+# variance that stale samples (--num_iterations > 1) add; it is not a trust region like PPO's clip.
+CISPO_EPS_HIGH = 4.0
 
 
 # ================================================================================================================
 # Arguments
 # ================================================================================================================
-def add_rl_args(parser, *, max_gen_len=1536, temperature=0.8, reward="model"):
-    """Rollout and reward flags shared by ppo / grpo / spo (the algorithm's own flags stay in its script)."""
+def add_rl_args(parser, *, max_prompt_len=256, max_gen_len=1536, temperature=0.8, reward="model",
+                reward_help: Optional[str] = None):
+    """Rollout and reward flags shared by ppo / grpo / spo / agent (the algorithm's own flags stay in its script).
+    `reward_help` replaces the --reward help for a stage with other reward terms (train_agent.py)."""
     p = parser
+    # In the RL stages the sequence is prompt + response, with two separate budgets. Upstream's RL scripts call
+    # the prompt budget --max_seq_len, so that spelling stays an alias of the same flag.
+    p.add_argument("--max_prompt_len", "--max_seq_len", dest="max_prompt_len", type=int, default=max_prompt_len,
+                   help="prompt tokens kept (a longer prompt keeps its end: the question and the assistant "
+                        "header); alias: --max_seq_len, upstream's name")
     p.add_argument("--max_gen_len", type=int, default=max_gen_len, help="max new tokens per response")
     p.add_argument("--temperature", type=float, default=temperature, help="sampling temperature of rollouts")
     p.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling for rollouts (1 = off)")
     p.add_argument("--reward", type=str, default=reward,
-                   help="weighted reward terms, e.g. 'model:1.0,format:0.5,length:0.1'; terms: "
+                   help=reward_help or "weighted reward terms, e.g. 'model:1.0,format:0.5,length:0.1'; terms: "
                         "model (reward model), format (<think>..</think><answer>..</answer>), "
                         "length (penalty beyond --length_target characters), gsm8k (exact final answer)")
     p.add_argument("--reward_model_path", type=str, default=str(DEFAULT_REWARD_MODEL),
@@ -63,17 +78,21 @@ def add_rl_args(parser, *, max_gen_len=1536, temperature=0.8, reward="model"):
     return p
 
 
-def check_rl_args(parser, args):
-    """Flag combinations that cannot work; reported through argparse (usage line + one error)."""
+def check_rl_args(parser, args, reward_names: Sequence[str] = REWARD_NAMES) -> List[Tuple[str, float]]:
+    """Flag combinations that cannot work, reported through argparse (usage line + one error); returns the
+    parsed --reward terms, e.g. [("model", 1.0), ("format", 0.5)], each one of `reward_names`."""
     try:
-        args.reward_terms = parse_reward_spec(args.reward)
+        reward_terms = parse_reward_spec(args.reward, reward_names)
     except ValueError as e:
         parser.error(str(e))
+    if args.max_prompt_len < 0:
+        parser.error("--max_prompt_len must be >= 0 (0 = keep whole prompts)")
     if args.max_gen_len < 1:
         parser.error("--max_gen_len must be >= 1")
     if args.temperature <= 0:
         parser.error("--temperature must be > 0 for on-policy RL (greedy rollouts have no exploration and no "
                      "well-defined log-probabilities)")
+    return reward_terms
 
 
 # ================================================================================================================
@@ -88,7 +107,8 @@ def chatml_messages(prompt: str) -> List[dict]:
 
 
 class RLPromptDataset(RLAIFDataset):
-    """RLAIFDataset plus the prompt's index (SPO keeps a value per prompt) and its chat messages."""
+    """RLAIFDataset (prompt text, prompt token ids cut to `max_length`, answer) plus the prompt's index (SPO keeps
+    a value per prompt) and its chat messages (what a reward model scores)."""
 
     def __getitem__(self, i):
         item = super().__getitem__(i)
@@ -98,35 +118,10 @@ class RLPromptDataset(RLAIFDataset):
 
 
 def collate_prompts(batch: List[dict]) -> dict:
-    return {"prompt": [b["prompt"] for b in batch], "answer": [b["answer"] for b in batch],
-            "messages": [b["messages"] for b in batch], "index": torch.tensor([b["index"] for b in batch])}
-
-
-def steps_per_epoch(n_samples: int, batch_size: int, world_size: int) -> int:
-    """Rollout batches per epoch on each rank (ResumableSampler gives every rank the same count)."""
-    return math.ceil(math.ceil(n_samples / world_size) / batch_size)
-
-
-def prompt_batches(loop, dataset, batch_size: int, num_workers: int = 0, seed: int = 42):
-    """Yield prompt batches for the remaining epochs, continuing where a resumed run stopped.
-
-    Keeps `loop.epoch` / `loop.consumed` up to date exactly as `TrainLoop.run` does (counted when a batch is
-    handed out; the counters only reach disk through `loop.save()` after that batch's update), so
-    `--from_resume 1` continues with the next unseen prompt of the same shuffled order.
-    """
-    ds = loop.ds
-    sampler = ResumableSampler(len(dataset), ds.rank, ds.world_size, seed=seed, shuffle=True)
-    while loop.epoch < loop.args.epochs:
-        sampler.set_epoch(loop.epoch, loop.consumed)
-        loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_prompts,
-                            num_workers=num_workers, drop_last=False)
-        left = len(loader)
-        for batch in loader:
-            left -= 1
-            loop.consumed += batch_size * ds.world_size
-            if left == 0:  # the epoch's last batch: a save after its update must point at the next epoch
-                loop.epoch, loop.consumed = loop.epoch + 1, 0
-            yield batch
+    """Prompts stay lists (of strings / token-id lists): the rollout pads them itself, left-aligned."""
+    return {"prompt": [b["prompt"] for b in batch], "prompt_ids": [b["prompt_ids"] for b in batch],
+            "answer": [b["answer"] for b in batch], "messages": [b["messages"] for b in batch],
+            "index": torch.tensor([b["index"] for b in batch])}
 
 
 # ================================================================================================================
@@ -186,17 +181,19 @@ def step_generator(seed: int, rank: int, step: int, device="cpu") -> torch.Gener
     return g
 
 
-def rollout(model, tokenizer, prompts: Sequence[str], max_gen_len: int, temperature: float = 1.0,
+def rollout(model, tokenizer, prompts: Sequence, max_gen_len: int, temperature: float = 1.0,
             top_p: float = 1.0, max_prompt_len: Optional[int] = None, num_generations: int = 1,
             autocast=None, generator: Optional[torch.Generator] = None) -> Rollout:
     """Sample `num_generations` responses per prompt (consecutive rows), batched and left-padded.
 
-    Generation runs on the plain module (`unwrap`: no DDP hooks) in eval mode and under inference mode; the
-    model is put back in train mode afterwards. Tensors are cloned out of inference mode so the training
-    forward can use them in autograd.
+    `prompts` are token-id lists (RLAIFDataset's "prompt_ids", already cut to the prompt budget) or texts
+    (tokenized here); `max_prompt_len` keeps the last tokens of each. Generation runs on the plain module
+    (`unwrap`: no DDP hooks) in eval mode and under inference mode (model/generation.py: batched, KV cache); the
+    model is put back in train mode afterwards. Tensors are cloned out of inference mode so the training forward
+    can use them in autograd.
     """
     policy = unwrap(model)
-    ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+    ids = [tokenizer(p, add_special_tokens=False).input_ids if isinstance(p, str) else list(p) for p in prompts]
     if max_prompt_len:
         ids = [x[-max_prompt_len:] for x in ids]  # keep the end: the question and the assistant header
     ids = [x for x in ids for _ in range(num_generations)]
@@ -220,16 +217,17 @@ def rollout(model, tokenizer, prompts: Sequence[str], max_gen_len: int, temperat
 # ================================================================================================================
 # Rewards
 # ================================================================================================================
-def parse_reward_spec(spec: str) -> List[Tuple[str, float]]:
-    """'model:1.0,format:0.5,length' -> [("model", 1.0), ("format", 0.5), ("length", 1.0)]."""
+def parse_reward_spec(spec: str, names: Sequence[str] = REWARD_NAMES) -> List[Tuple[str, float]]:
+    """'model:1.0,format:0.5,length' -> [("model", 1.0), ("format", 0.5), ("length", 1.0)]; every term must be
+    one of `names` (the stage's reward terms)."""
     terms = []
     for part in (s.strip() for s in spec.split(",")):
         if not part:
             continue
         name, _, weight = part.partition(":")
         name = name.strip()
-        if name not in REWARD_NAMES:
-            raise ValueError(f"--reward: unknown term {name!r} (choose from {', '.join(REWARD_NAMES)})")
+        if name not in names:
+            raise ValueError(f"--reward: unknown term {name!r} (choose from {', '.join(names)})")
         try:
             w = float(weight) if weight else 1.0
         except ValueError:
@@ -395,14 +393,17 @@ class RewardFunction:
         return total.float(), parts
 
 
-def build_reward_function(args, device, log=print) -> RewardFunction:
+def build_reward_function(terms: List[Tuple[str, float]], device, reward_model_path=DEFAULT_REWARD_MODEL,
+                          reward_batch_size: int = 8, length_target: int = 512, reward_clip: float = 3.0,
+                          log=print) -> RewardFunction:
+    """The --reward terms as one callable; loads the reward model only when the 'model' term asks for it."""
     scorer = None
-    if any(n == "model" for n, _ in args.reward_terms):
-        scorer = RewardModelScorer.load(args.reward_model_path, device, batch_size=args.reward_batch_size)
-        log(f"reward model: {args.reward_model_path} "
+    if any(n == "model" for n, _ in terms):
+        scorer = RewardModelScorer.load(reward_model_path, device, batch_size=reward_batch_size)
+        log(f"reward model: {reward_model_path} "
             f"({'get_score' if scorer.has_get_score else 'sequence classification'})")
-    log("reward = " + " + ".join(f"{w:g}*{n}" for n, w in args.reward_terms))
-    return RewardFunction(args.reward_terms, scorer, args.length_target, args.reward_clip)
+    log("reward = " + " + ".join(f"{w:g}*{n}" for n, w in terms))
+    return RewardFunction(terms, scorer, length_target, reward_clip)
 
 
 def reward_metrics(rewards: torch.Tensor, parts: Dict[str, torch.Tensor]) -> dict:
@@ -501,13 +502,70 @@ def clipped_policy_loss(logp, old_logp, advantages, clip_eps: float = 0.2, clip_
     return torch.maximum(unclipped, clipped), clipped > unclipped
 
 
+def cispo_policy_loss(logp, old_logp, advantages, clip_eps_high: float = CISPO_EPS_HIGH):
+    """CISPO (MiniMax-M1) per token: -sg(min(ratio, 1 + eps_high)) * A * log pi.
+
+    PPO's clip zeroes the gradient of a token whose ratio left [1 - eps, 1 + eps] (often the rare, "forking"
+    tokens a policy most needs to learn); CISPO clips the importance-sampling WEIGHT instead and keeps every
+    token's gradient, -w * A * grad(log pi) with w = the capped ratio, detached. At ratio 1 (one update per
+    rollout) its gradient is the same as GRPO's; only the loss value differs (-A * log pi instead of -A).
+    `advantages` is (B, N) or (B,). Returns (loss (B, N), capped (B, N) bool: where ratio > 1 + eps_high).
+    """
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(1)
+    ratio = torch.exp(logp - old_logp)
+    cap = 1.0 + clip_eps_high
+    weight = torch.clamp(ratio, max=cap).detach()
+    return -weight * advantages * logp, ratio > cap
+
+
+def policy_loss(loss_type: str, logp, old_logp, advantages, clip_eps: float = 0.2,
+                clip_eps_high: Optional[float] = None):
+    """The per-token policy loss of --loss_type: CISPO's for "cispo", PPO's clipped surrogate for the others.
+    `clip_eps_high=None` takes the method's default (`clip_high`). Returns (loss (B, N), clipped (B, N))."""
+    hi = clip_high(loss_type, clip_eps, clip_eps_high)
+    if loss_type == "cispo":
+        return cispo_policy_loss(logp, old_logp, advantages, hi)
+    return clipped_policy_loss(logp, old_logp, advantages, clip_eps, hi)
+
+
+def clip_high(loss_type: str, clip_eps: float, clip_eps_high: Optional[float]) -> float:
+    """The upper clip of the ratio when --clip_epsilon_high is not given: CISPO caps its weights at
+    1 + CISPO_EPS_HIGH (upstream's --epsilon_high 5.0), PPO-style losses at 1 + --clip_epsilon."""
+    if clip_eps_high is not None:
+        return clip_eps_high
+    return CISPO_EPS_HIGH if loss_type == "cispo" else clip_eps
+
+
+def add_clip_args(parser, clip_epsilon: float = 0.2):
+    """--clip_epsilon / --clip_epsilon_high and upstream's spellings of them: --epsilon (the same) and
+    --epsilon_high (the ratio CAP itself, as upstream's CISPO uses it: --epsilon_high 5.0 = --clip_epsilon_high
+    4.0)."""
+    p = parser
+    p.add_argument("--clip_epsilon", "--epsilon", dest="clip_epsilon", type=float, default=clip_epsilon,
+                   help="ratio clip: [1 - eps, 1 + eps_high] (alias: --epsilon, upstream's name)")
+    p.add_argument("--clip_epsilon_high", type=float, default=None,
+                   help="upper clip of the ratio: 1 + this (DAPO's clip-higher, e.g. 0.28; CISPO's weight cap). "
+                        f"Default: --clip_epsilon, or {CISPO_EPS_HIGH:g} with --loss_type cispo")
+    p.add_argument("--epsilon_high", dest="clip_epsilon_high", type=_ratio_cap, default=None,
+                   help="upstream's spelling: the ratio cap itself (= 1 + --clip_epsilon_high)")
+    return p
+
+
+def _ratio_cap(text: str) -> float:
+    cap = float(text)
+    if cap <= 1.0:
+        raise argparse.ArgumentTypeError(f"the ratio cap must be > 1, got {text}")
+    return cap - 1.0
+
+
 def clipped_value_loss(values, old_values, returns, clip_eps: float = 0.2):
     """PPO value loss per token: 0.5 * max((V - R)^2, (V_clip - R)^2), V_clip = V_old + clip(V - V_old, +-eps)."""
     v_clip = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)
     return 0.5 * torch.maximum((values - returns) ** 2, (v_clip - returns) ** 2)
 
 
-LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
+LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "cispo")
 
 
 def aggregate_loss(token_loss: torch.Tensor, mask: torch.Tensor, loss_type: str = "grpo",
@@ -518,11 +576,12 @@ def aggregate_loss(token_loss: torch.Tensor, mask: torch.Tensor, loss_type: str 
       dapo     sum over all tokens / number of tokens in the batch (every token weighs the same)
       dr_grpo  sum over all tokens / (B * max_len): a constant, so neither length nor batch content
                rescales the gradient (Dr. GRPO, "Understanding R1-Zero-Like Training")
+      cispo    as dapo: CISPO's objective is normalised by the batch's token count (MiniMax-M1)
     """
     mask = mask.float()
     if loss_type == "grpo":
         return ((token_loss * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
-    if loss_type == "dapo":
+    if loss_type in ("dapo", "cispo"):
         return (token_loss * mask).sum() / mask.sum().clamp(min=1)
     if loss_type == "dr_grpo":
         assert max_len, "dr_grpo needs max_len (the generation budget)"
@@ -531,7 +590,7 @@ def aggregate_loss(token_loss: torch.Tensor, mask: torch.Tensor, loss_type: str 
 
 
 # ================================================================================================================
-# The outer loop shared by the scripts, and its pieces
+# Distributed
 # ================================================================================================================
 def all_gather_cat(x: torch.Tensor) -> torch.Tensor:
     """Concatenate a same-shaped tensor from every rank (identity without torch.distributed)."""
@@ -542,70 +601,15 @@ def all_gather_cat(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def save_due(loop, step_before: int, done: bool) -> bool:
-    """True when the steps just taken crossed a --save_interval boundary (one rollout may take several steps)."""
-    every = loop.args.save_interval
-    return not done and every > 0 and loop.step // every > step_before // every
+def load_rl_checkpoint(resume_file, model, optimizer, scaler, batches, world_size: int, steps_per_batch: int,
+                       extra: Optional[dict] = None):
+    """trainer_utils.load_checkpoint for a stage that takes `steps_per_batch` optimizer steps per rollout batch
+    (GRPO --num_iterations, PPO epochs x mini-batches). Returns (step, run id).
 
-
-def log_due(loop, step_before: int, done: bool) -> bool:
-    """Log on the first update, at the end, and whenever the steps just taken crossed a --log_interval mark."""
-    every = max(1, loop.args.log_interval)
-    return step_before == 0 or done or loop.step // every > step_before // every
-
-
-def log_step(loop, metrics: Dict[str, torch.Tensor], lr: float, grad_norm, last_step: int, t_start: float,
-             start_step: int, n_tokens=0.0, t_step: Optional[float] = None):
-    """Average the metrics over ranks (one host sync), write a JSONL row and a console line on rank 0."""
-    keys = list(metrics)
-    vals = torch.stack([torch.as_tensor(metrics[k], dtype=torch.float32, device=loop.device).reshape(())
-                        for k in keys]
-                       + [torch.as_tensor(grad_norm, dtype=torch.float32, device=loop.device).reshape(()),
-                          torch.as_tensor(n_tokens, dtype=torch.float32, device=loop.device).reshape(())])
-    vals = loop.reduce_mean(vals).tolist()
-    row = dict(zip(keys, vals[:len(keys)]))
-    elapsed = time.time() - t_start
-    dt = max(time.time() - (t_step or t_start), 1e-9)
-    eta = elapsed / max(1, loop.step - start_step) * (last_step - loop.step)
-    row = {"step": loop.step, "epoch": loop.epoch + (1 if loop.consumed else 0), "lr": lr, "grad_norm": vals[-2],
-           "tokens_per_s": vals[-1] * loop.ds.world_size / dt, **row, "time": time.time()}
-    loop.logger.log(row)
-    shown = " ".join(f"{k}: {row[k]:.4f}" for k in keys)
-    loop.logger.info(f"[{loop.name}] step {loop.step}/{last_step} {shown} lr: {lr:.3e} "
-                     f"grad_norm: {row['grad_norm']:.3f} ETA: {format_eta(eta)}")
-    return row
-
-
-def run_rl(loop, dataset, update, total_steps: int, describe: str, companions=()):
-    """Train on prompt batches until --max_steps / the last epoch; the RL scripts' shared outer loop.
-
-    update(batch, last_step) -> (metrics, lr, grad_norm, n_tokens) is the script's algorithm: the rollout,
-    rewards and its optimizer steps for one prompt batch (it stops at `last_step`, possibly inside the batch).
-    `describe` completes the opening log line. `companions` are further TrainLoops that `update` steps in
-    lockstep with `loop` (PPO's critic): they train, checkpoint and make the final save with it; `loop` owns the
-    step count, the data position and the logger. Ends the run: final save, logger closed, DDP torn down.
+    Resumed on another number of ranks, load_checkpoint continues the step count from the data position,
+    `batches.steps_done()`, which counts rollout batches; the LR schedule needs it in optimizer steps.
     """
-    args = loop.args
-    last_step = min(total_steps, args.max_steps) if args.max_steps else total_steps
-    loops = (loop, *companions)
-    loop.logger.info(f"[{loop.name}] {describe}")
-    for lp in loops:
-        lp.model.train()
-    t_start, start_step = time.time(), loop.step
-    if loop.step < last_step:
-        for batch in prompt_batches(loop, dataset, args.batch_size, args.num_workers, args.seed):
-            t_step, step_before = time.time(), loop.step
-            metrics, lr, grad_norm, n_tokens = update(batch, last_step)
-            done = loop.step >= last_step
-            if log_due(loop, step_before, done):
-                log_step(loop, metrics, lr, grad_norm, last_step, t_start, start_step, n_tokens, t_step)
-            if save_due(loop, step_before, done):
-                for lp in loops:
-                    lp.save()
-            if done:
-                break
-    for lp in loops:
-        lp.save()
-    loop.logger.info(f"[{loop.name}] done: {loop.step} steps; weights -> {args.save_dir}")
-    loop.logger.close()
-    cleanup_distributed()
+    step, run_id = load_checkpoint(resume_file, model, optimizer, scaler, batches, world_size, extra)
+    if step and torch.load(resume_file, map_location="cpu", weights_only=True, mmap=True)["world_size"] != world_size:
+        step = batches.steps_done() * steps_per_batch
+    return step, run_id

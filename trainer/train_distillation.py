@@ -23,6 +23,7 @@ Defaults follow upstream: α = 0.5, T = 1.5, lr 5e-6, 6 epochs, batch 32. The te
 """
 import argparse
 import sys
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -32,9 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any dir
 
 from dataset.lm_dataset import IGNORE_INDEX, SFTDataset  # noqa: E402
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
-from trainer.trainer_utils import (Batch, TrainLoop, WeightLoadError, add_common_args,  # noqa: E402
-                                   cleanup_distributed, load_weights, padded_dataset, run_main, setup_stage,
-                                   weight_path)
+from trainer.trainer_utils import (Batches, TrainLogger, WeightLoadError, add_common_args,  # noqa: E402
+                                   cleanup_distributed, ddp_sync, dynamic_padding, get_lr, init_distributed,
+                                   init_model, load_checkpoint, load_weights, make_optimizer, mixed_precision,
+                                   model_config_from_args, optimizer_step, print0, resume_path, run_main,
+                                   save_checkpoint, set_lr, setup_seed, weight_name, weight_path, wrap_model)
 
 
 def distillation_kl(student_logits, teacher_logits, mask, temperature: float = 1.0) -> torch.Tensor:
@@ -50,6 +53,21 @@ def distillation_kl(student_logits, teacher_logits, mask, temperature: float = 1
     return kl_sum / max(s.shape[0], 1) * temperature ** 2
 
 
+def distillation_loss(student_logits, teacher_logits, labels, alpha: float, temperature: float):
+    """(loss, ce, kl) with loss = α · CE(student, label) + (1 − α) · T² · KL(teacher ‖ student).
+
+    student_logits, teacher_logits: (B, T, V); labels: (B, T) with -100 where unlabelled. Position t predicts
+    token t+1, so logits[:, :-1] are scored against labels[:, 1:]. Both terms are means over labelled tokens;
+    a batch with none (all prompt after truncation) gives 0, not NaN.
+    """
+    student_logits, teacher_logits, targets = student_logits[:, :-1], teacher_logits[:, :-1], labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    ce = F.cross_entropy(student_logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX,
+                         reduction="sum") / mask.sum().clamp(min=1)
+    kl = distillation_kl(student_logits, teacher_logits, mask, temperature)
+    return alpha * ce + (1 - alpha) * kl, ce, kl
+
+
 def check_same_vocab(student, teacher):
     """The KL term compares the two models' distributions id by id, so they must share the vocabulary."""
     sv, tv = student.config.vocab_size, teacher.config.vocab_size
@@ -58,52 +76,26 @@ def check_same_vocab(student, teacher):
                               f"trained with the same tokenizer (same token ids)")
 
 
-def load_teacher(args, device, log=print):
-    """Build the teacher from the --teacher_* flags and load --teacher_weight strictly; frozen, eval mode."""
-    w = args.teacher_weight
-    config = MiniMindConfig(hidden_size=args.teacher_hidden_size, num_hidden_layers=args.teacher_num_hidden_layers,
-                            num_attention_heads=args.teacher_num_attention_heads,
-                            num_key_value_heads=args.teacher_num_key_value_heads,
-                            use_moe=bool(args.teacher_use_moe))
-    path = Path(w) if w.endswith(".pth") else weight_path(args.save_dir, w, config)
+def load_teacher(weight: str, config: MiniMindConfig, save_dir, device, log=print0):
+    """The frozen teacher (eval mode): `weight` is a stage name (save_dir/{weight}_{hidden}.pth for `config`'s
+    size) or a .pth path, loaded strictly. Its vocab size is read from the file's embedding, so a teacher
+    trained with another tokenizer is reported as such (check_same_vocab), not as a generic shape mismatch."""
+    path = Path(weight) if weight.endswith(".pth") else weight_path(save_dir, weight, config)
     if not path.is_file():
-        raise FileNotFoundError(f"--teacher_weight {w}: {path} not found. Check --teacher_hidden_size/"
+        raise FileNotFoundError(f"--teacher_weight {weight}: {path} not found. Check --teacher_hidden_size/"
                                 f"--teacher_use_moe and --save_dir, or pass the .pth path.")
-    # Read the teacher's vocab from its embedding so a different tokenizer is reported as such (check_same_vocab)
-    # rather than as a generic shape mismatch. mmap: only that tensor's header is touched here.
+    # mmap: only the embedding's header is touched here.
     state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     state = state.get("model", state)
     if "model.embed_tokens.weight" in state:
         config.vocab_size = state["model.embed_tokens.weight"].shape[0]
     del state
-    teacher = load_weights(MiniMindForCausalLM(config), path, f"--teacher_weight {w}")
+    teacher = load_weights(MiniMindForCausalLM(config), path, f"--teacher_weight {weight}")
     teacher.eval().requires_grad_(False)
     n = sum(p.numel() for p in teacher.parameters())
     log(f"teacher: {path} ({n / 1e6:.3f}M parameters, hidden={config.hidden_size}, "
         f"layers={config.num_hidden_layers}, moe={int(config.use_moe)})")
     return teacher.to(device)
-
-
-def make_distill_loss_fn(teacher, alpha: float, temperature: float, student_moe: bool = False):
-    def loss_fn(model, batch) -> Batch:
-        input_ids, labels = batch["input_ids"], batch["labels"]
-        out = model(input_ids=input_ids)
-        with torch.no_grad():
-            teacher_logits = teacher(input_ids=input_ids).logits[:, :-1]
-        # Position t predicts token t+1: score logits[:, :-1] against labels[:, 1:].
-        student_logits, targets = out.logits[:, :-1], labels[:, 1:]
-        mask = targets != IGNORE_INDEX
-        # Mean over labelled tokens; clamp so a batch with none (all prompt after truncation) gives 0, not NaN.
-        ce = F.cross_entropy(student_logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX,
-                             reduction="sum") / mask.sum().clamp(min=1)
-        kl = distillation_kl(student_logits, teacher_logits, mask, temperature)
-        loss = alpha * ce + (1 - alpha) * kl + out.aux_loss
-        metrics = {"ce": ce.detach(), "kl": kl.detach()}
-        if student_moe:
-            metrics["aux_loss"] = out.aux_loss.detach()
-        return Batch(loss=loss, n_tokens=batch["attention_mask"].sum(), metrics=metrics)
-
-    return loss_fn
 
 
 def main():
@@ -120,18 +112,73 @@ def main():
     parser.add_argument("--teacher_num_key_value_heads", type=int, default=2)
     parser.add_argument("--teacher_use_moe", type=int, default=0, choices=[0, 1])
     args = parser.parse_args()
-    assert 0.0 <= args.alpha <= 1.0, f"--alpha must be in [0, 1], got {args.alpha}"
-    assert args.temperature > 0, f"--temperature must be positive, got {args.temperature}"
+    if not 0.0 <= args.alpha <= 1.0:
+        parser.error(f"--alpha must be in [0, 1], got {args.alpha}")
+    if args.temperature <= 0:
+        parser.error(f"--temperature must be positive, got {args.temperature}")
     if args.teacher_weight in ("", "none"):
         parser.error("--teacher_weight is required: distilling from a random teacher teaches nothing")
 
-    dist_state, model, tokenizer, log = setup_stage(args)
-    teacher = load_teacher(args, dist_state.device, log)
+    # ---- processes, student + teacher, data, optimizer
+    ddp = init_distributed(args.device)
+    setup_seed(args.seed)  # before the model is built: every rank starts from the same weights
+    config = model_config_from_args(args)
+    model, tokenizer = init_model(config, args.from_weight, args.save_dir, args.tokenizer_path, ddp.device, print0)
+    teacher_config = MiniMindConfig(hidden_size=args.teacher_hidden_size,
+                                    num_hidden_layers=args.teacher_num_hidden_layers,
+                                    num_attention_heads=args.teacher_num_attention_heads,
+                                    num_key_value_heads=args.teacher_num_key_value_heads,
+                                    use_moe=bool(args.teacher_use_moe))
+    teacher = load_teacher(args.teacher_weight, teacher_config, args.save_dir, ddp.device)
     check_same_vocab(model, teacher)
-    train_ds, collate, lengths = padded_dataset(args, tokenizer, SFTDataset)
+    dataset = SFTDataset(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines)
+    collate, lengths = dynamic_padding(dataset, tokenizer.pad_token_id, args.max_seq_len, args.pad_to_max,
+                                       args.group_by_length, args.use_compile)
+    batches = Batches(dataset, collate, ddp, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
+                      accumulation_steps=args.accumulation_steps, lengths=lengths, num_workers=args.num_workers)
+    dtype, autocast, scaler = mixed_precision(args.dtype, ddp.device)
+    optimizer = make_optimizer(model.parameters(), args.learning_rate, args.weight_decay, ddp.device)
 
-    loss_fn = make_distill_loss_fn(teacher, args.alpha, args.temperature, model.config.use_moe)
-    TrainLoop(args, "full_dist", model, dist_state).run(train_ds, collate, loss_fn, lengths=lengths)
+    # ---- outputs, resume
+    weight_file = weight_path(args.save_dir, args.save_weight, config)
+    resume_file = resume_path(args.checkpoint_dir, args.save_weight, config)
+    step, run_id = 0, None
+    if args.from_resume:
+        step, run_id = load_checkpoint(resume_file, model, optimizer, scaler, batches, ddp.world_size)
+    model = wrap_model(model, ddp, compile=bool(args.use_compile))
+    total_steps = batches.total_steps
+    last_step = min(total_steps, args.max_steps or total_steps)
+    logger = TrainLogger(weight_name(args.save_weight, config), args.save_dir, ddp, log_interval=args.log_interval,
+                         last_step=last_step, start_step=step, append=bool(args.from_resume), run_id=run_id,
+                         config=vars(args), wandb_project=args.wandb_project if args.use_wandb else None,
+                         tracker=args.logger)
+    logger.info(f"{batches.describe()}, device {ddp.device}, dtype {str(dtype).replace('torch.', '')}")
+
+    # ---- the loop: one optimizer step per group of --accumulation_steps micro-batches
+    model.train()
+    for group in islice(batches, max(0, last_step - step)):  # islice: stop at --max_steps
+        lr = set_lr(optimizer, get_lr(step, total_steps, args.learning_rate, args.min_lr_ratio, args.warmup_steps))
+        for i, batch in enumerate(group):
+            with ddp_sync(model, sync=i == len(group) - 1):  # DDP: all-reduce the gradients once per group
+                with autocast:
+                    out = model(input_ids=batch["input_ids"])
+                    with torch.no_grad():  # the teacher only runs forward
+                        teacher_logits = teacher(input_ids=batch["input_ids"]).logits
+                    loss, ce, kl = distillation_loss(out.logits, teacher_logits, batch["labels"], args.alpha,
+                                                     args.temperature)
+                    loss = loss + out.aux_loss  # + the student's MoE balance loss (0 if dense)
+                scaler.scale(loss / len(group)).backward()
+            logger.add(tokens=batch["attention_mask"].sum(), loss=loss, ce=ce, kl=kl,
+                       aux_loss=out.aux_loss if config.use_moe else None)
+        grad_norm = optimizer_step(optimizer, scaler, args.grad_clip)
+        step += 1
+        logger.log(step, {"lr": lr, "grad_norm": grad_norm}, epoch=batches.current_epoch)
+        if step % args.save_interval == 0 or step == last_step:
+            save_checkpoint(weight_file, resume_file, model, optimizer, scaler, step, batches, ddp,
+                            run_id=logger.run_id, flags=vars(args))
+
+    logger.info(f"done: {step} steps; weights -> {weight_file}")
+    logger.close()
     cleanup_distributed()
 
 

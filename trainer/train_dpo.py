@@ -25,6 +25,7 @@ upstream uses 0.15). The reference model costs one extra forward (no backward) a
 import argparse
 import copy
 import sys
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -33,8 +34,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any directory
 
 from dataset.lm_dataset import IGNORE_INDEX, DPODataset  # noqa: E402
-from trainer.trainer_utils import (Batch, TrainLoop, add_common_args, cleanup_distributed,  # noqa: E402
-                                   padded_dataset, run_main, setup_stage)
+from trainer.trainer_utils import (Batches, TrainLogger, add_common_args, cleanup_distributed,  # noqa: E402
+                                   ddp_sync, dynamic_padding, get_lr, init_distributed, init_model,
+                                   load_checkpoint, make_optimizer, mixed_precision, model_config_from_args,
+                                   optimizer_step, print0, resume_path, run_main, save_checkpoint, set_lr,
+                                   setup_seed, weight_name, weight_path, wrap_model)
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
@@ -86,31 +90,6 @@ def make_reference(model):
     return ref
 
 
-def make_dpo_loss_fn(ref_model, beta: float, loss_type: str, logps_fn=sequence_logps):
-    """loss_fn(model, batch) -> Batch for TrainLoop; the batch holds B pairs as rows [chosen; rejected].
-    `logps_fn(logits, labels) -> (B,)` scores each row (scripts/benchmark.py swaps in the original's way)."""
-
-    def loss_fn(model, batch) -> Batch:
-        input_ids, labels = batch["input_ids"], batch["labels"]
-        n = input_ids.shape[0] // 2
-        # No attention mask: padding sits at the end of each row and attention is causal, so real tokens
-        # never see it (and its labels are -100, so it never enters a sum).
-        with torch.no_grad():
-            ref_logps = logps_fn(ref_model(input_ids=input_ids).logits, labels)
-        out = model(input_ids=input_ids)
-        logps = logps_fn(out.logits, labels)
-        losses, chosen_r, rejected_r = dpo_loss(logps[:n], logps[n:], ref_logps[:n], ref_logps[n:],
-                                                beta, loss_type)
-        loss = losses.mean()
-        metrics = {"chosen_reward": chosen_r.mean(), "rejected_reward": rejected_r.mean(),
-                   "reward_acc": (chosen_r > rejected_r).float().mean(), "margin": (chosen_r - rejected_r).mean()}
-        if ref_model.config.use_moe:  # then the logged "loss" includes the balance loss: show both parts
-            metrics.update(dpo_loss=loss.detach(), aux_loss=out.aux_loss.detach())
-        return Batch(loss=loss + out.aux_loss, n_tokens=batch["attention_mask"].sum(), metrics=metrics)
-
-    return loss_fn
-
-
 def main():
     parser = argparse.ArgumentParser(description="MiniMind DPO")
     add_common_args(parser, stage="dpo", data_path="dataset/dpo.jsonl", epochs=1, batch_size=4,
@@ -119,13 +98,69 @@ def main():
     parser.add_argument("--loss_type", type=str, default="sigmoid", choices=LOSS_TYPES)
     args = parser.parse_args()
 
-    dist_state, model, tokenizer, _ = setup_stage(args)
-    # The reference is the *starting* weights, also on resume (TrainLoop then loads the trained policy).
+    # ---- processes, policy + reference, data, optimizer
+    ddp = init_distributed(args.device)
+    setup_seed(args.seed)  # before the model is built: every rank starts from the same weights
+    config = model_config_from_args(args)
+    model, tokenizer = init_model(config, args.from_weight, args.save_dir, args.tokenizer_path, ddp.device, print0)
+    # The reference is the *starting* weights, also on resume (load_checkpoint then loads the trained policy).
     ref_model = make_reference(model)
-    train_ds, collate, lengths = padded_dataset(args, tokenizer, DPODataset)
+    dataset = DPODataset(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines)
+    collate, lengths = dynamic_padding(dataset, tokenizer.pad_token_id, args.max_seq_len, args.pad_to_max,
+                                       args.group_by_length, args.use_compile)
+    batches = Batches(dataset, collate, ddp, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
+                      accumulation_steps=args.accumulation_steps, lengths=lengths, num_workers=args.num_workers)
+    dtype, autocast, scaler = mixed_precision(args.dtype, ddp.device)
+    optimizer = make_optimizer(model.parameters(), args.learning_rate, args.weight_decay, ddp.device)
 
-    loss_fn = make_dpo_loss_fn(ref_model, args.beta, args.loss_type)
-    TrainLoop(args, "dpo", model, dist_state).run(train_ds, collate, loss_fn, lengths=lengths)
+    # ---- outputs, resume
+    weight_file = weight_path(args.save_dir, args.save_weight, config)
+    resume_file = resume_path(args.checkpoint_dir, args.save_weight, config)
+    step, run_id = 0, None
+    if args.from_resume:
+        step, run_id = load_checkpoint(resume_file, model, optimizer, scaler, batches, ddp.world_size)
+    model = wrap_model(model, ddp, compile=bool(args.use_compile))
+    total_steps = batches.total_steps
+    last_step = min(total_steps, args.max_steps or total_steps)
+    logger = TrainLogger(weight_name(args.save_weight, config), args.save_dir, ddp, log_interval=args.log_interval,
+                         last_step=last_step, start_step=step, append=bool(args.from_resume), run_id=run_id,
+                         config=vars(args), wandb_project=args.wandb_project if args.use_wandb else None,
+                         tracker=args.logger)
+    logger.info(f"{batches.describe()}, device {ddp.device}, dtype {str(dtype).replace('torch.', '')}")
+
+    # ---- the loop: one optimizer step per group of --accumulation_steps micro-batches
+    model.train()
+    for group in islice(batches, max(0, last_step - step)):  # islice: stop at --max_steps
+        lr = set_lr(optimizer, get_lr(step, total_steps, args.learning_rate, args.min_lr_ratio, args.warmup_steps))
+        for i, batch in enumerate(group):
+            # B pairs as 2B rows [chosen; rejected]. No attention mask: padding sits at the end of each row and
+            # attention is causal, so real tokens never see it (and its labels are -100: it never enters a sum).
+            input_ids, labels, n = batch["input_ids"], batch["labels"], batch["input_ids"].shape[0] // 2
+            with ddp_sync(model, sync=i == len(group) - 1):  # DDP: all-reduce the gradients once per group
+                with autocast:
+                    with torch.no_grad():
+                        ref_logps = sequence_logps(ref_model(input_ids=input_ids).logits, labels)
+                    out = model(input_ids=input_ids)
+                    logps = sequence_logps(out.logits, labels)
+                    losses, chosen_r, rejected_r = dpo_loss(logps[:n], logps[n:], ref_logps[:n], ref_logps[n:],
+                                                            args.beta, args.loss_type)
+                    loss = losses.mean() + out.aux_loss  # + MoE balance loss (0 if dense)
+                scaler.scale(loss / len(group)).backward()
+            logger.add(tokens=batch["attention_mask"].sum(), loss=loss, chosen_reward=chosen_r.mean(),
+                       rejected_reward=rejected_r.mean(), reward_acc=(chosen_r > rejected_r).float().mean(),
+                       margin=(chosen_r - rejected_r).mean(),
+                       # with MoE the logged `loss` includes the balance loss: show both parts
+                       dpo_loss=losses.mean() if config.use_moe else None,
+                       aux_loss=out.aux_loss if config.use_moe else None)
+        grad_norm = optimizer_step(optimizer, scaler, args.grad_clip)
+        step += 1
+        logger.log(step, {"lr": lr, "grad_norm": grad_norm}, epoch=batches.current_epoch)
+        if step % args.save_interval == 0 or step == last_step:
+            save_checkpoint(weight_file, resume_file, model, optimizer, scaler, step, batches, ddp,
+                            run_id=logger.run_id, flags=vars(args))
+
+    logger.info(f"done: {step} steps; weights -> {weight_file}")
+    logger.close()
     cleanup_distributed()
 
 

@@ -11,106 +11,144 @@ Algorithm, per batch of prompts:
         4. per token: max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)) + beta * k3(pi_theta, pi_ref),
            ratio = pi_theta / pi_old (with --num_iterations 1 it is exp(0) = 1, but its gradient is the
            policy gradient), k3 = pi_ref/pi - log(pi_ref/pi) - 1 against the frozen starting model;
-        5. aggregate by --loss_type: grpo (per-sequence token mean, then batch mean), dapo (token sum / token
-           count), dr_grpo (token sum / (batch x max_gen_len)); one optimizer step per iteration.
+           --loss_type cispo instead: -sg(min(ratio, 1 + eps_high)) * A * log pi + beta * k3 (CISPO,
+           MiniMax-M1: the importance weight is clipped, never a token's gradient);
+        5. aggregate by --loss_type: grpo (per-sequence token mean, then batch mean), dapo and cispo (token sum /
+           token count), dr_grpo (token sum / (batch x max_gen_len)); one optimizer step per iteration.
+        Prompts are cut to their last --max_prompt_len tokens (alias --max_seq_len, upstream's name).
 Output: out/grpo_{hidden}[_moe].pth, checkpoints/grpo_{hidden}[_moe]_resume.pth (weights, optimizer, data
         position), metrics in out/logs/grpo_{hidden}[_moe].jsonl (reward, reward_std, zero_std_frac, kl, ...).
+        --max_steps counts optimizer steps (--num_iterations per rollout batch).
 
     python trainer/train_grpo.py --from_weight full_sft --reward model          # needs ../internlm2-1_8b-reward
     python trainer/train_grpo.py --data_path dataset/gsm8k.jsonl --reward gsm8k:1,format:0.2 --from_weight reason
+    python trainer/train_grpo.py --loss_type cispo --epsilon_high 5.0                 # upstream's default loss
     torchrun --nproc_per_node 2 trainer/train_grpo.py
     python trainer/train_grpo.py --from_resume 1                                  # continue an interrupted run
 """
 import argparse
 import copy
+import math
 import sys
+from itertools import islice
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any directory
 
-from trainer.rl_utils import (LOSS_TYPES, RLPromptDataset, add_rl_args, aggregate_loss,  # noqa: E402
-                              build_reward_function, check_rl_args, clipped_policy_loss, expand,
-                              group_advantages, kl_k3, masked_mean, reward_metrics, rollout, run_rl, step_generator,
-                              steps_per_epoch, token_logps)
-from trainer.trainer_utils import TrainLoop, add_common_args, run_main, setup_stage, unwrap  # noqa: E402
-
-
-def grpo_update(args, loop, ref_model, tokenizer, reward_fn, batch, total_steps, last_step):
-    """One rollout batch -> `--num_iterations` optimizer steps. Returns the metrics to log."""
-    G = args.num_generations
-    ro = rollout(loop.model, tokenizer, batch["prompt"], args.max_gen_len, args.temperature, args.top_p,
-                 args.max_seq_len, num_generations=G, autocast=loop.autocast,
-                 generator=step_generator(args.seed, loop.ds.rank, loop.step, loop.device))
-    # Rewards first: a large reward model should not sit in memory next to the policy's activations.
-    rewards, parts = reward_fn(expand(batch["messages"], G), ro.responses, expand(batch["answer"], G))
-    rewards = rewards.to(loop.device)
-    advantages, group_std = group_advantages(rewards, G, scale_std=args.loss_type != "dr_grpo")
-
-    mask, n = ro.response_mask, ro.response_mask.shape[1]
-    seq = (ro.sequences, ro.attention_mask, ro.position_ids, n, args.temperature)
-    with torch.no_grad(), loop.autocast:
-        ref_logps = token_logps(ref_model, *seq)
-        # With one iteration the sampling policy is the current one: old = current.detach() below.
-        old_logps = token_logps(unwrap(loop.model), *seq) if args.num_iterations > 1 else None
-
-    for _ in range(min(args.num_iterations, last_step - loop.step)):
-        lr = loop.set_lr(total_steps)
-        with loop.autocast:
-            logps, aux_loss = token_logps(loop.model, *seq, with_aux=True)
-        old = logps.detach() if old_logps is None else old_logps
-        pg_loss, clipped = clipped_policy_loss(logps, old, advantages, args.clip_epsilon, args.clip_epsilon_high)
-        kl = kl_k3(logps, ref_logps)
-        loss = aggregate_loss(pg_loss + args.beta * kl, mask, args.loss_type, args.max_gen_len) + aux_loss
-        loop.backward(loss)
-        grad_norm = loop.optimizer_step()
-
-    metrics = {"loss": loss.detach(), **reward_metrics(rewards, parts),
-               "zero_std_frac": (group_std < 1e-6).float().mean(), "kl": masked_mean(kl.detach(), mask),
-               "clip_frac": masked_mean(clipped.float(), mask), "response_len": ro.response_lengths.mean()}
-    return metrics, lr, grad_norm, mask.sum()
+from trainer.rl_utils import (LOSS_TYPES, RLPromptDataset, add_clip_args, add_rl_args,  # noqa: E402
+                              aggregate_loss, build_reward_function, check_rl_args, collate_prompts, expand,
+                              group_advantages, kl_k3, load_rl_checkpoint, masked_mean, policy_loss,
+                              reward_metrics, rollout, step_generator, token_logps)
+from trainer.trainer_utils import (Batches, TrainLogger, add_common_args, cleanup_distributed, get_lr,  # noqa: E402
+                                   init_distributed, init_model, make_optimizer, mixed_precision,
+                                   model_config_from_args, optimizer_step, print0, resume_path, run_main,
+                                   save_checkpoint, set_lr, setup_seed, unwrap, weight_path, wrap_model)
 
 
 def main():
-    parser = argparse.ArgumentParser(description="MiniMind GRPO")
+    # "resolve": add_rl_args re-declares --max_seq_len as an alias of --max_prompt_len (the prompt budget)
+    parser = argparse.ArgumentParser(description="MiniMind GRPO", conflict_handler="resolve")
     add_common_args(parser, stage="grpo", data_path="dataset/rlaif-mini.jsonl", epochs=1, batch_size=2,
-                    learning_rate=8e-8, max_seq_len=256, from_weight="full_sft", save_interval=10,
-                    log_interval=1)
-    add_rl_args(parser, max_gen_len=1536, temperature=0.8, reward="model")
+                    learning_rate=8e-8, from_weight="full_sft", save_interval=10, log_interval=1)
+    add_rl_args(parser, max_prompt_len=256, max_gen_len=1536, temperature=0.8, reward="model")
     parser.add_argument("--num_generations", type=int, default=8, help="responses sampled per prompt (G)")
     parser.add_argument("--beta", type=float, default=0.02, help="weight of the k3 KL to the reference model")
-    parser.add_argument("--clip_epsilon", type=float, default=0.2, help="ratio clip: [1 - eps, 1 + eps_high]")
-    parser.add_argument("--clip_epsilon_high", type=float, default=None,
-                        help="upper clip (DAPO's clip-higher, e.g. 0.28); default = --clip_epsilon")
+    add_clip_args(parser, clip_epsilon=0.2)  # --clip_epsilon/--epsilon, --clip_epsilon_high, --epsilon_high
     parser.add_argument("--num_iterations", type=int, default=1,
                         help="optimizer steps per rollout batch (mu); > 1 makes the ratio differ from 1")
     parser.add_argument("--loss_type", type=str, default="grpo", choices=LOSS_TYPES)
     args = parser.parse_args()
-    check_rl_args(parser, args)
-    if args.num_generations < 2:
+    reward_terms = check_rl_args(parser, args)
+    G = args.num_generations
+    if G < 2:
         parser.error("--num_generations must be >= 2: GRPO's baseline is the mean of a prompt's group")
+    if args.num_iterations < 1:
+        parser.error("--num_iterations must be >= 1")
     if args.accumulation_steps != 1:
         parser.error("--accumulation_steps is not used by GRPO: each rollout batch is one update; "
                      "lower --batch_size or --num_generations to save memory")
 
-    dist_state, model, tokenizer, log = setup_stage(args)
+    # ---- processes, models, reward, prompts, optimizer
+    ddp = init_distributed(args.device)
+    setup_seed(args.seed)  # before the model is built: every rank starts from the same weights
+    config = model_config_from_args(args)
+    model, tokenizer = init_model(config, args.from_weight, args.save_dir, args.tokenizer_path, ddp.device, print0)
     # The reference is the starting policy, copied before a resume overwrites the policy's weights.
     ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    reward_fn = build_reward_function(args, dist_state.device, log)
-    dataset = RLPromptDataset(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines)
+    reward_fn = build_reward_function(reward_terms, ddp.device, args.reward_model_path, args.reward_batch_size,
+                                      args.length_target, args.reward_clip, print0)
+    dataset = RLPromptDataset(args.data_path, tokenizer, args.max_prompt_len, args.skip_bad_lines)
+    batches = Batches(dataset, collate_prompts, ddp, batch_size=args.batch_size, epochs=args.epochs,
+                      seed=args.seed, num_workers=args.num_workers)
+    dtype, autocast, scaler = mixed_precision(args.dtype, ddp.device)
+    optimizer = make_optimizer(model.parameters(), args.learning_rate, args.weight_decay, ddp.device)
 
-    loop = TrainLoop(args, "grpo", model, dist_state)
-    total_steps = steps_per_epoch(len(dataset), args.batch_size, dist_state.world_size) * args.epochs \
-        * args.num_iterations
+    # ---- outputs, resume
+    weight_file = weight_path(args.save_dir, args.save_weight, config)
+    resume_file = resume_path(args.checkpoint_dir, args.save_weight, config)
+    step, run_id = 0, None
+    if args.from_resume:
+        step, run_id = load_rl_checkpoint(resume_file, model, optimizer, scaler, batches, ddp.world_size,
+                                          steps_per_batch=args.num_iterations)
+    model = wrap_model(model, ddp, compile=bool(args.use_compile))
+    total_steps = batches.total_steps * args.num_iterations
+    last_step = min(total_steps, args.max_steps or total_steps)
+    logger = TrainLogger(weight_file.stem, args.save_dir, ddp, log_interval=args.log_interval, last_step=last_step,
+                         start_step=step, append=bool(args.from_resume), run_id=run_id, config=vars(args),
+                         wandb_project=args.wandb_project if args.use_wandb else None, tracker=args.logger)
+    logger.info(f"{len(dataset)} prompts x {G} generations, {ddp.world_size} process(es), {total_steps} optimizer "
+                f"steps (batch {args.batch_size} prompts, loss {args.loss_type}, device {ddp.device}, "
+                f"dtype {str(dtype).replace('torch.', '')})")
 
-    def update(batch, last_step):
-        return grpo_update(args, loop, ref_model, tokenizer, reward_fn, batch, total_steps, last_step)
+    # ---- the loop: one rollout batch -> --num_iterations optimizer steps
+    model.train()
+    for [batch] in islice(batches, math.ceil(max(0, last_step - step) / args.num_iterations)):
+        step_before = step
+        # 1. rollout: G responses per prompt (consecutive rows), batched with a KV cache; the random stream belongs
+        #    to (seed, rank, step), so an interrupted and resumed run draws the same samples
+        gen = step_generator(args.seed, ddp.rank, step, ddp.device)
+        ro = rollout(model, tokenizer, batch["prompt_ids"], args.max_gen_len, args.temperature, args.top_p,
+                     num_generations=G, autocast=autocast, generator=gen)
+        # 2. rewards first: a large reward model should not sit in memory next to the policy's activations
+        rewards, parts = reward_fn(expand(batch["messages"], G), ro.responses, expand(batch["answer"], G))
+        rewards = rewards.to(ddp.device)
+        # 3. advantage of each response: its reward against its group's, shared by all its tokens
+        advantages, group_std = group_advantages(rewards, G, scale_std=args.loss_type != "dr_grpo")
+        # 4. log-probs of the frozen reference (for the KL) and, with several iterations, of the sampling policy
+        mask = ro.response_mask
+        seq = (ro.sequences, ro.attention_mask, ro.position_ids, mask.shape[1], args.temperature)
+        with torch.no_grad(), autocast:
+            ref_logps = token_logps(ref_model, *seq)
+            # With one iteration the sampling policy is the current one: old = current.detach() below.
+            old_logps = token_logps(unwrap(model), *seq) if args.num_iterations > 1 else None
+        # 5. clipped policy loss + beta * KL, backward, optimizer step; --num_iterations times on this rollout
+        for _ in range(min(args.num_iterations, last_step - step)):
+            lr = set_lr(optimizer, get_lr(step, total_steps, args.learning_rate, args.min_lr_ratio,
+                                          args.warmup_steps))
+            with autocast:
+                logps, aux_loss = token_logps(model, *seq, with_aux=True)
+            old = logps.detach() if old_logps is None else old_logps
+            pg_loss, clipped = policy_loss(args.loss_type, logps, old, advantages, args.clip_epsilon,
+                                           args.clip_epsilon_high)
+            kl = kl_k3(logps, ref_logps)
+            loss = aggregate_loss(pg_loss + args.beta * kl, mask, args.loss_type, args.max_gen_len) + aux_loss
+            scaler.scale(loss).backward()
+            grad_norm = optimizer_step(optimizer, scaler, args.grad_clip)
+            step += 1
+        # 6. log, save (after the whole batch: a resume continues with the next one)
+        logger.add(tokens=mask.sum(), loss=loss, **reward_metrics(rewards, parts),
+                   zero_std_frac=(group_std < 1e-6).float().mean(), kl=masked_mean(kl.detach(), mask),
+                   clip_frac=masked_mean(clipped.float(), mask), response_len=ro.response_lengths.mean())
+        logger.log(step, {"lr": lr, "grad_norm": grad_norm}, epoch=batches.current_epoch)
+        if step == last_step or step // args.save_interval > step_before // args.save_interval:
+            save_checkpoint(weight_file, resume_file, model, optimizer, scaler, step, batches, ddp,
+                            run_id=logger.run_id, flags=vars(args))
 
-    run_rl(loop, dataset, update, total_steps,
-           describe=f"{len(dataset)} prompts x {args.num_generations} generations, {dist_state.world_size} "
-                    f"process(es), {total_steps} optimizer steps (batch {args.batch_size} prompts, "
-                    f"loss {args.loss_type}, device {loop.device})")
+    logger.info(f"done: {step} steps; weights -> {weight_file}")
+    logger.close()
+    cleanup_distributed()
 
 
 if __name__ == "__main__":

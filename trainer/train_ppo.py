@@ -15,8 +15,9 @@ Algorithm, per batch of prompts:
         5. --ppo_epochs passes over the batch (optionally in --mini_batch_size chunks), each an optimizer step:
            actor:  max(-A ratio, -A clip(ratio, 1 +- clip_epsilon)), ratio = pi_theta / pi_old, token mean;
            critic: vf_coef * 0.5 max((V - R)^2, (V_clip - R)^2), V_clip = V_old + clip(V - V_old, +-value_clip).
-        Actor and critic have separate optimizers (two TrainLoops: own LR, clipping, DDP wrapper, checkpoint),
+        Actor and critic have separate optimizers (own learning rate, gradient clipping, loss scale, checkpoint),
         so the critic's large early gradients never clip the actor's.
+        Prompts are cut to their last --max_prompt_len tokens (alias --max_seq_len, upstream's name).
 Output: out/ppo_actor_{hidden}[_moe].pth and out/ppo_critic_{hidden}[_moe].pth; resume state in
         checkpoints/ppo_actor_*_resume.pth and checkpoints/ppo_critic_*_resume.pth; metrics in
         out/logs/ppo_actor_{hidden}[_moe].jsonl. --max_steps counts optimizer steps (ppo_epochs x mini-batches
@@ -29,7 +30,9 @@ Output: out/ppo_actor_{hidden}[_moe].pth and out/ppo_critic_{hidden}[_moe].pth; 
 """
 import argparse
 import copy
+import math
 import sys
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -39,11 +42,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any dir
 
 from model.model_minimind import MiniMindConfig, MiniMindModel  # noqa: E402
 from trainer.rl_utils import (KL_ESTIMATORS, RLPromptDataset, add_rl_args, build_reward_function,  # noqa: E402
-                              check_rl_args, clipped_policy_loss, clipped_value_loss, gae, masked_mean,
-                              masked_whiten, reward_metrics, rollout, run_rl, step_generator, steps_per_epoch,
-                              token_logps)
-from trainer.trainer_utils import (TrainLoop, WeightLoadError, add_common_args, run_main,  # noqa: E402
-                                   setup_stage, unwrap)
+                              check_rl_args, clipped_policy_loss, clipped_value_loss, collate_prompts, gae,
+                              load_rl_checkpoint, masked_mean, masked_whiten, reward_metrics, rollout,
+                              step_generator, token_logps)
+from trainer.trainer_utils import (Batches, TrainLogger, WeightLoadError, add_common_args,  # noqa: E402
+                                   cleanup_distributed, get_lr, init_distributed, init_model, make_optimizer,
+                                   mixed_precision, model_config_from_args, optimizer_step, print0, resume_path,
+                                   run_main, save_checkpoint, set_lr, setup_seed, unwrap, weight_path, wrap_model)
 
 
 class CriticModel(nn.Module):
@@ -81,63 +86,12 @@ def response_values(critic, sequences, attention_mask, position_ids, n_response:
     return critic(sequences, mask, position_ids, values_to_keep=n_response + 1)[:, :-1]
 
 
-def ppo_update(args, actor_loop, critic_loop, ref_model, tokenizer, reward_fn, batch, total_steps, last_step):
-    """One rollout batch -> ppo_epochs x mini-batches optimizer steps of actor and critic (fewer if the run
-    reaches `last_step` first)."""
-    device = actor_loop.device
-    ro = rollout(actor_loop.model, tokenizer, batch["prompt"], args.max_gen_len, args.temperature, args.top_p,
-                 args.max_seq_len, autocast=actor_loop.autocast,
-                 generator=step_generator(args.seed, actor_loop.ds.rank, actor_loop.step, actor_loop.device))
-    rewards, parts = reward_fn(batch["messages"], ro.responses, batch["answer"])
-    rewards = rewards.to(device)
-
-    mask, n = ro.response_mask, ro.response_mask.shape[1]
-    seq = (ro.sequences, ro.attention_mask, ro.position_ids, n, args.temperature)
-    with torch.no_grad(), actor_loop.autocast:
-        old_logps = token_logps(unwrap(actor_loop.model), *seq)
-        ref_logps = token_logps(ref_model, *seq)
-        old_values = response_values(unwrap(critic_loop.model), *seq[:4]) * mask
-    kl = KL_ESTIMATORS[args.kl_estimator](old_logps, ref_logps) * mask
-    token_rewards = -args.kl_coef * kl
-    last = (ro.response_lengths.long() - 1).clamp(min=0)  # index of EOS, or of the last token if cut off
-    token_rewards[torch.arange(len(last), device=device), last] += rewards
-    advantages, returns = gae(token_rewards, old_values, mask, args.gamma, args.lam)
-    if args.whiten_advantages:
-        advantages = masked_whiten(advantages, mask)
-
-    bsz = ro.sequences.shape[0]
-    mb = args.mini_batch_size or bsz
-    order = step_generator(args.seed + 1, actor_loop.ds.rank, actor_loop.step)  # resumable mini-batch order
-    updates = [idx.to(device) for _ in range(args.ppo_epochs)
-               for idx in torch.randperm(bsz, generator=order).split(mb)]
-    for idx in updates[:last_step - actor_loop.step]:
-        lr = actor_loop.set_lr(total_steps)
-        critic_loop.set_lr(total_steps)
-        sub = (ro.sequences[idx], ro.attention_mask[idx], ro.position_ids[idx], n, args.temperature)
-        m = mask[idx]
-        with actor_loop.autocast:
-            logps, aux_loss = token_logps(actor_loop.model, *sub, with_aux=True)
-            values = response_values(critic_loop.model, *sub[:4])
-        pg, clipped = clipped_policy_loss(logps, old_logps[idx], advantages[idx], args.clip_epsilon)
-        policy_loss = masked_mean(pg, m) + aux_loss
-        value_loss = masked_mean(clipped_value_loss(values, old_values[idx], returns[idx], args.value_clip), m)
-        actor_loop.backward(policy_loss)
-        critic_loop.backward(args.vf_coef * value_loss)
-        grad_norm = actor_loop.optimizer_step()
-        critic_grad_norm = critic_loop.optimizer_step()
-
-    metrics = {"loss": policy_loss.detach(), "value_loss": value_loss.detach(), **reward_metrics(rewards, parts),
-               "kl": masked_mean(kl, mask), "value": masked_mean(old_values, mask),
-               "return": masked_mean(returns, mask), "clip_frac": masked_mean(clipped.float(), m),
-               "critic_grad_norm": critic_grad_norm, "response_len": ro.response_lengths.mean()}
-    return metrics, lr, grad_norm, mask.sum()
-
-
 def main():
-    parser = argparse.ArgumentParser(description="MiniMind PPO")
+    # "resolve": add_rl_args re-declares --max_seq_len as an alias of --max_prompt_len (the prompt budget)
+    parser = argparse.ArgumentParser(description="MiniMind PPO", conflict_handler="resolve")
     add_common_args(parser, stage="ppo_actor", data_path="dataset/rlaif-mini.jsonl", epochs=1, batch_size=2,
-                    learning_rate=8e-8, max_seq_len=256, from_weight="full_sft", save_interval=10, log_interval=1)
-    add_rl_args(parser, max_gen_len=1536, temperature=0.8, reward="model")
+                    learning_rate=8e-8, from_weight="full_sft", save_interval=10, log_interval=1)
+    add_rl_args(parser, max_prompt_len=256, max_gen_len=1536, temperature=0.8, reward="model")
     parser.add_argument("--critic_learning_rate", type=float, default=8e-8)
     parser.add_argument("--critic_save_weight", type=str, default="ppo_critic",
                         help="prefix of the critic's weight / resume files")
@@ -152,41 +106,126 @@ def main():
     parser.add_argument("--mini_batch_size", type=int, default=0, help="responses per update (0 = whole batch)")
     parser.add_argument("--whiten_advantages", type=int, default=1, choices=[0, 1])
     args = parser.parse_args()
-    check_rl_args(parser, args)
+    reward_terms = check_rl_args(parser, args)
     if args.ppo_epochs < 1:
         parser.error("--ppo_epochs must be >= 1")
     if args.accumulation_steps != 1:
         parser.error("--accumulation_steps is not used by PPO: use --mini_batch_size to split updates")
 
-    dist_state, actor, tokenizer, log = setup_stage(args)
+    # ---- processes, models (actor, critic, reference), reward, prompts
+    ddp = init_distributed(args.device)
+    setup_seed(args.seed)  # before the models are built: every rank starts from the same weights
+    config = model_config_from_args(args)
+    actor, tokenizer = init_model(config, args.from_weight, args.save_dir, args.tokenizer_path, ddp.device, print0)
     # Reference and critic start from the base weights, before a resume overwrites the actor.
     ref_model = copy.deepcopy(actor).eval().requires_grad_(False)
     critic = CriticModel.from_policy(actor)
-    reward_fn = build_reward_function(args, dist_state.device, log)
-    dataset = RLPromptDataset(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines)
+    reward_fn = build_reward_function(reward_terms, ddp.device, args.reward_model_path, args.reward_batch_size,
+                                      args.length_target, args.reward_clip, print0)
+    dataset = RLPromptDataset(args.data_path, tokenizer, args.max_prompt_len, args.skip_bad_lines)
+    batches = Batches(dataset, collate_prompts, ddp, batch_size=args.batch_size, epochs=args.epochs,
+                      seed=args.seed, num_workers=args.num_workers)
 
-    actor_loop = TrainLoop(args, "ppo_actor", actor, dist_state)
-    critic_args = argparse.Namespace(**{**vars(args), "learning_rate": args.critic_learning_rate,
-                                        "save_weight": args.critic_save_weight, "use_wandb": False})
-    critic_loop = TrainLoop(critic_args, "ppo_critic", critic, dist_state)
-    if critic_loop.step != actor_loop.step:
-        raise WeightLoadError(f"--from_resume 1: the actor checkpoint ({actor_loop.resume_file}) is at step "
-                              f"{actor_loop.step} but the critic's ({critic_loop.resume_file}) at step "
-                              f"{critic_loop.step}; they must come from the same run")
+    # ---- two optimizers, each with its own loss scale (fp16): the critic's gradients are not the actor's
+    dtype, autocast, actor_scaler = mixed_precision(args.dtype, ddp.device)
+    _, _, critic_scaler = mixed_precision(args.dtype, ddp.device)
+    actor_optimizer = make_optimizer(actor.parameters(), args.learning_rate, args.weight_decay, ddp.device)
+    critic_optimizer = make_optimizer(critic.parameters(), args.critic_learning_rate, args.weight_decay, ddp.device)
 
-    n_mb = -(-args.batch_size // args.mini_batch_size) if args.mini_batch_size else 1
-    total_steps = steps_per_epoch(len(dataset), args.batch_size, dist_state.world_size) * args.epochs \
-        * args.ppo_epochs * n_mb
+    # ---- outputs, resume: actor and critic files, written and read side by side
+    actor_file = weight_path(args.save_dir, args.save_weight, config)
+    critic_file = weight_path(args.save_dir, args.critic_save_weight, config)
+    actor_resume = resume_path(args.checkpoint_dir, args.save_weight, config)
+    critic_resume = resume_path(args.checkpoint_dir, args.critic_save_weight, config)
+    n_mb = math.ceil(args.batch_size / args.mini_batch_size) if args.mini_batch_size else 1
+    steps_per_batch = args.ppo_epochs * n_mb
+    step, run_id = 0, None
+    if args.from_resume:
+        step, run_id = load_rl_checkpoint(actor_resume, actor, actor_optimizer, actor_scaler, batches,
+                                          ddp.world_size, steps_per_batch)
+        critic_step, _ = load_rl_checkpoint(critic_resume, critic, critic_optimizer, critic_scaler, batches,
+                                            ddp.world_size, steps_per_batch)
+        if critic_step != step:
+            raise WeightLoadError(f"--from_resume 1: the actor checkpoint ({actor_resume}) is at step {step} but "
+                                  f"the critic's ({critic_resume}) at step {critic_step}; they must come from the "
+                                  f"same run")
+    actor = wrap_model(actor, ddp, compile=bool(args.use_compile))
+    critic = wrap_model(critic, ddp, compile=bool(args.use_compile))
+    total_steps = batches.total_steps * steps_per_batch
+    last_step = min(total_steps, args.max_steps or total_steps)
+    logger = TrainLogger(actor_file.stem, args.save_dir, ddp, log_interval=args.log_interval, last_step=last_step,
+                         start_step=step, append=bool(args.from_resume), run_id=run_id, config=vars(args),
+                         wandb_project=args.wandb_project if args.use_wandb else None, tracker=args.logger)
+    logger.info(f"{len(dataset)} prompts, {ddp.world_size} process(es), {total_steps} optimizer steps (batch "
+                f"{args.batch_size}, {args.ppo_epochs} PPO epoch(s) x {n_mb} mini-batch(es), device {ddp.device}, "
+                f"dtype {str(dtype).replace('torch.', '')})")
 
-    def update(batch, last_step):
-        return ppo_update(args, actor_loop, critic_loop, ref_model, tokenizer, reward_fn, batch, total_steps,
-                          last_step)
+    # ---- the loop: one rollout batch -> ppo_epochs x mini-batches optimizer steps of actor and critic
+    actor.train()
+    critic.train()
+    for [batch] in islice(batches, math.ceil(max(0, last_step - step) / steps_per_batch)):
+        step_before = step
+        # 1. rollout: one response per prompt, batched with a KV cache, from the (seed, rank, step) random stream
+        gen = step_generator(args.seed, ddp.rank, step, ddp.device)
+        ro = rollout(actor, tokenizer, batch["prompt_ids"], args.max_gen_len, args.temperature, args.top_p,
+                     autocast=autocast, generator=gen)
+        # 2. rewards, before any other forward pass
+        rewards, parts = reward_fn(batch["messages"], ro.responses, batch["answer"])
+        rewards = rewards.to(ddp.device)
+        # 3. no grad: the sampling policy's log-probs (pi_old), the reference's, the critic's values
+        mask = ro.response_mask
+        seq = (ro.sequences, ro.attention_mask, ro.position_ids, mask.shape[1], args.temperature)
+        with torch.no_grad(), autocast:
+            old_logps = token_logps(unwrap(actor), *seq)
+            ref_logps = token_logps(ref_model, *seq)
+            old_values = response_values(unwrap(critic), *seq[:4]) * mask
+        # 4. per-token rewards (KL penalty, plus R on the last response token), then GAE advantages and returns
+        kl = KL_ESTIMATORS[args.kl_estimator](old_logps, ref_logps) * mask
+        token_rewards = -args.kl_coef * kl
+        last = (ro.response_lengths.long() - 1).clamp(min=0)  # index of EOS, or of the last token if cut off
+        token_rewards[torch.arange(len(last), device=ddp.device), last] += rewards
+        advantages, returns = gae(token_rewards, old_values, mask, args.gamma, args.lam)
+        if args.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+        # 5. ppo_epochs passes over the batch in mini-batches (a resumable order), one step of each model apiece
+        bsz = ro.sequences.shape[0]
+        order = step_generator(args.seed + 1, ddp.rank, step)
+        updates = [idx.to(ddp.device) for _ in range(args.ppo_epochs)
+                   for idx in torch.randperm(bsz, generator=order).split(args.mini_batch_size or bsz)]
+        for idx in updates[:last_step - step]:
+            lr = set_lr(actor_optimizer, get_lr(step, total_steps, args.learning_rate, args.min_lr_ratio,
+                                                args.warmup_steps))
+            set_lr(critic_optimizer, get_lr(step, total_steps, args.critic_learning_rate, args.min_lr_ratio,
+                                            args.warmup_steps))
+            sub = (ro.sequences[idx], ro.attention_mask[idx], ro.position_ids[idx], mask.shape[1], args.temperature)
+            m = mask[idx]
+            with autocast:
+                logps, aux_loss = token_logps(actor, *sub, with_aux=True)
+                values = response_values(critic, *sub[:4])
+            pg, clipped = clipped_policy_loss(logps, old_logps[idx], advantages[idx], args.clip_epsilon)
+            policy_loss = masked_mean(pg, m) + aux_loss
+            value_loss = masked_mean(clipped_value_loss(values, old_values[idx], returns[idx], args.value_clip), m)
+            actor_scaler.scale(policy_loss).backward()
+            critic_scaler.scale(args.vf_coef * value_loss).backward()
+            grad_norm = optimizer_step(actor_optimizer, actor_scaler, args.grad_clip)
+            critic_grad_norm = optimizer_step(critic_optimizer, critic_scaler, args.grad_clip)
+            step += 1
+        # 6. log, save both models (after the whole batch: a resume continues with the next one)
+        logger.add(tokens=mask.sum(), **{
+            "loss": policy_loss, "value_loss": value_loss, **reward_metrics(rewards, parts),
+            "kl": masked_mean(kl, mask), "value": masked_mean(old_values, mask), "return": masked_mean(returns, mask),
+            "clip_frac": masked_mean(clipped.float(), m), "response_len": ro.response_lengths.mean()})
+        logger.log(step, {"lr": lr, "grad_norm": grad_norm, "critic_grad_norm": critic_grad_norm},
+                   epoch=batches.current_epoch)
+        if step == last_step or step // args.save_interval > step_before // args.save_interval:
+            save_checkpoint(actor_file, actor_resume, actor, actor_optimizer, actor_scaler, step, batches, ddp,
+                            run_id=logger.run_id, flags=vars(args))
+            save_checkpoint(critic_file, critic_resume, critic, critic_optimizer, critic_scaler, step, batches, ddp,
+                            flags=vars(args))
 
-    # The critic steps, saves and checkpoints in lockstep with the actor, whose loop leads (steps, data, logs).
-    run_rl(actor_loop, dataset, update, total_steps, companions=(critic_loop,),
-           describe=f"{len(dataset)} prompts, {dist_state.world_size} process(es), {total_steps} optimizer steps "
-                    f"(batch {args.batch_size}, {args.ppo_epochs} PPO epoch(s) x {n_mb} mini-batch(es), "
-                    f"device {actor_loop.device})")
+    logger.info(f"done: {step} steps; weights -> {actor_file}, {critic_file}")
+    logger.close()
+    cleanup_distributed()
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ Value tracker (paper, Sec. 3): for a binary reward the tracker is a Beta(alpha, 
         Defaults D_half = 0.06, rho in [0.5, 0.96] are upstream MiniMind's. `--spo_rho_mode constant` uses a
         fixed rho. The paper's prioritised prompt sampling is not implemented (prompts come in the usual
         shuffled, resumable order).
-        The tracker is a small module of buffers saved in the resume checkpoint (and out/spo_tracker_*.pth).
+        The tracker is a small module of buffers saved in the resume checkpoint.
+        Prompts are cut to their last --max_prompt_len tokens (alias --max_seq_len, upstream's name).
 Output: out/spo_{hidden}[_moe].pth, checkpoints/spo_{hidden}[_moe]_resume.pth (weights, optimizer, tracker,
         data position), metrics in out/logs/spo_{hidden}[_moe].jsonl (reward, baseline, rho, drift, kl, ...).
 
@@ -39,6 +40,7 @@ Output: out/spo_{hidden}[_moe].pth, checkpoints/spo_{hidden}[_moe]_resume.pth (w
 import argparse
 import copy
 import sys
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -47,9 +49,12 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any directory
 
 from trainer.rl_utils import (RLPromptDataset, add_rl_args, aggregate_loss, all_gather_cat,  # noqa: E402
-                              build_reward_function, check_rl_args, clipped_policy_loss, kl_k3, masked_mean,
-                              reward_metrics, rollout, run_rl, step_generator, steps_per_epoch, token_logps)
-from trainer.trainer_utils import TrainLoop, add_common_args, run_main, setup_stage, unwrap  # noqa: E402
+                              build_reward_function, check_rl_args, clipped_policy_loss, collate_prompts, kl_k3,
+                              masked_mean, reward_metrics, rollout, step_generator, token_logps)
+from trainer.trainer_utils import (Batches, TrainLogger, add_common_args, cleanup_distributed, get_lr,  # noqa: E402
+                                   init_distributed, init_model, load_checkpoint, make_optimizer, mixed_precision,
+                                   model_config_from_args, optimizer_step, print0, resume_path, run_main,
+                                   save_checkpoint, set_lr, setup_seed, unwrap, weight_path, wrap_model)
 
 
 class SPOValueTracker(nn.Module):
@@ -120,55 +125,13 @@ class SPOValueTracker(nn.Module):
         self.clock += max(0.0, float(drift))
 
 
-def spo_update(args, loop, ref_model, tracker, tokenizer, reward_fn, batch, total_steps):
-    """One rollout batch (one response per prompt) -> one optimizer step. Returns the metrics to log."""
-    ro = rollout(loop.model, tokenizer, batch["prompt"], args.max_gen_len, args.temperature, args.top_p,
-                 args.max_seq_len, num_generations=1, autocast=loop.autocast,
-                 generator=step_generator(args.seed, loop.ds.rank, loop.step, loop.device))
-    rewards, parts = reward_fn(batch["messages"], ro.responses, batch["answer"])
-
-    # Baselines and the global normalisation use every rank's prompts, so all ranks agree on the tracker.
-    all_idx, all_rewards = all_gather_cat(batch["index"].to(loop.device)), all_gather_cat(rewards.to(loop.device))
-    fallback = float(all_rewards.mean())
-    baselines = tracker.baselines(all_idx, fallback).to(loop.device)
-    adv_all = all_rewards - baselines
-    adv_all = (adv_all - adv_all.mean()) / (adv_all.std() + 1e-6) if adv_all.numel() > 1 else adv_all * 0
-    rank, b = loop.ds.rank, len(batch["prompt"])
-    advantages = adv_all[rank * b:(rank + 1) * b]
-    rhos = tracker.update(all_idx, all_rewards, fallback)
-
-    mask, n = ro.response_mask, ro.response_mask.shape[1]
-    seq = (ro.sequences, ro.attention_mask, ro.position_ids, n, args.temperature)
-    with torch.no_grad(), loop.autocast:
-        ref_logps = token_logps(ref_model, *seq)
-    lr = loop.set_lr(total_steps)
-    with loop.autocast:
-        logps, aux_loss = token_logps(loop.model, *seq, with_aux=True)
-    old_logps = logps.detach()
-    pg_loss, _ = clipped_policy_loss(logps, old_logps, advantages, args.clip_epsilon)
-    kl = kl_k3(logps, ref_logps)
-    loss = aggregate_loss(pg_loss + args.beta * kl, mask, "grpo") + aux_loss
-    loop.backward(loss)
-    grad_norm = loop.optimizer_step()
-
-    drift = torch.zeros((), device=loop.device)
-    if tracker.rho_mode == "kl":  # KL(pi_before || pi_after) on this step's tokens, k3 with y ~ pi_before
-        with torch.no_grad(), loop.autocast:
-            new_logps = token_logps(unwrap(loop.model), *seq)
-        drift = loop.reduce_mean(masked_mean(kl_k3(old_logps, new_logps), mask).reshape(1))[0]
-        tracker.advance_clock(float(drift))
-
-    metrics = {"loss": loss.detach(), **reward_metrics(rewards, parts),
-               "baseline": baselines[rank * b:(rank + 1) * b].mean(), "rho": rhos.float().mean(),
-               "drift": drift, "kl": masked_mean(kl.detach(), mask), "response_len": ro.response_lengths.mean()}
-    return metrics, lr, grad_norm, mask.sum()
-
-
 def main():
-    parser = argparse.ArgumentParser(description="MiniMind SPO (Single-stream Policy Optimization)")
+    # "resolve": add_rl_args re-declares --max_seq_len as an alias of --max_prompt_len (the prompt budget)
+    parser = argparse.ArgumentParser(description="MiniMind SPO (Single-stream Policy Optimization)",
+                                     conflict_handler="resolve")
     add_common_args(parser, stage="spo", data_path="dataset/rlaif-mini.jsonl", epochs=1, batch_size=2,
-                    learning_rate=1e-7, max_seq_len=256, from_weight="full_sft", save_interval=10, log_interval=1)
-    add_rl_args(parser, max_gen_len=1536, temperature=0.8, reward="model")
+                    learning_rate=1e-7, from_weight="full_sft", save_interval=10, log_interval=1)
+    add_rl_args(parser, max_prompt_len=256, max_gen_len=1536, temperature=0.8, reward="model")
     parser.add_argument("--beta", type=float, default=0.02, help="weight of the k3 KL to the reference model")
     parser.add_argument("--clip_epsilon", type=float, default=0.2, help="ratio clip (inactive at ratio 1)")
     parser.add_argument("--spo_rho_mode", type=str, default="kl", choices=["kl", "constant"],
@@ -179,28 +142,100 @@ def main():
     parser.add_argument("--spo_d_half", type=float, default=0.06,
                         help="drift (per-token KL) at which old evidence keeps half its weight")
     args = parser.parse_args()
-    check_rl_args(parser, args)
+    reward_terms = check_rl_args(parser, args)
     if not 0 < args.spo_rho_min <= args.spo_rho_max <= 1:
         parser.error("need 0 < --spo_rho_min <= --spo_rho_max <= 1")
     if args.accumulation_steps != 1:
         parser.error("--accumulation_steps is not used by SPO: each rollout batch is one update")
 
-    dist_state, model, tokenizer, log = setup_stage(args)
+    # ---- processes, models, reward, prompts, value tracker, optimizer
+    ddp = init_distributed(args.device)
+    setup_seed(args.seed)  # before the model is built: every rank starts from the same weights
+    config = model_config_from_args(args)
+    model, tokenizer = init_model(config, args.from_weight, args.save_dir, args.tokenizer_path, ddp.device, print0)
     ref_model = copy.deepcopy(model).eval().requires_grad_(False)  # the starting policy, before any resume
-    reward_fn = build_reward_function(args, dist_state.device, log)
-    dataset = RLPromptDataset(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines)
+    reward_fn = build_reward_function(reward_terms, ddp.device, args.reward_model_path, args.reward_batch_size,
+                                      args.length_target, args.reward_clip, print0)
+    dataset = RLPromptDataset(args.data_path, tokenizer, args.max_prompt_len, args.skip_bad_lines)
+    batches = Batches(dataset, collate_prompts, ddp, batch_size=args.batch_size, epochs=args.epochs,
+                      seed=args.seed, num_workers=args.num_workers)
     tracker = SPOValueTracker(len(dataset), args.spo_rho_min, args.spo_rho_max, args.spo_d_half,
                               args.spo_rho_mode, args.spo_rho)
+    dtype, autocast, scaler = mixed_precision(args.dtype, ddp.device)
+    optimizer = make_optimizer(model.parameters(), args.learning_rate, args.weight_decay, ddp.device)
 
-    loop = TrainLoop(args, "spo", model, dist_state, extra_state={"spo_tracker": tracker})
-    total_steps = steps_per_epoch(len(dataset), args.batch_size, dist_state.world_size) * args.epochs
+    # ---- outputs, resume (the tracker is part of the resume state)
+    weight_file = weight_path(args.save_dir, args.save_weight, config)
+    resume_file = resume_path(args.checkpoint_dir, args.save_weight, config)
+    step, run_id = 0, None
+    if args.from_resume:
+        step, run_id = load_checkpoint(resume_file, model, optimizer, scaler, batches, ddp.world_size,
+                                       extra={"spo_tracker": tracker})
+    model = wrap_model(model, ddp, compile=bool(args.use_compile))
+    total_steps = batches.total_steps  # one optimizer step per rollout batch
+    last_step = min(total_steps, args.max_steps or total_steps)
+    logger = TrainLogger(weight_file.stem, args.save_dir, ddp, log_interval=args.log_interval, last_step=last_step,
+                         start_step=step, append=bool(args.from_resume), run_id=run_id, config=vars(args),
+                         wandb_project=args.wandb_project if args.use_wandb else None, tracker=args.logger)
+    logger.info(f"{len(dataset)} prompts, {ddp.world_size} process(es), {total_steps} optimizer steps "
+                f"(batch {args.batch_size} prompts, rho {args.spo_rho_mode}, device {ddp.device}, "
+                f"dtype {str(dtype).replace('torch.', '')})")
 
-    def update(batch, last_step):  # one optimizer step per batch: it cannot run past last_step
-        return spo_update(args, loop, ref_model, tracker, tokenizer, reward_fn, batch, total_steps)
+    # ---- the loop: one rollout batch (one response per prompt) -> one optimizer step
+    model.train()
+    for [batch] in islice(batches, max(0, last_step - step)):
+        # 1. rollout: one response per prompt, batched with a KV cache, from the (seed, rank, step) random stream
+        gen = step_generator(args.seed, ddp.rank, step, ddp.device)
+        ro = rollout(model, tokenizer, batch["prompt_ids"], args.max_gen_len, args.temperature, args.top_p,
+                     num_generations=1, autocast=autocast, generator=gen)
+        # 2. rewards
+        rewards, parts = reward_fn(batch["messages"], ro.responses, batch["answer"])
+        # 3. advantage: reward minus the prompt's tracked baseline, normalised over the whole batch. Baselines and
+        #    normalisation use every rank's prompts, so all ranks agree on the tracker.
+        all_idx, all_rewards = all_gather_cat(batch["index"]), all_gather_cat(rewards.to(ddp.device))
+        fallback = float(all_rewards.mean())
+        baselines = tracker.baselines(all_idx, fallback).to(ddp.device)
+        adv_all = all_rewards - baselines
+        adv_all = (adv_all - adv_all.mean()) / (adv_all.std() + 1e-6) if adv_all.numel() > 1 else adv_all * 0
+        mine = slice(ddp.rank * len(rewards), (ddp.rank + 1) * len(rewards))
+        advantages = adv_all[mine]
+        rhos = tracker.update(all_idx, all_rewards, fallback)
+        # 4. loss: clipped policy term (ratio 1: one update per rollout) + beta * k3 KL to the reference
+        mask = ro.response_mask
+        seq = (ro.sequences, ro.attention_mask, ro.position_ids, mask.shape[1], args.temperature)
+        with torch.no_grad(), autocast:
+            ref_logps = token_logps(ref_model, *seq)
+        lr = set_lr(optimizer, get_lr(step, total_steps, args.learning_rate, args.min_lr_ratio, args.warmup_steps))
+        with autocast:
+            logps, aux_loss = token_logps(model, *seq, with_aux=True)
+        old_logps = logps.detach()
+        pg_loss, _ = clipped_policy_loss(logps, old_logps, advantages, args.clip_epsilon)
+        kl = kl_k3(logps, ref_logps)
+        loss = aggregate_loss(pg_loss + args.beta * kl, mask, "grpo") + aux_loss
+        # 5. backward, optimizer step
+        scaler.scale(loss).backward()
+        grad_norm = optimizer_step(optimizer, scaler, args.grad_clip)
+        step += 1
+        # 6. how far the step moved the policy: KL(pi_before || pi_after) on this step's tokens (k3, y ~ pi_before),
+        #    averaged over ranks; it advances the tracker's drift clock
+        drift = torch.zeros((), device=ddp.device)
+        if tracker.rho_mode == "kl":
+            with torch.no_grad(), autocast:
+                new_logps = token_logps(unwrap(model), *seq)
+            drift = all_gather_cat(masked_mean(kl_k3(old_logps, new_logps), mask).reshape(1)).mean()
+            tracker.advance_clock(float(drift))
+        # 7. log, save
+        logger.add(tokens=mask.sum(), loss=loss, **reward_metrics(rewards, parts),
+                   baseline=baselines[mine].mean(), rho=rhos.float().mean(), drift=drift,
+                   kl=masked_mean(kl.detach(), mask), response_len=ro.response_lengths.mean())
+        logger.log(step, {"lr": lr, "grad_norm": grad_norm}, epoch=batches.current_epoch)
+        if step % args.save_interval == 0 or step == last_step:
+            save_checkpoint(weight_file, resume_file, model, optimizer, scaler, step, batches, ddp,
+                            run_id=logger.run_id, flags=vars(args), extra={"spo_tracker": tracker})
 
-    run_rl(loop, dataset, update, total_steps,
-           describe=f"{len(dataset)} prompts, {dist_state.world_size} process(es), {total_steps} optimizer steps "
-                    f"(batch {args.batch_size} prompts, rho {args.spo_rho_mode}, device {loop.device})")
+    logger.info(f"done: {step} steps; weights -> {weight_file}")
+    logger.close()
+    cleanup_distributed()
 
 
 if __name__ == "__main__":

@@ -1,20 +1,39 @@
-"""Everything the stage scripts share, written once.
+"""The small pieces every stage script's training loop calls. The loop itself is written out in each
+trainer/train_*.py; here is only what would otherwise be repeated. Each helper does one thing and takes what it
+needs as parameters (no `args` Namespace):
 
-A stage script (train_pretrain.py, train_full_sft.py, ...) holds only its own algorithm: its dataset, its
-loss, its flags. This module holds the rest:
+  flags        add_common_args(parser, *, stage, data_path, epochs, batch_size, learning_rate, max_seq_len,
+                               from_weight, accumulation_steps, save_interval, log_interval)
+  processes    init_distributed(device_arg) -> DistState(rank, local_rank, world_size, device, is_main, ddp)
+               (elastic_attempt_store: per-restart rendezvous keys under `torchrun --max_restarts`)
+               cleanup_distributed();  print0(*args): print on rank 0 only
+  model        init_model(config, from_weight, save_dir, tokenizer_path, device, log) -> (model, tokenizer)
+               wrap_model(model, dist_state, compile=False) -> torch.compile and/or DDP wrapper
+               lm_loss(model, batch, doc_attention_impl) -> (loss, aux_loss): pretraining's forward + loss
+  precision    mixed_precision(dtype_name, device) -> (dtype, autocast context, GradScaler)
+  data         dynamic_padding(dataset, pad_id, max_seq_len, pad_to_max, group_by_length, compiled)
+                   -> (collate_fn, lengths)
+               Batches(dataset, collate_fn, dist_state, *, batch_size, epochs, seed, accumulation_steps=1,
+                       lengths=None, shuffle=True, num_workers=0): iterate -> one list of device micro-batches
+                   per optimizer step; .total_steps, .steps_per_epoch, .current_epoch, .describe(),
+                   .state_dict() / .load_state_dict() (epoch, consumed), .steps_done()
+               ResumableSampler: the seeded, DDP-sharded, length-grouped order under Batches
+  optimizing   make_optimizer(params, lr, weight_decay, device) -> AdamW
+               get_lr(step, total_steps, lr, min_lr_ratio, warmup_steps) -> float;  set_lr(optimizer, lr)
+               ddp_sync(model, sync) -> context: DDP all-reduces gradients only when `sync`
+               optimizer_step(optimizer, scaler, grad_clip) -> grad_norm tensor (unscale, clip, step, zero_grad)
+  checkpoints  save_checkpoint(weight_file, resume_file, model, optimizer, scaler, step, batches, dist_state, *,
+                               run_id=None, flags=None, extra=None, weights=half_state_dict)
+               load_checkpoint(resume_file, model, optimizer, scaler, batches, world_size=1, extra=None,
+                               steps_per_group=1) -> (step, run_id)
+               (names and paths: weight_path / resume_path from model/checkpoint.py; atomic writes: atomic_save)
+  logging      TrainLogger(name, save_dir, dist_state, *, log_interval, last_step, start_step=0, append=False,
+                           wandb_project=None, tracker="wandb", config=None, run_id=None)
+                   .add(tokens=None, **values) per micro-batch, .log(step, metrics, epoch) per step, .info(msg),
+                   .close(), .run_id
 
-  paths          repo-root-relative defaults, weight / resume file names
-  arguments      the upstream-compatible common flags (`add_common_args`)
-  devices        NPU -> CUDA -> MPS -> CPU, dtype choice, autocast, GradScaler
-  distributed    torchrun / DDP init and cleanup (nccl, hccl or gloo)
-  model          config from flags, `init_model` (strict weight loading + tokenizer)
-  stage setup    `setup_stage` (DDP, seed, model, tokenizer), `padded_dataset` (dataset + collate + lengths)
-  optimisation   AdamW, cosine LR with a floor, accumulation + clipping (`Optimizer step` in `TrainLoop`)
-  data order     `ResumableSampler`: the same shuffled order every run, skipping what a resume already consumed
-  checkpoints    half-precision weights, full resume state, written atomically (`atomic_save`, model/atomic_io.py)
-  logging        rank-0 console + progress bar + JSONL metrics + optional wandb / swanlab
-  the loop       `TrainLoop.run`: the loop shared by pretrain, SFT, LoRA, DPO, distillation and reasoning
-                 (the RL stages drive its pieces from trainer/rl_utils.run_rl)
+Device, dtype, autocast and seed live in model/runtime.py; weight names, strict loading and the tokenizer in
+model/checkpoint.py (both re-exported here for the stage scripts).
 """
 import argparse
 import json
@@ -26,7 +45,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -39,15 +58,15 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from dataset.lm_dataset import PadCollator, doc_attention_mask  # noqa: E402
-from model.atomic_io import atomic_save  # noqa: E402,F401  (re-exported: scripts and tests import it from here)
+from model.atomic_io import atomic_save  # noqa: E402
+# Re-exported for the stage scripts (one import line each): names, paths and strict loading from model/checkpoint.py,
+# device / dtype / seed from model/runtime.py, the exit helper from model/errors.py.
 from model.checkpoint import (DEFAULT_CHECKPOINTS, DEFAULT_OUT, DEFAULT_TOKENIZER, WeightLoadError,  # noqa: E402,F401
-                              add_model_size_args, half_state_dict,
-                              load_state_dict_file, load_tokenizer, load_weights, model_config_from_args,
-                              resume_path, unwrap, weight_name, weight_path)
+                              add_model_size_args, half_state_dict, load_tokenizer, load_weights,
+                              model_config_from_args, resume_path, unwrap, weight_name, weight_path)
 from model.errors import run_main  # noqa: E402,F401
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
-from model.runtime import (autocast_context, cpu_has_native_bf16, default_device, is_npu_available,  # noqa: E402,F401
-                           resolve_dtype, setup_seed)
+from model.runtime import autocast_context, default_device, resolve_dtype, setup_seed  # noqa: E402,F401
 
 
 # ================================================================================================================
@@ -56,7 +75,8 @@ from model.runtime import (autocast_context, cpu_has_native_bf16, default_device
 def add_common_args(parser: argparse.ArgumentParser, *, stage: str, data_path: str, epochs=1, batch_size=32,
                     learning_rate=5e-4, max_seq_len=512, from_weight="none", accumulation_steps=1,
                     save_interval=1000, log_interval=100):
-    """The flags every stage shares, with the original MiniMind's names. Paths default to the repo root."""
+    """The flags every stage shares, with the original MiniMind's names. Paths default to the repo root.
+    `max_seq_len=None` leaves --max_seq_len out (the RL stages define it as an alias of --max_prompt_len)."""
     p = parser
     p.add_argument("--save_dir", type=str, default=str(DEFAULT_OUT), help="where weights are written")
     p.add_argument("--save_weight", type=str, default=stage, help="prefix of the saved weight file")
@@ -77,7 +97,8 @@ def add_common_args(parser: argparse.ArgumentParser, *, stage: str, data_path: s
     p.add_argument("--log_interval", type=int, default=log_interval)
     p.add_argument("--save_interval", type=int, default=save_interval)
     add_model_size_args(p)  # --preset, --hidden_size, --num_hidden_layers, ..., --use_moe
-    p.add_argument("--max_seq_len", type=int, default=max_seq_len)
+    if max_seq_len is not None:
+        p.add_argument("--max_seq_len", type=int, default=max_seq_len)
     p.add_argument("--data_path", type=str, default=str(ROOT / data_path))
     p.add_argument("--tokenizer_path", type=str, default=str(DEFAULT_TOKENIZER))
     p.add_argument("--from_weight", type=str, default=from_weight,
@@ -100,7 +121,7 @@ def add_common_args(parser: argparse.ArgumentParser, *, stage: str, data_path: s
 
 
 # ================================================================================================================
-# Devices, precision, distributed
+# Processes, devices, precision
 # ================================================================================================================
 @dataclass
 class DistState:
@@ -141,8 +162,24 @@ def init_distributed(device_arg: Optional[str] = None) -> DistState:
     else:
         backend = "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, store=elastic_attempt_store(rank, world_size),
+                                rank=rank, world_size=world_size)
     return DistState(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+
+
+def elastic_attempt_store(rank: int, world_size: int):
+    """The env:// rendezvous store, with its keys kept apart per torchrun restart attempt.
+
+    When torchrun (`--max_restarts N`) restarts a failed group, the new workers reconnect to the SAME agent
+    TCPStore as the group before them (torch 2.13, static and c10d rendezvous alike), and the process group's
+    keys (under "default_pg/", where gloo publishes each rank's listening address) have the same names again. A
+    new worker can then read the address of a dead worker of the last attempt before its new peer overwrites it,
+    and gloo's connectFullMesh fails with "Connection refused" (or hangs until the timeout). Prefixing the store
+    with TORCHELASTIC_RESTART_COUNT (set by torchrun) gives each attempt fresh keys. Elsewhere: plain env://.
+    """
+    store, _, _ = next(dist.rendezvous("env://", rank, world_size))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    return dist.PrefixStore(f"minimind/attempt_{attempt}", store) if attempt is not None else store
 
 
 def cleanup_distributed():
@@ -151,8 +188,29 @@ def cleanup_distributed():
         dist.destroy_process_group()
 
 
+def print0(*args, **kwargs):
+    """print() on rank 0 only (RANK is set by torchrun; a plain `python` run is rank 0)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def mixed_precision(dtype_name: str, device: str):
+    """--dtype -> (dtype, autocast context for the forward pass, GradScaler).
+
+    Weights stay fp32; autocast runs the matmuls in bf16/fp16. Only fp16 needs the GradScaler (its small
+    gradients underflow); for other dtypes it is a disabled pass-through. On CUDA, fp32 matmuls may use TF32.
+    """
+    dtype = resolve_dtype(dtype_name, device)
+    kind = torch.device(device).type
+    if kind == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    scaler = torch.amp.GradScaler(kind, enabled=dtype == torch.float16)
+    return dtype, autocast_context(device, dtype), scaler
+
+
 # ================================================================================================================
-# Model and weights
+# Model
 # ================================================================================================================
 def init_model(config: MiniMindConfig, from_weight: str = "none", save_dir=DEFAULT_OUT,
                tokenizer_path=DEFAULT_TOKENIZER, device="cpu", log=print):
@@ -176,74 +234,57 @@ def init_model(config: MiniMindConfig, from_weight: str = "none", save_dir=DEFAU
     return model.to(device), tokenizer
 
 
-# ================================================================================================================
-# Stage setup: what every stage script does before its own part
-# ================================================================================================================
-def setup_stage(args):
-    """Process group, seed, rank-0 logging, then the model (from --from_weight) and the tokenizer.
+def wrap_model(model, dist_state: DistState, compile: bool = False):
+    """torch.compile (optional), then DistributedDataParallel when launched by torchrun.
 
-    Returns (dist_state, model, tokenizer, log); `log` prints on rank 0 only. The seed is set before the model
-    is built, so every rank starts from identical weights (and identical LoRA adapters / critic heads).
+    Load weights and resume state into the plain model first (or into `unwrap(model)`): the wrappers prefix the
+    state-dict keys. Compilation is lazy: the first step of each new input shape is slow (seconds to minutes)
+    while inductor builds kernels; packed pretraining has one shape, padded stages few (lengths padded to x64).
     """
-    dist_state = init_distributed(args.device)
-    setup_seed(args.seed)
-    log = print if dist_state.is_main else (lambda *a, **k: None)
-    model, tokenizer = init_model(model_config_from_args(args), args.from_weight, args.save_dir,
-                                  args.tokenizer_path, dist_state.device, log)
-    return dist_state, model, tokenizer, log
+    if compile:
+        print0("torch.compile: the first steps compile the model and are slow")
+        model = torch.compile(model)
+    if dist_state.ddp:
+        kind = torch.device(dist_state.device).type
+        model = DistributedDataParallel(model, device_ids=[dist_state.local_rank] if kind in ("cuda", "npu") else None)
+    return model
 
 
-def padded_dataset(args, tokenizer, dataset_cls):
-    """One record per row, padded per batch: `dataset_cls(--data_path)`, its PadCollator and, unless
-    --group_by_length 0 or --pad_to_max, the record sizes that turn on length-grouped batches (similar lengths
-    in a batch: little compute is spent on padding). Returns (dataset, collate, lengths) for `TrainLoop.run`."""
-    dataset = dataset_cls(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines)
-    collate = PadCollator(tokenizer.pad_token_id, pad_to=args.max_seq_len if args.pad_to_max else None,
-                          pad_multiple=64 if args.use_compile else 1)
-    lengths = dataset.data.byte_lengths() if args.group_by_length and not args.pad_to_max else None
-    return dataset, collate, lengths
+class LMLoss(NamedTuple):
+    loss: torch.Tensor      # next-token cross-entropy + the MoE balance loss (what is minimised)
+    aux_loss: torch.Tensor  # the MoE balance loss alone (0 for a dense model)
 
 
-# ================================================================================================================
-# Checkpoints (atomic writes: `atomic_save` from model/atomic_io.py)
-# ================================================================================================================
-def rng_state() -> dict:
-    np_state = np.random.get_state()
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:])}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def lm_loss(model, batch: dict, doc_attention_impl: str = "auto") -> LMLoss:
+    """Next-token cross-entropy over the labelled positions of a pretraining batch, plus the MoE balance loss.
 
-
-def set_rng_state(state: dict):
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def load_resume(path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    Padded rows need no mask: padding sits at the end of each row and attention is causal, so real tokens never
+    see it, and SDPA keeps its fast causal kernel. Packed, document-aware blocks bring their own position ids and
+    `doc_ids`, turned into a block-diagonal causal mask (a flex_attention BlockMask on CUDA, a dense boolean
+    SDPA mask elsewhere: `doc_attention_impl`). scripts/benchmark.py times it; tests check it.
+    """
+    mask = doc_attention_mask(batch["doc_ids"], doc_attention_impl) if "doc_ids" in batch else None
+    out = model(input_ids=batch["input_ids"], labels=batch["labels"], attention_mask=mask,
+                position_ids=batch.get("position_ids"))
+    return LMLoss(out.loss + out.aux_loss, out.aux_loss)
 
 
 # ================================================================================================================
-# Learning rate
+# Data: a seeded, DDP-sharded, resumable order, cut into accumulation groups
 # ================================================================================================================
-def get_lr(step: int, total_steps: int, lr: float, min_lr_ratio: float = 0.1, warmup_steps: int = 0) -> float:
-    """Linear warmup, then cosine decay from lr down to a floor of lr * min_lr_ratio at the last step."""
-    if warmup_steps and step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    floor = lr * min_lr_ratio
-    return floor + (lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+def dynamic_padding(dataset, pad_id: int, max_seq_len: int, pad_to_max: bool = False, group_by_length: bool = True,
+                    compiled: bool = False):
+    """(collate_fn, lengths) for a dataset of one record per row, padded per batch.
+
+    PadCollator pads each batch to its longest row (to --max_seq_len with `pad_to_max`, like the original
+    MiniMind; to a multiple of 64 when `compiled`, so torch.compile sees few shapes). `lengths` (record sizes,
+    or None) makes `Batches` group similar lengths into a batch, so little compute is spent on padding.
+    """
+    collate = PadCollator(pad_id, pad_to=max_seq_len if pad_to_max else None, pad_multiple=64 if compiled else 1)
+    lengths = dataset.data.byte_lengths() if group_by_length and not pad_to_max else None
+    return collate, lengths
 
 
-# ================================================================================================================
-# Data order
-# ================================================================================================================
 class ResumableSampler(Sampler):
     """A seeded shuffle shared by all ranks, dealt out in micro-batches, that can start mid-epoch.
 
@@ -314,54 +355,293 @@ class ResumableSampler(Sampler):
         return len(list(iter(self)))
 
 
+class Batches:
+    """The training data as optimizer steps: each item is one accumulation group, a list of up to
+    `accumulation_steps` micro-batches (dicts of tensors already on the device), for the remaining epochs.
+
+    Sharded across DDP ranks by `ResumableSampler` (one micro-batch step of all ranks consumes
+    batch_size * world_size consecutive samples of a seeded global order) and resumable: `state_dict()` is the
+    position (epoch, samples of it consumed). The position advances when a group is handed out, so a checkpoint
+    saved after that group's optimizer step continues with the next group, also on another number of ranks.
+    A group never spans two epochs: the last one of an epoch may be shorter (divide its losses by its length).
+    """
+
+    def __init__(self, dataset, collate_fn, dist_state: DistState, *, batch_size: int, epochs: int, seed: int,
+                 accumulation_steps: int = 1, lengths=None, shuffle: bool = True, num_workers: int = 0):
+        self.dataset, self.collate_fn, self.device = dataset, collate_fn, dist_state.device
+        self.batch_size, self.epochs, self.accumulation_steps = batch_size, epochs, accumulation_steps
+        self.num_workers, self.world_size = num_workers, dist_state.world_size
+        self.sampler = ResumableSampler(len(dataset), dist_state.rank, dist_state.world_size, seed=seed,
+                                        shuffle=shuffle, batch_size=batch_size, lengths=lengths)
+        self.samples_per_micro = batch_size * dist_state.world_size  # consumed by one micro-batch of all ranks
+        self.steps_per_epoch = math.ceil(self.sampler.num_micro_batches() / accumulation_steps)
+        self.total_steps = self.steps_per_epoch * epochs
+        self.epoch, self.consumed = 0, 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "consumed": self.consumed}
+
+    def load_state_dict(self, state: dict):
+        self.epoch, self.consumed = state["epoch"], state["consumed"]
+
+    def steps_done(self) -> int:
+        """The optimizer steps the current position amounts to with this world size and accumulation (after a
+        resume on another number of ranks, the LR schedule continues from here)."""
+        return self.epoch * self.steps_per_epoch + math.ceil(
+            self.consumed / (self.samples_per_micro * self.accumulation_steps))
+
+    @property
+    def current_epoch(self) -> int:
+        """1-based number of the epoch the latest group came from (what the logs call `epoch`)."""
+        return self.epoch + (1 if self.consumed else 0)
+
+    def describe(self) -> str:
+        return (f"{len(self.dataset)} samples, {self.world_size} process(es), {self.steps_per_epoch} steps/epoch x "
+                f"{self.epochs} epochs = {self.total_steps} optimizer steps (micro-batch {self.batch_size}, "
+                f"accumulation {self.accumulation_steps})")
+
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def __iter__(self):
+        pin = torch.device(self.device).type == "cuda"
+        while self.epoch < self.epochs:
+            self.sampler.set_epoch(self.epoch, self.consumed)
+            loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler,
+                                collate_fn=self.collate_fn, num_workers=self.num_workers, pin_memory=pin)
+            micro_left, micro_batches = len(loader), iter(loader)
+            while micro_left:
+                n = min(self.accumulation_steps, micro_left)
+                group = [self._to_device(next(micro_batches)) for _ in range(n)]
+                micro_left -= n
+                self.consumed += n * self.samples_per_micro
+                if micro_left == 0:  # the epoch's last group: a save after its step must point at the next epoch
+                    self.epoch, self.consumed = self.epoch + 1, 0
+                yield group
+
+
+# ================================================================================================================
+# Optimization
+# ================================================================================================================
+def make_optimizer(params, lr: float, weight_decay: float, device: str) -> torch.optim.AdamW:
+    """AdamW over the parameters that require grad (LoRA: only the adapters); fused kernels on CUDA."""
+    params = [p for p in params if p.requires_grad]
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=torch.device(device).type == "cuda")
+
+
+def get_lr(step: int, total_steps: int, lr: float, min_lr_ratio: float = 0.1, warmup_steps: int = 0) -> float:
+    """Linear warmup, then cosine decay from lr down to a floor of lr * min_lr_ratio at the last step."""
+    if warmup_steps and step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    floor = lr * min_lr_ratio
+    return floor + (lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer, lr: float) -> float:
+    """Set the learning rate of every parameter group (the schedule is `get_lr`); returns it."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def ddp_sync(model, sync: bool):
+    """Context for one micro-batch's forward AND backward: under DDP, gradients are all-reduced across ranks
+    only when `sync` (the last micro-batch of an accumulation group); the others just add to the local .grad.
+    Without DDP it does nothing."""
+    if isinstance(model, DistributedDataParallel) and not sync:
+        return model.no_sync()
+    return nullcontext()
+
+
+def optimizer_step(optimizer, scaler, grad_clip: float) -> torch.Tensor:
+    """Unscale (fp16), clip the gradient norm to `grad_clip` (<= 0: no clipping), step, zero the gradients.
+
+    Returns the pre-clip gradient norm as a tensor: reading it (.item()) would wait for the device, so the
+    logger does that once per log line. A GradScaler skips the step when an fp16 gradient overflowed.
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+# ================================================================================================================
+# Checkpoints (atomic writes: `atomic_save` from model/atomic_io.py)
+# ================================================================================================================
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict):
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(weight_file, resume_file, model, optimizer, scaler, step: int, batches: Batches,
+                    dist_state: DistState, *, run_id=None, flags: Optional[dict] = None,
+                    extra: Optional[dict] = None, weights: Callable = half_state_dict):
+    """Rank 0 writes, each file atomically (model/atomic_io.py):
+
+      weight_file  `weights(model)`: half-precision weights for inference (LoRA passes `lora_state_dict`)
+      resume_file  everything an exact resume needs: fp32 model, optimizer, GradScaler, the `extra` modules
+                   ({name: module}, e.g. a value tracker), step, data position, world size, RNG states, the
+                   tracker's run id and the run's `flags` (scripts/report.py shows them)
+    Every rank then waits at a barrier, so none runs ahead while the files are written.
+    """
+    if dist_state.is_main:
+        model = unwrap(model)
+        atomic_save(weights(model), weight_file)
+        atomic_save({
+            "model": {k: v.cpu() for k, v in model.state_dict().items()},  # full precision for exact resume
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "extra": {name: module.state_dict() for name, module in (extra or {}).items()},
+            "step": step, **batches.state_dict(), "world_size": dist_state.world_size, "rng": rng_state(),
+            "run_id": run_id,
+            "args": {k: v for k, v in (flags or {}).items() if isinstance(v, (int, float, str, bool, type(None)))},
+        }, resume_file)
+    if dist_state.ddp:
+        dist.barrier()
+
+
+def load_checkpoint(resume_file, model, optimizer, scaler, batches: Batches, world_size: int = 1,
+                    extra: Optional[dict] = None, steps_per_group: int = 1):
+    """Restore what `save_checkpoint` wrote (strictly) into the plain model, optimizer, scaler, `extra` modules
+    and data position, and the RNG states. Returns (step, tracker run id); (0, None) when there is no file yet.
+
+    Steps count optimizer steps of one world size: resumed on a different number of ranks, the same position
+    is a different step, and the step (hence the LR schedule) continues from `batches.steps_done()` times
+    `steps_per_group` (the optimizer steps a stage takes per item of `batches`: RL takes several per rollout).
+    """
+    resume_file = Path(resume_file)
+    if not resume_file.is_file():
+        print0(f"--from_resume 1: no checkpoint at {resume_file}, starting fresh")
+        return 0, None
+    ck = torch.load(resume_file, map_location="cpu", weights_only=True)
+    unwrap(model).load_state_dict(ck["model"], strict=True)
+    optimizer.load_state_dict(ck["optimizer"])
+    scaler.load_state_dict(ck["scaler"])
+    for name, module in (extra or {}).items():
+        module.load_state_dict(ck["extra"][name], strict=True)
+    batches.load_state_dict(ck)
+    set_rng_state(ck["rng"])
+    step = ck["step"]
+    print0(f"resumed from {resume_file}: epoch {batches.epoch + 1}, step {step}")
+    if ck["world_size"] != world_size:
+        step = batches.steps_done() * steps_per_group
+        print0(f"resuming a {ck['world_size']}-process run on {world_size} processes: continuing after sample "
+               f"{batches.consumed} of epoch {batches.epoch + 1}; step rescaled to {step} for world size {world_size}")
+    return step, ck.get("run_id")
+
+
 # ================================================================================================================
 # Logging
 # ================================================================================================================
-class MetricsLogger:
-    """Rank-0 console lines, a tqdm bar (on a terminal), JSONL metrics in out/logs/, optional wandb/swanlab."""
+class TrainLogger:
+    """Rank-0 console lines, a tqdm bar (on a terminal), JSONL rows in {save_dir}/logs/{name}.jsonl (what
+    tests and scripts/report.py read) and optionally wandb / swanlab.
 
-    def __init__(self, args, stage_name: str, dist_state: DistState, run_id: Optional[str] = None):
-        self.enabled = dist_state.is_main
+      add(**values)             per micro-batch: running sums on the device, no host sync; `tokens` is summed
+                                (for tokens/s), every other value averaged; None values are skipped
+      log(step, metrics, epoch) per optimizer step, on EVERY rank (it all-reduces): on the first step, every
+                                `log_interval` steps and the last one, it averages what was added since the last
+                                line over micro-batches and ranks (one host sync), adds `metrics` (lr, grad_norm,
+                                ...), writes a JSONL row and a console line with tok/s and ETA; else it advances
+                                the bar. Steps may jump (RL: several per rollout): a line is due whenever the
+                                steps cross a multiple of `log_interval`.
+      info(msg), close()
+    """
+
+    def __init__(self, name: str, save_dir, dist_state: DistState, *, log_interval: int, last_step: int,
+                 start_step: int = 0, append: bool = False, wandb_project: Optional[str] = None,
+                 tracker: str = "wandb", config: Optional[dict] = None, run_id: Optional[str] = None):
+        self.name, self.ds, self.every = name, dist_state, max(1, log_interval)
+        self.last_step, self.start_step, self.prev_step = last_step, start_step, start_step
+        self.sums, self.count, self.tokens = {}, 0, 0
+        self.t_start = self.t_line = time.time()
         self.run, self.run_id, self.bar = None, run_id, None
-        self.path = Path(args.save_dir) / "logs" / f"{stage_name}.jsonl"
-        if not self.enabled:
+        self.path = Path(save_dir) / "logs" / f"{name}.jsonl"
+        if not dist_state.is_main:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not args.from_resume and self.path.exists():
+        if not append and self.path.exists():
             self.path.unlink()  # a fresh run starts a fresh log; a resumed one appends
-        if args.use_wandb:
-            tracker = __import__(args.logger)
-            kwargs = dict(project=args.wandb_project, name=stage_name, config=vars(args))
+        if wandb_project:
+            kwargs = dict(project=wandb_project, name=name, config=config or {})
             if run_id:
                 kwargs.update(id=run_id, resume="allow")
-            self.run = tracker.init(**kwargs)
+            self.run = __import__(tracker).init(**kwargs)
             self.run_id = getattr(self.run, "id", None)
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=last_step, initial=start_step, unit="step", dynamic_ncols=True)
 
     def info(self, msg: str):
-        if self.enabled:
-            if self.bar is not None:
-                self.bar.write(msg)
-            else:
-                print(msg, flush=True)
-
-    def start_bar(self, total: int, initial: int):
-        if self.enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
-
-    def bar_update(self, **postfix):
-        if self.bar is not None:
-            self.bar.update(1)
-            if postfix:
-                self.bar.set_postfix(postfix, refresh=False)
-
-    def log(self, metrics: dict):
-        if not self.enabled:
+        if not self.ds.is_main:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(metrics) + "\n")
-        if self.run is not None:
-            self.run.log(metrics)
+        if self.bar is not None:
+            self.bar.write(f"[{self.name}] {msg}")
+        else:
+            print(f"[{self.name}] {msg}", flush=True)
+
+    def add(self, tokens=None, **values):
+        for k, v in values.items():
+            if v is not None:
+                v = v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v), device=self.ds.device)
+                self.sums[k] = self.sums[k] + v if k in self.sums else v
+        if tokens is not None:
+            self.tokens = self.tokens + (tokens.detach() if torch.is_tensor(tokens) else tokens)
+        self.count += 1
+
+    def log(self, step: int, metrics: dict, epoch: int):
+        prev, self.prev_step = self.prev_step, step
+        if not (prev == 0 or step >= self.last_step or step // self.every > prev // self.every):
+            if self.bar is not None:
+                self.bar.update(step - prev)
+            return
+        # One tensor, one all-reduce, one host sync for everything on the line.
+        keys = list(self.sums) + [k for k, v in metrics.items() if torch.is_tensor(v)]
+        vals = [self.sums[k] / max(1, self.count) for k in self.sums]
+        vals += [metrics[k].detach().float() for k in keys[len(self.sums):]]
+        vals = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.ds.device).reshape(())
+                            for v in vals + [self.tokens]])
+        if self.ds.ddp:
+            dist.all_reduce(vals, op=dist.ReduceOp.SUM)
+            vals /= self.ds.world_size
+        vals = vals.tolist()
+        now = time.time()
+        tok_s = vals[-1] * self.ds.world_size / max(now - self.t_line, 1e-9)
+        means = dict(zip(keys, vals))
+        row = {"step": step, "epoch": epoch, **{k: means.get(k, v) for k, v in metrics.items()},
+               "tokens_per_s": tok_s, **{k: means[k] for k in self.sums}, "time": now}
+        if self.ds.is_main:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            if self.run is not None:
+                self.run.log(row)
+        shown = " ".join(f"{k}: {means[k]:.4f}" for k in self.sums)
+        shown += "".join(f" {k}: {row[k]:.3e}" if k == "lr" else f" {k}: {row[k]:.3f}" if k == "grad_norm"
+                         else f" {k}: {row[k]:.4f}" for k in metrics)
+        eta = (now - self.t_start) / max(1, step - self.start_step) * (self.last_step - step)
+        self.info(f"step {step}/{self.last_step} {shown} tok/s: {tok_s:,.0f} ETA: {format_eta(eta)}")
+        if self.bar is not None:
+            self.bar.update(step - prev)
+            self.bar.set_postfix({"loss": f"{means.get('loss', float('nan')):.3f}", "tok_s": f"{tok_s:,.0f}"},
+                                 refresh=False)
+        self.sums, self.count, self.tokens, self.t_line = {}, 0, 0, now
 
     def close(self):
         if self.bar is not None:
@@ -373,253 +653,3 @@ class MetricsLogger:
 def format_eta(seconds: float) -> str:
     seconds = int(max(0, seconds))
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
-
-
-# ================================================================================================================
-# The supervised training loop
-# ================================================================================================================
-@dataclass
-class Batch:
-    """What a stage's loss function returns for one micro-batch."""
-    loss: torch.Tensor                 # scalar to minimise
-    n_tokens: torch.Tensor             # real (non-padding) tokens processed, for tokens/s
-    metrics: Optional[dict] = None     # extra scalars to log (tensors; averaged over the log interval)
-
-
-class TrainLoop:
-    """Optimiser, schedule, accumulation, clipping, DDP, logging, checkpointing and exact resume for one stage.
-
-    A stage script builds the model and a dataset, then calls `TrainLoop(...).run(dataset, collate, loss_fn)`
-    where `loss_fn(model, batch) -> Batch` is its whole algorithm. RL stages, whose data comes from rollouts,
-    use the pieces (`set_lr`, `backward`, `optimizer_step`, `save`, `logger`) from `rl_utils.run_rl`.
-    """
-
-    def __init__(self, args, stage: str, model, dist_state: DistState, extra_state: Optional[dict] = None,
-                 params=None):
-        self.args, self.stage, self.ds = args, stage, dist_state
-        self.device = dist_state.device
-        self.config = unwrap(model).config
-        self.name = weight_name(args.save_weight, self.config)
-        self.dtype = resolve_dtype(args.dtype, self.device)
-        self.autocast = autocast_context(self.device, self.dtype)
-        self.scaler = torch.amp.GradScaler(torch.device(self.device).type,
-                                           enabled=self.dtype == torch.float16)
-        self.extra_state = extra_state or {}  # modules saved/resumed alongside (e.g. a PPO critic)
-        params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
-        self.params = params
-        fused = torch.device(self.device).type == "cuda"
-        self.optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay,
-                                           fused=fused)
-        self.step, self.epoch, self.consumed = 0, 0, 0
-        self.rescale_step = False  # set when a resume changes the world size
-        self.resume_file = resume_path(args.checkpoint_dir, args.save_weight, self.config)
-        run_id = None
-        self.model = model
-        if args.from_resume:
-            run_id = self._load_resume()
-        self.logger = MetricsLogger(args, self.name, dist_state, run_id)
-        if torch.device(self.device).type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        if args.use_compile:
-            # Compiled lazily: the first step of each new input shape is slow (seconds to minutes) while inductor
-            # builds kernels; packed pretraining has one shape, padded stages few (lengths padded to x64).
-            self.log_main("torch.compile: the first steps compile the model and are slow")
-            self.model = torch.compile(self.model)
-        if dist_state.ddp:
-            kind = torch.device(self.device).type
-            ids = [dist_state.local_rank] if kind in ("cuda", "npu") else None
-            self.model = DistributedDataParallel(self.model, device_ids=ids)
-
-    # ---------------------------------------------------------------- resume
-    def _load_resume(self):
-        if not self.resume_file.is_file():
-            self.log_main(f"--from_resume 1: no checkpoint at {self.resume_file}, starting fresh")
-            return None
-        ck = load_resume(self.resume_file)
-        unwrap(self.model).load_state_dict(ck["model"], strict=True)
-        self.optimizer.load_state_dict(ck["optimizer"])
-        self.scaler.load_state_dict(ck["scaler"])
-        for name, module in self.extra_state.items():
-            module.load_state_dict(ck["extra"][name], strict=True)
-        self.step, self.epoch, self.consumed = ck["step"], ck["epoch"], ck["consumed"]
-        set_rng_state(ck["rng"])
-        self.rescale_step = ck["world_size"] != self.ds.world_size
-        if self.rescale_step:
-            self.log_main(f"resuming a {ck['world_size']}-process run on {self.ds.world_size} processes: "
-                          f"continuing after sample {self.consumed} of epoch {self.epoch + 1}")
-        self.log_main(f"resumed from {self.resume_file}: epoch {self.epoch + 1}, step {self.step}")
-        return ck.get("run_id")
-
-    def log_main(self, msg):
-        if self.ds.is_main:
-            print(msg, flush=True)
-
-    # ---------------------------------------------------------------- saving
-    def save(self):
-        """Half-precision weights to out/ and the full resume state to checkpoints/, both atomically."""
-        if self.ds.is_main:
-            model = unwrap(self.model)
-            atomic_save(self.weights_to_save(model), weight_path(self.args.save_dir, self.args.save_weight,
-                                                                 self.config))
-            for name, module in self.extra_state.items():
-                atomic_save(half_state_dict(module), weight_path(self.args.save_dir, name, self.config))
-            atomic_save({
-                "model": {k: v.cpu() for k, v in model.state_dict().items()},  # full precision for exact resume
-                "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "extra": {n: m.state_dict() for n, m in self.extra_state.items()},
-                "step": self.step, "epoch": self.epoch, "consumed": self.consumed,
-                "world_size": self.ds.world_size, "rng": rng_state(),
-                "run_id": self.logger.run_id, "args": {k: v for k, v in vars(self.args).items()
-                                                       if isinstance(v, (int, float, str, bool, type(None)))},
-            }, self.resume_file)
-        if self.ds.ddp:
-            dist.barrier()
-
-    def weights_to_save(self, model) -> dict:
-        """What goes to out/{stage}_{hidden}.pth; LoRA overrides this to save only the adapter."""
-        return half_state_dict(model)
-
-    # ---------------------------------------------------------------- one optimizer step
-    def set_lr(self, total_steps: int) -> float:
-        lr = get_lr(self.step, total_steps, self.args.learning_rate, self.args.min_lr_ratio, self.args.warmup_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        return lr
-
-    def backward(self, loss):
-        self.scaler.scale(loss).backward()
-
-    def optimizer_step(self) -> torch.Tensor:
-        """Unscale, clip, step, zero grads; returns the pre-clip grad norm (a tensor: no host sync)."""
-        self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.args.grad_clip if self.args.grad_clip > 0
-                                                   else float("inf"))
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        return grad_norm
-
-    def reduce_mean(self, values: torch.Tensor) -> torch.Tensor:
-        if self.ds.ddp:
-            values = values.clone()
-            dist.all_reduce(values, op=dist.ReduceOp.SUM)
-            values /= self.ds.world_size
-        return values
-
-    # ---------------------------------------------------------------- the supervised loop
-    def run(self, dataset, collate_fn, loss_fn: Callable, shuffle: bool = True, lengths=None):
-        """Train on `dataset` with `loss_fn(model, batch) -> Batch`. `lengths` (one number per sample, e.g.
-        `dataset.data.byte_lengths()`) turns on length-grouped batching."""
-        args, ds = self.args, self.ds
-        sampler = ResumableSampler(len(dataset), ds.rank, ds.world_size, seed=args.seed, shuffle=shuffle,
-                                   batch_size=args.batch_size, lengths=lengths)
-        samples_per_micro = args.batch_size * ds.world_size
-        micro_per_epoch = sampler.num_micro_batches()
-        steps_per_epoch = math.ceil(micro_per_epoch / args.accumulation_steps)
-        total_steps = steps_per_epoch * args.epochs
-        if self.rescale_step:
-            # Steps are counted per process group: with a new world size the same number of consumed samples is
-            # a different number of optimizer steps, and the LR schedule must continue from that position.
-            self.step = self.epoch * steps_per_epoch + math.ceil(
-                self.consumed / (samples_per_micro * args.accumulation_steps))
-            self.log_main(f"step rescaled to {self.step} for world size {ds.world_size}")
-        last_step = min(total_steps, args.max_steps) if args.max_steps else total_steps
-        self.logger.info(f"[{self.name}] {len(dataset)} samples, {ds.world_size} process(es), "
-                         f"{steps_per_epoch} steps/epoch x {args.epochs} epochs = {total_steps} optimizer steps "
-                         f"(micro-batch {args.batch_size}, accumulation {args.accumulation_steps}, "
-                         f"device {self.device}, dtype {str(self.dtype).replace('torch.', '')})")
-        self.model.train()
-        self.logger.start_bar(last_step, self.step)
-        pin = torch.device(self.device).type == "cuda"
-        t0, tokens_since, steps_since = time.time(), 0, 0
-        acc, acc_n = None, 0  # running sums since the last log line, kept on device (no per-step host sync)
-        t_start, start_step = time.time(), self.step
-        done = self.step >= last_step
-        while self.epoch < args.epochs and not done:
-            sampler.set_epoch(self.epoch, self.consumed)
-            loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, collate_fn=collate_fn,
-                                num_workers=args.num_workers, pin_memory=pin, drop_last=False,
-                                persistent_workers=False)
-            micro_left = len(loader)
-            group, group_size = 0, min(args.accumulation_steps, micro_left)
-            for batch in loader:
-                batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
-                         for k, v in batch.items()}
-                if group == 0:
-                    lr = self.set_lr(total_steps)
-                group += 1
-                sync = group == group_size
-                # Under DDP, gradients are all-reduced only on the micro-batch that ends an accumulation group.
-                ctx = self.model.no_sync() if ds.ddp and not sync else nullcontext()
-                with ctx:
-                    with self.autocast:
-                        out: Batch = loss_fn(self.model, batch)
-                    self.backward(out.loss / group_size)
-                stats = {"loss": out.loss.detach().float()}
-                for k, v in (out.metrics or {}).items():
-                    stats[k] = v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v))
-                stats = {k: v.to(self.device) for k, v in stats.items()}
-                acc = stats if acc is None else {k: acc[k] + stats[k] for k in acc}
-                acc_n += 1
-                tokens_since = tokens_since + out.n_tokens.detach()
-                self.consumed += samples_per_micro
-                micro_left -= 1
-                if not sync:
-                    continue
-                grad_norm = self.optimizer_step()
-                group, group_size = 0, min(args.accumulation_steps, micro_left)
-                steps_since += 1
-                if micro_left == 0:  # epoch finished: the next one starts from its beginning
-                    self.epoch, self.consumed = self.epoch + 1, 0
-                done = self.step >= last_step
-                if self.step % args.log_interval == 0 or done or self.step == 1:
-                    self._log(acc, acc_n, tokens_since, steps_since, t0, lr, grad_norm, t_start, start_step,
-                              last_step)
-                    acc, acc_n, tokens_since, steps_since, t0 = None, 0, 0, 0, time.time()
-                else:
-                    self.logger.bar_update()
-                if self.step % args.save_interval == 0 and not done:
-                    self.save()
-                if done:
-                    break
-        self.save()
-        self.logger.info(f"[{self.name}] done: {self.step} steps in {format_eta(time.time() - t_start)}; "
-                         f"weights -> {weight_path(args.save_dir, args.save_weight, self.config)}")
-        self.logger.close()
-
-    def _log(self, acc, acc_n, tokens, steps, t0, lr, grad_norm, t_start, start_step, last_step):
-        keys = list(acc)
-        vals = torch.stack([acc[k] for k in keys] + [torch.as_tensor(tokens, device=self.device).float(),
-                                                      grad_norm.detach().float().to(self.device)])
-        vals = self.reduce_mean(vals).tolist()  # the one host sync per log interval
-        metrics = {k: v / acc_n for k, v in zip(keys, vals[:len(keys)])}
-        dt = max(time.time() - t0, 1e-9)
-        tok_s = vals[len(keys)] * self.ds.world_size / dt
-        elapsed = time.time() - t_start
-        eta = elapsed / max(1, self.step - start_step) * (last_step - self.step)
-        row = {"step": self.step, "epoch": self.epoch + (1 if self.consumed else 0), "lr": lr,
-               "grad_norm": vals[-1], "tokens_per_s": tok_s, **metrics, "time": time.time()}
-        self.logger.log(row)
-        extra = " ".join(f"{k}: {v:.4f}" for k, v in metrics.items() if k != "loss")
-        self.logger.info(f"[{self.name}] step {self.step}/{last_step} loss: {metrics['loss']:.4f} {extra} "
-                         f"lr: {lr:.3e} grad_norm: {vals[-1]:.3f} tok/s: {tok_s:,.0f} ETA: {format_eta(eta)}")
-        self.logger.bar_update(loss=f"{metrics['loss']:.3f}", tok_s=f"{tok_s:,.0f}")
-
-
-def lm_loss(model, batch, doc_attention_impl: str = "auto") -> Batch:
-    """Next-token cross-entropy over the labelled positions (+ the MoE load-balancing loss).
-
-    No padding mask is passed: padding sits at the end of each row and attention is causal, so real
-    tokens never see it, and SDPA keeps its fast causal kernel. Packed blocks with document-aware attention
-    bring their own position ids and block-diagonal mask.
-    """
-    # packed, document-aware: a flex_attention BlockMask on CUDA, a dense boolean SDPA mask elsewhere
-    mask = doc_attention_mask(batch["doc_ids"], doc_attention_impl) if "doc_ids" in batch else None
-    out = model(input_ids=batch["input_ids"], labels=batch["labels"], attention_mask=mask,
-                position_ids=batch.get("position_ids"))
-    loss = out.loss + out.aux_loss
-    return Batch(loss=loss, n_tokens=batch["attention_mask"].sum(),
-                 metrics={"aux_loss": out.aux_loss} if unwrap(model).config.use_moe else None)

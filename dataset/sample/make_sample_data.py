@@ -995,10 +995,168 @@ def make_eval_mc(rng: random.Random) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------
+# sft_tool.jsonl and agent_rl.jsonl (tool use)
+# ---------------------------------------------------------------------------
+# Every tool result in these files is the real output of model/tools.py (the same tools training, eval, the
+# demo and the server run), so a model trained here sees exactly what it will see at inference.
+
+sys.path.insert(0, str(HERE.parents[1]))
+from model.tools import call_tool, format_number, tool_schemas  # noqa: E402
+
+TOOL_SYSTEMS = ["", "", "你是MiniMind，一个可以调用工具的AI助手。", "You are MiniMind, a helpful assistant that can call tools.",
+                "需要精确计算或查询信息时，请调用合适的工具。"]
+NO_TOOL_QA = [
+    ("你好", ID_GREET_ZH), ("你是谁？", ID_WHO_ZH), ("谢谢你！", ID_THANKS_ZH), ("Hello!", ID_GREET_EN),
+    ("Who are you?", ID_WHO_EN), ("What can you do?", ID_CAN_EN),
+]
+UNIT_CASES = [  # (value, from, to, zh from, zh to, en from, en to)
+    (5, "km", "mile", "公里", "英里", "kilometers", "miles"), (10, "mile", "km", "英里", "公里", "miles", "kilometers"),
+    (3, "kg", "pound", "公斤", "磅", "kilograms", "pounds"), (150, "pound", "kg", "磅", "公斤", "pounds", "kilograms"),
+    (100, "celsius", "fahrenheit", "摄氏度", "华氏度", "degrees Celsius", "degrees Fahrenheit"),
+    (98.6, "fahrenheit", "celsius", "华氏度", "摄氏度", "degrees Fahrenheit", "degrees Celsius"),
+    (6, "foot", "m", "英尺", "米", "feet", "meters"), (2, "gallon", "l", "加仑", "升", "gallons", "liters"),
+    (90, "min", "h", "分钟", "小时", "minutes", "hours"), (120, "km/h", "m/s", "公里/小时", "米/秒", "km/h", "m/s"),
+    (4, "jin", "kg", "斤", "公斤", "jin", "kilograms"), (12, "inch", "cm", "英寸", "厘米", "inches", "centimeters"),
+]
+TIME_CITIES = [("东京", "Asia/Tokyo", "Tokyo"), ("伦敦", "Europe/London", "London"), ("纽约", "America/New_York", "New York"),
+               ("北京", "Asia/Shanghai", "Beijing"), ("巴黎", "Europe/Paris", "Paris"), ("悉尼", "Australia/Sydney", "Sydney")]
+CURRENCIES = [("美元", "USD"), ("欧元", "EUR"), ("英镑", "GBP"), ("日元", "JPY"), ("澳元", "AUD"), ("港币", "HKD")]
+WEATHER_CITIES = [("北京", "Beijing"), ("上海", "Shanghai"), ("广州", "Guangzhou"), ("成都", "Chengdu"), ("杭州", "Hangzhou"),
+                  ("西安", "Xi'an")]
+PHRASES_TO_TRANSLATE = [("生日快乐", "english"), ("今天天气真好", "english"), ("Good morning", "chinese"),
+                        ("I love programming", "chinese"), ("新年快乐", "english"), ("Thank you", "chinese")]
+
+
+def _call(name: str, args: dict) -> tuple[dict, dict, dict]:
+    """(assistant call, tool message, parsed result) for one tool call, the result computed by model/tools.py."""
+    result = call_tool(name, args)
+    parsed = json.loads(result)
+    assert "error" not in parsed, (name, args, parsed)
+    return {"type": "function", "function": {"name": name, "arguments": args}}, msg("tool", result), parsed
+
+
+_num = format_number
+
+
+def tool_episode(rng: random.Random, kind: int, zh: bool):
+    """(needed tool names, user question, [(calls, tool messages)] per assistant step, final answer)."""
+    if kind == 0:  # arithmetic
+        a, b, c = rng.randint(12, 999), rng.randint(12, 99), rng.randint(2, 60)
+        expr = rng.choice([f"{a}*{b}", f"{a}*{b}+{c}", f"({a}+{b})*{c}", f"{a*c}/{c}", f"{a}-{b}*{c}", f"{a}**2"])
+        q = rng.choice([f"帮我算一下 {expr}", f"{expr} 等于多少？", f"请计算：{expr}"]) if zh else \
+            rng.choice([f"What is {expr}?", f"Calculate {expr}.", f"Please compute {expr} for me."])
+        call, tool, r = _call("calculate_math", {"expression": expr})
+        return ["calculate_math"], q, [([call], [tool])], f"{expr} = {r['result']}" + ("。" if zh else ".")
+    if kind == 1:  # unit conversion
+        v, fu, tu, zf, zt, ef, et = rng.choice(UNIT_CASES)
+        q = f"{_num(v)}{zf}等于多少{zt}？" if zh else f"How many {et} is {_num(v)} {ef}?"
+        call, tool, r = _call("unit_converter", {"value": v, "from_unit": fu, "to_unit": tu})
+        ans = f"{_num(v)}{zf}约等于{_num(r['result'])}{zt}。" if zh else f"{_num(v)} {ef} is about {_num(r['result'])} {et}."
+        return ["unit_converter"], q, [([call], [tool])], ans
+    if kind == 2:  # time zones
+        zc, tz, ec = rng.choice(TIME_CITIES)
+        q = rng.choice([f"{zc}现在几点了？", f"查一下{zc}的当前时间"]) if zh else f"What time is it in {ec} now?"
+        call, tool, r = _call("get_current_time", {"timezone": tz})
+        ans = f"{zc}现在是{r['datetime']}。" if zh else f"It is {r['datetime']} ({r['weekday']}) in {ec}."
+        return ["get_current_time"], q, [([call], [tool])], ans
+    if kind == 3:  # exchange rate with an amount
+        (zc, code), amount = rng.choice(CURRENCIES), rng.choice([50, 100, 200, 500, 1000])
+        q = f"{amount}{zc}能换多少人民币？" if zh else f"How much is {amount} {code} in Chinese yuan?"
+        call, tool, r = _call("get_exchange_rate", {"from_currency": code, "to_currency": "CNY", "amount": amount})
+        ans = (f"按汇率{_num(r['rate'])}计算，{amount}{zc}约合{_num(r['converted'])}元人民币。" if zh else
+               f"At a rate of {_num(r['rate'])}, {amount} {code} is about {_num(r['converted'])} CNY.")
+        return ["get_exchange_rate"], q, [([call], [tool])], ans
+    if kind == 4:  # weather
+        zc, ec = rng.choice(WEATHER_CITIES)
+        q = rng.choice([f"{zc}今天天气怎么样？", f"查一下{zc}的天气"]) if zh else f"What's the weather like in {ec}?"
+        call, tool, r = _call("get_current_weather", {"location": zc if zh else ec})
+        ans = (f"{zc}现在{r['condition']}，气温{r['temperature']}，湿度{r['humidity']}。" if zh else
+               f"It is {r['condition']} in {ec}: {r['temperature']}, humidity {r['humidity']}.")
+        return ["get_current_weather"], q, [([call], [tool])], ans
+    if kind == 5:  # two calls at once (parallel)
+        z1, z2 = [zc if zh else ec for zc, ec in rng.sample(WEATHER_CITIES, 2)]
+        c1, t1, r1 = _call("get_current_weather", {"location": z1})
+        c2, t2, r2 = _call("get_current_weather", {"location": z2})
+        hot = z1 if int(r1["temperature"][:-2]) >= int(r2["temperature"][:-2]) else z2
+        q = f"{z1}和{z2}现在哪里更热？" if zh else f"Which is warmer right now, {z1} or {z2}?"
+        ans = (f"{z1}{r1['temperature']}，{z2}{r2['temperature']}，{hot}更热。" if zh else
+               f"{z1} is {r1['temperature']} and {z2} is {r2['temperature']}, so {hot} is warmer.")
+        return ["get_current_weather"], q, [([c1, c2], [t1, t2])], ans
+    if kind == 6:  # two steps: the second call uses the first result
+        (zc, code), amount, people = rng.choice(CURRENCIES[:3]), rng.choice([100, 240, 360, 500]), rng.choice([2, 3, 4, 5])
+        c1, t1, r1 = _call("get_exchange_rate", {"from_currency": code, "to_currency": "CNY", "amount": amount})
+        expr = f"{_num(r1['converted'])}/{people}"
+        c2, t2, r2 = _call("calculate_math", {"expression": expr})
+        q = (f"我有{amount}{zc}，换成人民币后平分给{people}个人，每人能分到多少元？" if zh else
+             f"I have {amount} {code}. If I change it to yuan and split it among {people} people, how much does each get?")
+        ans = (f"{amount}{zc}约合{_num(r1['converted'])}元，平分给{people}人，每人约{r2['result']}元。" if zh else
+               f"{amount} {code} is about {_num(r1['converted'])} CNY; split {people} ways, each person gets about "
+               f"{r2['result']} CNY.")
+        return ["get_exchange_rate", "calculate_math"], q, [([c1], [t1]), ([c2], [t2])], ans
+    text, lang = rng.choice(PHRASES_TO_TRANSLATE)  # kind 7: translation (8: no tool, in make_sft_tool)
+    q = f"把“{text}”翻译成{'英文' if lang == 'english' else '中文'}" if zh else \
+        f"Translate \"{text}\" into {'English' if lang == 'english' else 'Chinese'}."
+    call, tool, r = _call("translate_text", {"text": text, "target_language": lang})
+    ans = f"“{text}”的翻译是：{r['translated_text']}" if zh else f"\"{text}\" translates as: {r['translated_text']}"
+    return ["translate_text"], q, [([call], [tool])], ans
+
+
+def _offered_tools(rng: random.Random, needed: list[str]) -> list[dict]:
+    """The needed tools plus one or two others, in random order: the model must pick the right one."""
+    others = [t["function"]["name"] for t in tool_schemas() if t["function"]["name"] not in needed]
+    names = needed + rng.sample(others, rng.randint(1, 2))
+    rng.shuffle(names)
+    return tool_schemas(names)
+
+
+def make_sft_tool(rng: random.Random) -> list[dict]:
+    out = []
+    for i in range(56):
+        zh = rng.random() < 0.6
+        # Every 4th record spells tools / tool_calls as JSON strings, as upstream's sft_t2t files do.
+        as_strings = i % 4 == 3
+        if i % 9 == 8:  # tools offered but not needed: answer directly
+            q, a = rng.choice(NO_TOOL_QA)
+            tools = _offered_tools(rng, [])
+            turns = [msg("user", q), msg("assistant", a)]
+        else:
+            needed, q, steps, answer = tool_episode(rng, i % 9, zh)
+            tools = _offered_tools(rng, needed)
+            turns = [msg("user", q)]
+            for calls, results in steps:
+                if as_strings:
+                    calls = [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]} for c in calls]
+                turns.append({"role": "assistant", "content": "",
+                              "tool_calls": json.dumps(calls, ensure_ascii=False) if as_strings else calls})
+                turns += results
+            turns.append(msg("assistant", answer))
+        system = {"role": "system", "content": rng.choice(TOOL_SYSTEMS),
+                  "tools": json.dumps(tools, ensure_ascii=False) if as_strings else tools}
+        out.append({"conversations": [system] + turns})
+    return out
+
+
+def make_agent_rl(rng: random.Random) -> list[dict]:
+    """Upstream's agent_rl.jsonl layout: system with tools (a JSON string), user, an empty assistant placeholder,
+    and `gt`, the answer(s) a correct episode must state (computed here with the same tools)."""
+    out = []
+    for i in range(40):
+        zh = rng.random() < 0.6
+        kind = [0, 1, 3, 6][i % 4]  # the kinds with a number to check
+        needed, q, steps, _ = tool_episode(rng, kind, zh)
+        last = json.loads(steps[-1][1][-1]["content"])
+        gt = last.get("result", last.get("converted"))
+        tools = json.dumps(_offered_tools(rng, needed), ensure_ascii=False)
+        out.append({"conversations": [{"role": "system", "content": "", "tools": tools}, msg("user", q),
+                                      msg("assistant", "")], "gt": [_num(gt) if not isinstance(gt, str) else gt]})
+    return out
+
+
+# ---------------------------------------------------------------------------
 # Writing, README, validation
 # ---------------------------------------------------------------------------
 
-FILES = ["pretrain", "sft", "dpo", "rlaif", "reason", "lora_identity", "gsm8k", "eval_mc"]
+FILES = ["pretrain", "sft", "dpo", "rlaif", "reason", "lora_identity", "gsm8k", "eval_mc", "sft_tool", "agent_rl"]
 
 DESCR = {
     "pretrain": ('`{"text": "..."}`, 40-400 characters', "plain zh/en text: short general-knowledge paragraphs, Q/A-style text, MiniMind identity text, multiplication tables, word lists"),
@@ -1013,6 +1171,10 @@ DESCR = {
     "gsm8k": ('`{"question": "...", "answer": "...worked solution...\\n#### N"}`; final number matches `####\\s*(-?[\\d,.]+)`',
               "our own simple multi-step arithmetic word problems, GSM8K-style `<<a*b=c>>` annotations, answers computed in code"),
     "eval_mc": ('`{"question": "...", "choices": [4 strings], "answer": "A".."D"}`', "multiple-choice questions on the same facts (generic MMLU-style format)"),
+    "sft_tool": ('SFT format with upstream minimind-3\'s tool fields: system `{"role": "system", "content", "tools": [schemas]}`, user, then assistant `{"content": "", "tool_calls": [...]}` + `tool` results (repeated for two-step tasks), final assistant answer; every 4th record stores `tools` / `tool_calls` as JSON strings, as upstream\'s files do',
+                 "tool-call conversations with the tools of `model/tools.py` (calculator, unit conversion, time zones, exchange rates, weather, translation; parallel and two-step calls; some where no tool is needed); every tool result is the tool's real output"),
+    "agent_rl": ('upstream agent_rl.jsonl layout: `{"conversations": [system, user, {"role": "assistant", "content": ""}], "gt": ["answer"]}`, the system message carrying `tools` as a JSON string',
+                 "agentic-RL episodes (AgentRLDataset): arithmetic, unit conversion, exchange rates and two-step questions; `gt` computed with the same tools"),
 }
 
 
@@ -1048,7 +1210,8 @@ def write_readme(out: Path) -> None:
     text = f"""# MiniMind sample data (quick start and smoke tests only)
 
 This folder holds a tiny, bundled data set for the README quick start (tokenizer -> pretrain -> SFT -> chat in a few
-minutes on a CPU) and for the smoke tests of the later training stages (DPO, RLAIF, reasoning, LoRA, evaluation).
+minutes on a CPU) and for the smoke tests of the later training stages (DPO, RLAIF, reasoning, LoRA, tool use,
+evaluation).
 
 **It is written and generated by us.** All facts, questions, answers and templates are hand-written in
 `make_sample_data.py`, which combines them deterministically (fixed seed {SEED}) into the files below. No external data
@@ -1063,7 +1226,8 @@ rewrites the same bytes, regenerates this README and validates every file.
 
 **It is not real training data.** A model trained on it will only parrot these few hundred facts and the MiniMind
 greeting/identity answers (e.g. for "你好" / "Who are you?"). Real training needs the full MiniMind data sets
-(pretrain_hq, sft_mini_512 / sft_*, dpo, rlaif-mini, r1_mix, lora_identity, ...).
+(pretrain_hq, sft_mini_512 / sft_*, dpo, rlaif-mini, r1_mix, lora_identity, ...; for minimind-3: pretrain_t2t_mini,
+sft_t2t_mini, rlaif, agent_rl, ...: see `scripts/download_data.py --list`).
 
 Content: short, friendly general knowledge (science, space, geography, history, Chinese culture, math, programming,
 health, daily life, animals, language), about 60% Chinese and 40% English, plus identity text about the assistant
@@ -1082,7 +1246,9 @@ conversations have an optional leading system turn, then alternate user/assistan
 are exactly `[user, assistant "无"]`; reason answers match the `<think>`/`<answer>` template; DPO pairs share all prompt
 turns and differ in the final assistant turn; gsm8k answers match `####\\s*(-?[\\d,.]+)`, every `<<expr=value>>`
 annotation evaluates correctly and the final number equals the last computed value; eval_mc has 4 distinct choices and
-an answer letter A-D.
+an answer letter A-D; sft_tool conversations follow system(tools), user, (assistant tool_calls, tool results)*, answer,
+call only offered tools, and every tool result equals what `model/tools.py` returns today; agent_rl records are
+`[system(tools), user, assistant ""]` with a non-empty `gt` list.
 """
     with open(out / "README.md", "w", encoding="utf-8", newline="\n") as f:
         f.write(text)
@@ -1093,6 +1259,7 @@ def generate(out: Path) -> dict[str, list[dict]]:
         "pretrain": make_pretrain, "sft": make_sft, "dpo": make_dpo, "rlaif": make_rlaif,
         "reason": make_reason, "lora_identity": make_lora_identity, "gsm8k": make_gsm8k, "eval_mc": make_eval_mc,
     }
+    makers.update(sft_tool=make_sft_tool, agent_rl=make_agent_rl)
     data = {}
     for i, name in enumerate(FILES):
         rng = random.Random(SEED + i)  # independent stream per file
@@ -1107,7 +1274,35 @@ def generate(out: Path) -> dict[str, list[dict]]:
 REASON_RE = re.compile(r"\A<think>\n(.+)\n</think>\n<answer>\n(.+)\n</answer>\Z", re.S)
 GSM_RE = re.compile(r"####\s*(-?[\d,.]+)")
 CALC_RE = re.compile(r"<<([^=<>]+)=([^<>]+)>>")
-MIN_COUNTS = {"pretrain": 600, "sft": 400, "dpo": 80, "rlaif": 80, "reason": 80, "lora_identity": 60, "gsm8k": 60, "eval_mc": 40}
+MIN_COUNTS = {"pretrain": 600, "sft": 400, "dpo": 80, "rlaif": 80, "reason": 80, "lora_identity": 60, "gsm8k": 60, "eval_mc": 40,
+              "sft_tool": 50, "agent_rl": 30}
+
+
+def _as_list(value):
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _check_tool_record(r: dict, where: str) -> None:
+    """sft_tool: system with tools, user, (assistant tool_calls, tool results)*, assistant answer; each call names
+    an offered tool and each result equals what model/tools.py returns for that call."""
+    assert set(r) == {"conversations"}, where
+    c = r["conversations"]
+    assert set(c[0]) == {"role", "content", "tools"} and c[0]["role"] == "system", f"{where}: system turn"
+    offered = {t["function"]["name"] for t in _as_list(c[0]["tools"])}
+    assert c[1]["role"] == "user" and c[1]["content"].strip(), f"{where}: user turn"
+    assert c[-1]["role"] == "assistant" and set(c[-1]) == {"role", "content"} and c[-1]["content"].strip(), where
+    k = 2
+    while k < len(c) - 1:
+        turn = c[k]
+        assert turn["role"] == "assistant" and turn["content"] == "" and set(turn) == {"role", "content", "tool_calls"}, where
+        calls = _as_list(turn["tool_calls"])
+        results = c[k + 1:k + 1 + len(calls)]
+        assert len(results) == len(calls) and all(t["role"] == "tool" for t in results), f"{where}: results"
+        for call, res in zip(calls, results):
+            fn = call.get("function", call)
+            assert fn["name"] in offered, f"{where}: {fn['name']} not offered"
+            assert res["content"] == call_tool(fn["name"], fn["arguments"]), f"{where}: stale tool result"
+        k += 1 + len(calls)
 
 
 def _check_turns(turns, where: str, allow_system: bool = True) -> None:
@@ -1171,6 +1366,14 @@ def validate(out: Path) -> dict[str, int]:
                     assert abs(got - float(val)) < 1e-9, f"{where}: {expr} != {val}"
                     last = got
                 assert last is not None and abs(last - final) < 1e-9, f"{where}: final answer {final} != {last}"
+            elif name == "sft_tool":
+                _check_tool_record(r, where)
+            elif name == "agent_rl":
+                assert set(r) == {"conversations", "gt"}, where
+                c = r["conversations"]
+                assert [t["role"] for t in c] == ["system", "user", "assistant"] and c[2]["content"] == "", where
+                assert isinstance(c[0]["tools"], str) and _as_list(c[0]["tools"]), f"{where}: tools"
+                assert isinstance(r["gt"], list) and r["gt"] and all(isinstance(g, str) and g for g in r["gt"]), where
             elif name == "eval_mc":
                 assert set(r) == {"question", "choices", "answer"}, where
                 ch = r["choices"]

@@ -1,0 +1,172 @@
+"""model/generation.py, the one decoding engine: BatchDecoder (rows joining and leaving a running batch, per-row
+sampling, cache growth), the fixed-batch loops built on it (generate, stream_generate) and the text helpers.
+Tiny random models on CPU."""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from helpers import tiny_model  # noqa: E402
+import model.generation as G  # noqa: E402
+from model.generation import (BatchDecoder, IncrementalDecoder, Sampling, StopMatcher, generate,  # noqa: E402
+                              stream_generate)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+PROMPTS = [[1, 5, 77, 300, 12], [1, 900], [1, 44, 45, 46, 47, 48, 49, 50, 51, 52], [1, 2000, 3000]]
+
+
+@pytest.fixture(scope="module")
+def model():
+    # A larger init keeps a random model from repeating one token forever under greedy decoding.
+    return tiny_model(0, initializer_range=0.3).eval()
+
+
+def greedy_no_cache(model, prompt, n, penalty=1.0, ban=None):
+    """The reference: full forward over the whole sequence per token, no cache, no padding."""
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            logits = model(torch.tensor([ids])).logits[:, -1].float()
+            if ban is not None:
+                logits[:, ban] = float("-inf")
+            if penalty != 1.0:
+                logits = G.process_logits(logits, 0, repetition_penalty=penalty, seen=torch.tensor([ids]))
+            ids.append(int(logits.argmax(-1)))
+    return ids[len(prompt):]
+
+
+def test_generate_drops_finished_rows_and_matches_one_by_one(model, monkeypatch):
+    """Rows finishing at different steps leave the batch; the others still get exactly their own tokens."""
+    want = [greedy_no_cache(model, p, 12) for p in PROMPTS]
+    # Stop tokens that end rows 1 and 3 early (at different steps) and leave the others running.
+    stops = [want[1][2], want[3][5]]
+    if any(s in want[0] + want[2] for s in stops) or stops[1] in want[1][:3] or stops[0] in want[3][:6]:
+        pytest.skip("degenerate sample: a stop token appears in another row")
+    cut = [w[:next((i + 1 for i, t in enumerate(w) if t in stops), len(w))] for w in want]
+    sizes = []
+    real_keep = BatchDecoder.keep
+    monkeypatch.setattr(BatchDecoder, "keep", lambda self, rows: (sizes.append(len(rows)), real_keep(self, rows)))
+    out = generate(model, PROMPTS, max_new_tokens=12, temperature=0, eos_token_id=stops, pad_token_id=0)
+    assert sizes == [3, 2]  # row 1 left after step 3, row 3 after step 6
+    for i, c in enumerate(cut):
+        n = len(c)
+        assert out.responses[i, :n].tolist() == c
+        assert out.response_mask[i].tolist() == [1] * n + [0] * (12 - n)
+        assert out.responses[i, n:].tolist() == [0] * (12 - n)  # padding after the stop token
+        assert (out.logprobs[i, n:] == 0).all()
+
+
+def test_logprobs_are_the_sampling_distribution(model):
+    gen = torch.Generator().manual_seed(3)
+    out = generate(model, PROMPTS, max_new_tokens=6, temperature=0.7, top_k=50, eos_token_id=-1, generator=gen)
+    with torch.no_grad():
+        logits = model(out.sequences, attention_mask=out.attention_mask,
+                       position_ids=(out.attention_mask.cumsum(-1) - 1).clamp(min=0)).logits.float()
+    P = out.prompt_len
+    for t in range(6):
+        filtered = G.process_logits(logits[:, P + t - 1], 0.7, 1.0, 50)
+        lp = F.log_softmax(filtered, -1).gather(1, out.responses[:, t:t + 1]).squeeze(1)
+        torch.testing.assert_close(lp, out.logprobs[:, t], atol=1e-4, rtol=0)
+    again = generate(model, PROMPTS, max_new_tokens=6, temperature=0.7, top_k=50, eos_token_id=-1,
+                     generator=torch.Generator().manual_seed(3))
+    assert torch.equal(again.sequences, out.sequences)  # a generator makes sampling reproducible
+
+
+def test_repetition_penalty_batched_equals_alone(model):
+    """The penalty's history of a left-padded row holds its own tokens only (no padding id)."""
+    for p in PROMPTS:
+        want = greedy_no_cache(model, p, 8, penalty=1.3)
+        assert generate(model, [p], max_new_tokens=8, temperature=0, repetition_penalty=1.3,
+                        eos_token_id=-1).responses[0].tolist() == want
+    batch = generate(model, PROMPTS, max_new_tokens=8, temperature=0, repetition_penalty=1.3, eos_token_id=-1)
+    assert [r.tolist() for r in batch.responses] == [greedy_no_cache(model, p, 8, penalty=1.3) for p in PROMPTS]
+
+
+def test_stream_generate_stops_after_the_stop_token(model):
+    want = greedy_no_cache(model, PROMPTS[0], 10)
+    assert list(stream_generate(model, PROMPTS[0], max_new_tokens=10, temperature=0, eos_token_id=-1)) == want
+    stop = want[4]
+    got = list(stream_generate(model, PROMPTS[0], max_new_tokens=10, temperature=0, eos_token_id=stop))
+    assert got == want[:want.index(stop) + 1]
+    assert list(stream_generate(model, PROMPTS[0], max_new_tokens=10, temperature=0, max_total_len=7)) == want[:2]
+
+
+def test_decoder_admits_rows_mid_batch_with_their_own_sampling(model):
+    """Rows joining a running batch (shorter and longer prompts, merged into the shared cache, which grows
+    many times) with different settings get exactly what they would get alone."""
+    settings = [Sampling(temperature=0), Sampling(temperature=0, repetition_penalty=1.3),
+                Sampling(temperature=0, ignore_eos=True), Sampling(temperature=0)]
+    lengths = [12, 20, 8, 15]
+    eos = greedy_no_cache(model, PROMPTS[2], 3)[1]  # row 2 would sample it here, but ignores EOS
+    want = [greedy_no_cache(model, p, n, s.repetition_penalty, eos if s.ignore_eos else None)
+            for p, n, s in zip(PROMPTS, lengths, settings)]
+    assert eos not in want[2]
+    dec = BatchDecoder(model, stop_token_ids=eos, chunk=2)
+    got = {i: [] for i in range(4)}
+
+    def step():
+        tok, _ = dec.sample()
+        still = []
+        for k, (row, t) in enumerate(zip(dec.rows, tok.tolist())):
+            got[row.tag].append(t)
+            if row.generated < row.max_new_tokens:
+                still.append(k)
+        dec.keep(still)
+        if still:
+            dec.advance(tok[still])
+
+    dec.admit([PROMPTS[0]], settings[0], lengths[0], tags=[0])
+    step()
+    step()
+    dec.admit([PROMPTS[1], PROMPTS[2]], settings[1:3], lengths[1:3], tags=[1, 2])
+    step()
+    dec.admit([PROMPTS[3]], settings[3], lengths[3], tags=[3])
+    while len(dec):
+        step()
+    assert [got[i] for i in range(4)] == want
+    assert dec.grows >= 1
+
+
+def test_ignore_eos_never_samples_a_stop_token(model):
+    want = greedy_no_cache(model, PROMPTS[0], 6)
+    dec = BatchDecoder(model, stop_token_ids=[want[0], want[1]])
+    dec.admit([PROMPTS[0], PROMPTS[0]], [Sampling(temperature=0, ignore_eos=True), Sampling(temperature=0)], 6)
+    tok, _ = dec.sample()
+    assert tok[1] == want[0] and tok[0] != want[0] and tok[0] != want[1]
+    assert dec.is_stop(tok).tolist() == [False, True]
+
+
+def test_seeded_rows_do_not_depend_on_their_neighbours(model):
+    def run(prompts, seeds):
+        dec = BatchDecoder(model, stop_token_ids=-1)
+        dec.admit(prompts, [Sampling(generator=torch.Generator().manual_seed(s)) for s in seeds], 5)
+        out = []
+        for _ in range(5):
+            tok, _ = dec.sample()
+            out.append(tok.tolist())
+            dec.advance(tok)
+        return [list(r) for r in zip(*out)]
+    assert run(PROMPTS[:2], [7, 8])[0] == run(PROMPTS[:1], [7])[0] == run([PROMPTS[0], PROMPTS[2]], [7, 9])[0]
+
+
+def test_stop_matcher_holds_back_a_possible_stop():
+    m = StopMatcher(["END", "##"])
+    assert m.feed("hello E") == ("hello ", False)
+    assert m.feed("N") == ("", False)
+    assert m.feed("Dless") == ("", True)  # "END" matched: the rest is discarded
+    m = StopMatcher(["END"])
+    assert m.feed("a EN") == ("a ", False) and m.flush() == "EN"
+    assert StopMatcher([]).feed("x") == ("x", False)
+
+
+def test_incremental_decoder_never_splits_a_character(tokenizer):
+    text = "鳕鱼🐟 and 饕餮😀"
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    d = IncrementalDecoder(tokenizer)
+    pieces = [d.push(t) for t in ids] + [d.flush()]
+    assert all("\ufffd" not in p for p in pieces) and "".join(pieces) == text == d.text
