@@ -7,6 +7,12 @@ step time, peak memory and (on CUDA) MFU; then batch-1 / batch-8 decoding and pr
     python scripts/benchmark.py --compare --configs 26m,104m,moe  # optimised and naive, with speedups
     python scripts/benchmark.py --compare --stages pretrain,sft --steps 5 --batch_size 8 --max_seq_len 512
     python scripts/benchmark.py --smoke                           # tiny config, seconds on a CPU (CI)
+    python scripts/benchmark.py --preset minimind2-small,minimind3,minimind3-moe --stages pretrain,sft
+
+Model configs (--configs, or --preset for the released shapes; both may be given): 26m, 104m and moe are the
+MiniMind2 presets minimind2-small, minimind2 and minimind2-moe under their old names; minimind3 (63.9M) and
+minimind3-moe (198M, ~64M active) are the current generation (QK-norm, 4 KV heads, top-1 MoE without a shared
+expert); tiny, tiny3 and tiny3-moe are 2-layer, 64-wide MiniMind2 / minimind-3 shapes for CI.
 
 Stages (one row per config x stage x mode):
   pretrain  optimised: packed blocks of --max_seq_len tokens (PackedPretrainDataset + stack_collate), no padding.
@@ -34,10 +40,11 @@ The optimised mode also uses the vectorised MoE dispatch, fused AdamW on CUDA an
 torch.compile for the training forward (SFT/DPO batches padded to multiples of 64 and every shape compiled
 before timing; GRPO compiled with dynamic shapes, so give it --warmup >= 2; decoding stays eager). The naive
 mode is eager, calls torch.cuda.empty_cache() after every step (a no-op without CUDA, but called), uses the
-per-expert loop MoE (MOEFeedForward.dispatch is replaced by dispatch_reference for the naive rows) and
-non-fused AdamW. Both modes use the same seeded weights. Precision: on GPUs both modes use --dtype (autocast);
-on a CPU the naive mode is fp32, as the original is there (it skips autocast when device_type == "cpu"), while
-the optimised mode uses --dtype (auto: bf16 autocast on CPUs with native bf16, trainer_utils.resolve_dtype).
+per-expert loop MoE (each naive model's MoE layers get `dispatch_reference` bound on the instance by
+`use_reference_dispatch`; the MOEFeedForward class is never changed) and non-fused AdamW. Both modes use the
+same seeded weights. Precision: on GPUs both modes use --dtype (autocast); on a CPU the naive mode is fp32, as
+the original is there (it skips autocast when device_type == "cpu"), while the optimised mode uses --dtype
+(auto: bf16 autocast on CPUs with native bf16, model.runtime.resolve_dtype).
 Run once more with --dtype float32 to see the gain without bf16 (each row records its dtype).
 
 Definitions (per measured step, warmup excluded):
@@ -60,7 +67,8 @@ Definitions (per measured step, warmup excluded):
   model FLOPs    per real token, training (forward + backward): 6*N + 12*L*h*T; forward only (reference,
                  rollout, decode): 2*N + 4*L*h*T, where N = parameters used per token excluding the input
                  embedding but counting the lm_head matmul (tied weights counted once; MoE: shared experts +
-                 top-k routed experts only), L = layers, h = hidden size, T = the row's sequence length (for
+                 top-k routed experts only), L = layers, h = attention width (heads x head_dim, the hidden size
+                 in every released shape), T = the row's sequence length (for
                  decode: the mean context). This is the PaLM convention: attention is counted as full (not
                  causal) and the lm_head as computed at every position, whatever the code skips.
   MFU            model FLOPs / time / peak dense bf16 FLOP/s of the device (CUDA only; --peak_tflops or a
@@ -76,7 +84,6 @@ import argparse
 import copy
 import ctypes
 import gc
-import json
 import math
 import os
 import platform
@@ -84,7 +91,7 @@ import re
 import resource
 import sys
 import time
-from contextlib import contextmanager
+import types
 from pathlib import Path
 
 import numpy as np
@@ -96,20 +103,28 @@ sys.path.insert(0, str(ROOT))
 
 from dataset.lm_dataset import (IGNORE_INDEX, DPODataset, PackedPretrainDataset, PadCollator,  # noqa: E402
                                 PretrainDataset, RLAIFDataset, SFTDataset, stack_collate)
+from model.checkpoint import load_tokenizer  # noqa: E402
 from model.generation import generate, left_pad, stream_generate  # noqa: E402
+from model.model_minimind import (PRESETS, MiniMindConfig, MiniMindForCausalLM, MOEFeedForward,  # noqa: E402
+                                  StaticKVCache)
+from model.runtime import autocast_context, default_device, resolve_dtype, setup_seed  # noqa: E402
 from scripts.script_utils import pyplot, save_figure, write_json  # noqa: E402
-from model.model_minimind import MiniMindConfig, MiniMindForCausalLM, MOEFeedForward, StaticKVCache  # noqa: E402
 from trainer.rl_utils import (aggregate_loss, clipped_policy_loss, format_reward, group_advantages,  # noqa: E402
                               kl_k3, position_ids_from_mask, rollout, step_generator, token_logps)
 from trainer.train_dpo import dpo_loss, sequence_logps  # noqa: E402
-from trainer.trainer_utils import (ResumableSampler, autocast_context, default_device, lm_loss,  # noqa: E402
-                                   load_tokenizer, resolve_dtype, setup_seed)
+from trainer.trainer_utils import ResumableSampler, lm_loss  # noqa: E402
 
+TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+# name -> (preset, overrides): MiniMindConfig.from_preset(preset, **overrides). Every preset is a config under
+# its own name too (--preset); the old MiniMind2 names stay for earlier commands and result files.
 CONFIGS = {
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
-    "26m": dict(hidden_size=512, num_hidden_layers=8),
-    "104m": dict(hidden_size=768, num_hidden_layers=16),
-    "moe": dict(hidden_size=640, num_hidden_layers=8, use_moe=True),
+    "tiny": ("minimind2-small", TINY),
+    "tiny3": ("minimind3", TINY),
+    "tiny3-moe": ("minimind3-moe", TINY),
+    "26m": ("minimind2-small", {}),
+    "104m": ("minimind2", {}),
+    "moe": ("minimind2-moe", {}),
+    **{name: (name, {}) for name in PRESETS},
 }
 STAGES = ("pretrain", "sft", "dpo", "grpo", "decode")
 BENCH_DIR = ROOT.parent / "shared" / "data" / "bench"
@@ -216,7 +231,8 @@ def peak_tflops_for(device, override):
 
 def dispatch_reference(self, x, topk_idx, topk_weight):
     """The original MiniMind's MoE routing (its training path): a per-expert loop with boolean masks.
-    Swapped in for MOEFeedForward.dispatch by `naive_moe`; tests also check the vectorised dispatch against it."""
+    Bound on the MoE layers of naive models by `use_reference_dispatch`; tests also check the vectorised
+    dispatch against it."""
     out = torch.zeros_like(x)
     for e, expert in enumerate(self.experts):
         for slot in range(topk_idx.shape[1]):
@@ -226,27 +242,30 @@ def dispatch_reference(self, x, topk_idx, topk_weight):
     return out
 
 
-@contextmanager
-def naive_moe(enabled: bool):
-    """The original MiniMind's MoE: loop over experts and top-k slots with boolean masks."""
-    if not enabled:
-        yield
-        return
-    vectorised = MOEFeedForward.dispatch
-    MOEFeedForward.dispatch = dispatch_reference
-    try:
-        yield
-    finally:
-        MOEFeedForward.dispatch = vectorised
+def use_reference_dispatch(model):
+    """Make this model's MoE layers route the original way. The method is bound on each MOEFeedForward
+    instance (an instance attribute wins over the class's method), so the class and every other model, the
+    optimised rows' included, keep the vectorised dispatch; copy.deepcopy (DPO / GRPO reference) rebinds it to
+    the copy."""
+    for module in model.modules():
+        if isinstance(module, MOEFeedForward):
+            module.dispatch = types.MethodType(dispatch_reference, module)
+    return model
 
 
 # ================================================================================================================
 # Model, FLOPs
 # ================================================================================================================
-def build_model(name, seed, device):
-    setup_seed(seed)  # identical weights in both modes
-    config = MiniMindConfig(**CONFIGS[name])
-    return MiniMindForCausalLM(config).to(device)
+def model_config(name) -> MiniMindConfig:
+    preset, overrides = CONFIGS[name]
+    return MiniMindConfig.from_preset(preset, **overrides)
+
+
+def build_model(name, seed, device, naive=False):
+    """The seeded model of config `name` (identical weights in both modes); naive: the per-expert MoE loop."""
+    setup_seed(seed)
+    model = MiniMindForCausalLM(model_config(name)).to(device)
+    return use_reference_dispatch(model) if naive else model
 
 
 def flops_params(model) -> dict:
@@ -262,11 +281,11 @@ def flops_params(model) -> dict:
 
 
 def train_flops(n, cfg, tokens, seq_len):
-    return tokens * (6 * n + 12 * cfg.num_hidden_layers * cfg.hidden_size * seq_len)
+    return tokens * (6 * n + 12 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * seq_len)
 
 
 def forward_flops(n, cfg, tokens, seq_len):
-    return tokens * (2 * n + 4 * cfg.num_hidden_layers * cfg.hidden_size * seq_len)
+    return tokens * (2 * n + 4 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * seq_len)
 
 
 # ================================================================================================================
@@ -478,7 +497,9 @@ class Bench:
                "peak_mem_mb": peak, "mem_kind": self.meter.kind,
                "model_tflops": flops / seconds / 1e12,
                "mfu": flops / seconds / (self.peak_tflops * 1e12) if self.peak_tflops else None,
-               "params_m": info["params_m"], "active_params_m": info["active_params_m"], **extra}
+               "params_m": info["params_m"], "active_params_m": info["active_params_m"],
+               "hidden_size": model.config.hidden_size, "num_hidden_layers": model.config.num_hidden_layers,
+               "use_moe": model.config.use_moe, "qk_norm": model.config.qk_norm, **extra}
         self.rows.append(row)
         mfu = f", MFU {row['mfu'] * 100:.1f}%" if row["mfu"] is not None else ""
         log(f"[bench] {cfg_name}/{stage}/{row['mode']}: {row['real_tokens_per_s']:,.0f} real tok/s, "
@@ -493,7 +514,7 @@ class Bench:
         log(f"[bench] {label}: building {n_total} batches")
         batches = self.data.train_batches(stage, naive, n_total)
         self.meter.start()
-        model = build_model(cfg_name, a.seed, self.device)
+        model = build_model(cfg_name, a.seed, self.device, naive)
         n, cfg = flops_params(model)["flops_n"], model.config
         ref = copy.deepcopy(model).eval().requires_grad_(False) if stage == "dpo" else None
         # dynamic=False: one static graph per padded length (few, see below) instead of an automatic switch to
@@ -529,8 +550,7 @@ class Bench:
             log(f"[bench] {label}: compiling {len(firsts)} shape(s) {sorted(firsts)} (untimed)")
             for i in sorted(firsts.values()):
                 step(i)
-        with naive_moe(naive and cfg.use_moe):
-            timed = self.timed(label, n_total, step)
+        timed = self.timed(label, n_total, step)
         real = padded = flops = 0
         passes = 2 if stage == "dpo" else 1  # DPO: the policy and the reference see the same rows
         for b in batches[a.warmup:]:
@@ -550,7 +570,7 @@ class Bench:
         n_total = a.warmup + a.steps
         prompt_batches = [self.data.prompts(n_prompts, offset=i * n_prompts) for i in range(n_total)]
         self.meter.start()
-        model = build_model(cfg_name, a.seed, self.device)
+        model = build_model(cfg_name, a.seed, self.device, naive)
         n, cfg = flops_params(model)["flops_n"], model.config
         ref = copy.deepcopy(model).eval().requires_grad_(False)
         # Rollout lengths vary from step to step: compile with dynamic shapes instead of once per shape.
@@ -595,8 +615,7 @@ class Bench:
             self.optimizer_step(model, opt, scaler, loss, naive)
             return attn.detach(), resp_mask.detach(), plen
 
-        with naive_moe(naive and cfg.use_moe):
-            timed = self.timed(label, n_total, step)
+        timed = self.timed(label, n_total, step)
         real = padded = flops = 0
         for _, (attn, resp_mask, plen) in timed:
             rows, T = attn.shape
@@ -618,16 +637,15 @@ class Bench:
         """A fresh model per row, built after the memory meter starts: peak memory includes the weights, as in
         the training rows. The weights are cast to the mode's dtype, as for serving (scripts/model_loading.py)."""
         self.meter.start()
-        model = build_model(cfg_name, self.args.seed, self.device).eval()
+        model = build_model(cfg_name, self.args.seed, self.device, naive).eval()
         return model.to(self.mode_dtype(naive))
 
     def decode_rows(self, cfg_name, naive):
         a, tok = self.args, self.tok
         enc = lambda texts: [tok(t, add_special_tokens=False).input_ids[-a.max_seq_len:] for t in texts]  # noqa
-        with naive_moe(naive and CONFIGS[cfg_name].get("use_moe", False)):
-            self.decode_row(cfg_name, naive, "decode_b1", enc(self.data.prompts(1)))
-            self.decode_row(cfg_name, naive, "decode_b8", enc(self.data.prompts(8)))
-            self.prefill_row(cfg_name, naive)
+        self.decode_row(cfg_name, naive, "decode_b1", enc(self.data.prompts(1)))
+        self.decode_row(cfg_name, naive, "decode_b8", enc(self.data.prompts(8)))
+        self.prefill_row(cfg_name, naive)
 
     def decode_row(self, cfg_name, naive, name, prompts):
         a, pad = self.args, self.tok.pad_token_id
@@ -753,7 +771,11 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description="MiniMind throughput benchmark (optimised vs the original's way)",
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Definitions of every column are in the module docstring.")
-    p.add_argument("--configs", type=str, default=None, help=f"comma list of {', '.join(CONFIGS)} (default 26m)")
+    p.add_argument("--configs", type=str, default=None,
+                   help=f"comma list of {', '.join(CONFIGS)} (default 26m, unless --preset is given)")
+    p.add_argument("--preset", type=str, default=None,
+                   help=f"comma list of released shapes to benchmark: {', '.join(PRESETS)} (rows named after "
+                        f"them; added to --configs)")
     p.add_argument("--stages", type=str, default=",".join(STAGES), help=f"comma list of {', '.join(STAGES)}")
     p.add_argument("--steps", type=int, default=None, help="measured steps per row (default 10)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2)")
@@ -765,10 +787,10 @@ def parse_args(argv=None):
     p.add_argument("--decode_tokens", type=int, default=None, help="new tokens per decode run (default 128)")
     p.add_argument("--decode_runs", type=int, default=None, help="measured decode runs (default 3)")
     p.add_argument("--prefill_len", type=int, default=None, help="prompt tokens for the prefill latency (256)")
-    p.add_argument("--device", type=str, default=None, help="default: trainer_utils.default_device()")
+    p.add_argument("--device", type=str, default=None, help="default: model.runtime.default_device()")
     p.add_argument("--dtype", type=str, default="auto", choices=["auto", "bfloat16", "float16", "float32"],
                    help="optimised rows; auto = bf16 where supported, CPUs with native bf16 included "
-                        "(trainer_utils.resolve_dtype). Naive CPU rows are always fp32, as in the original")
+                        "(model.runtime.resolve_dtype). Naive CPU rows are always fp32, as in the original")
     p.add_argument("--naive", action="store_true", help="run only the original MiniMind's way")
     p.add_argument("--compare", action="store_true", help="run both modes and report optimised / naive")
     p.add_argument("--compile", action="store_true", help="torch.compile the training model (optimised mode)")
@@ -786,13 +808,19 @@ def parse_args(argv=None):
     p.add_argument("--smoke", action="store_true",
                    help="CI check: tiny config, 2 steps, 1 warmup, all stages, both modes, sample data")
     args = p.parse_args(argv)
-    preset = SMOKE if args.smoke else DEFAULTS
+    presets = [c.strip() for c in (args.preset or "").split(",") if c.strip()]
+    for name in presets:
+        if name not in PRESETS:
+            p.error(f"--preset: unknown preset {name!r} (choose from {', '.join(PRESETS)})")
+    if presets and args.configs is None:
+        args.configs = ""  # --preset alone: only the presets, not the default 26m as well
+    defaults = SMOKE if args.smoke else DEFAULTS
     for k, v in DEFAULTS.items():
         if getattr(args, k) is None:
-            setattr(args, k, preset.get(k, v))
+            setattr(args, k, defaults.get(k, v))
     if args.smoke and not args.naive:
         args.compare = True  # both modes, unless --naive asks for the naive one only
-    args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    args.configs = list(dict.fromkeys([c.strip() for c in args.configs.split(",") if c.strip()] + presets))
     args.stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     for c in args.configs:
         if c not in CONFIGS:
@@ -841,6 +869,9 @@ def main(argv=None):
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     log(f"[bench] data: {data_src}")
     log(f"[bench] peak TFLOP/s for MFU: {peak if peak else '-'} ({peak_src})")
+    for name in args.configs:
+        preset, overrides = CONFIGS[name]
+        log(f"[bench] config {name}: preset {preset}" + (f" with {overrides}" if overrides else ""))
     log("[bench] weights are random (seeded): throughput depends on shapes, not values")
 
     bench = Bench(args, tokenizer, Data(args, tokenizer, paths), device, dtype, peak)

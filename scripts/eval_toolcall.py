@@ -411,14 +411,15 @@ def pct(x) -> str:
 
 def table(metrics: dict) -> str:
     m = metrics
-    rows = [("valid JSON calls", pct(m["valid_json"]), f"{m['call_attempts']} attempts"),
-            ("right tool", pct(m["right_tool"]), f"{m['n_right_tool']} tasks with calls"),
-            ("argument exact match", pct(m["args_exact"]), f"{m['n_args_exact']}"),
-            ("tool results match", pct(m["result_match"]), f"{m['n_result_match']}"),
-            ("no call when none needed", pct(m["no_tool_ok"]), f"{m['n_no_tool_ok']} tasks without calls"),
+    with_calls, without = f"{m['n_right_tool']} tasks with calls", f"{m['n_no_tool_ok']} tasks without calls"
+    rows = [("valid JSON calls", pct(m["valid_json"]), f"{m['call_attempts']} call attempts"),
+            ("right tool", pct(m["right_tool"]), with_calls),
+            ("argument exact match", pct(m["args_exact"]), with_calls),
+            ("tool results match", pct(m["result_match"]), with_calls),
+            ("no call when none needed", pct(m["no_tool_ok"]), without),
             ("final-answer accuracy", pct(m["answer_acc"]), f"{m['tasks']} tasks"),
-            ("finished within max_turns", pct(m["finished"]), f"{m['tasks']}"),
-            ("turns per task", "-" if m["mean_turns"] is None else f"{m['mean_turns']:.2f}", "")]
+            ("finished within max_turns", pct(m["finished"]), f"{m['tasks']} tasks"),
+            ("turns per task", "-" if m["mean_turns"] is None else f"{m['mean_turns']:.2f}", f"{m['tasks']} tasks")]
     w = max(len(r[0]) for r in rows)
     return "\n".join([f"{'metric':<{w}}  {'value':>7}  over", "-" * (w + 30)] +
                      [f"{a:<{w}}  {b:>7}  {c}" for a, b, c in rows])
@@ -450,7 +451,9 @@ def main(argv=None):
     if args.base_url:
         name = f"{args.model} @ {args.base_url}"
         policy = APIPolicy(args.base_url, args.api_key, args.model, args.max_new_tokens, args.temperature,
-                           args.top_p, args.concurrency, None if thinking is None else {"enable_thinking": thinking})
+                           args.top_p, args.concurrency,
+                           # vLLM's field, which our server reads too: the server maps it to its template's switch
+                           None if thinking is None else {"chat_template_kwargs": {"enable_thinking": thinking}})
     else:
         model, tokenizer, name = load_model(args)
         policy = LocalPolicy(model, tokenizer, args.max_new_tokens, args.temperature, args.top_p, args.batch_size,

@@ -134,7 +134,8 @@ async def events(s: ServerState, request: Request, p: Prepared):
     """Run one job; yield ("content"|"reasoning"|"tool_call", value) events, then ("end", reason, n_tokens).
 
     The finally-block cancels the job whenever this generator stops early: the client disconnected
-    (StreamingResponse cancels us, or the disconnect poll below notices), or a stop string matched."""
+    (StreamingResponse cancels us, or the disconnect poll below notices), a stop string matched, or the one call
+    that parallel_tool_calls=false allows has arrived."""
     loop, q, job, reply = asyncio.get_running_loop(), asyncio.Queue(), p.job, p.reply
 
     def emit(tok, reason):  # runs in the worker thread

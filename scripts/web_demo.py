@@ -13,7 +13,12 @@ The sidebar lists every model it finds: `{weight}_{hidden}[_moe].pth` files in -
 read from the state dict, so a 16-layer file needs no flag) and transformers folders under the repo whose
 config.json says model_type minimind or llama; or type any path. Runs from any working directory. Flags after
 `--` are model_loading's (--device, --dtype, --num_attention_heads for a model trained with non-default heads,
-...) plus sidebar defaults (--temperature --top_p --max_new_tokens --history_rounds).
+...) plus sidebar defaults (--temperature --top_p --max_new_tokens --history_rounds --tools).
+
+Tools: the sidebar's tool picker offers model/tools.py's tools (calculator, unit conversion, time, exchange rates,
+weather, phrase book) to the model. When it calls one, the page shows the call, runs it here (call_tool), shows
+the result, sends it back as a `tool` message and streams the model's next turn: call -> result -> answer, at
+most MAX_TOOL_ROUNDS rounds per question.
 """
 import argparse
 import json
@@ -36,6 +41,7 @@ from openai import APIError  # noqa: E402
 from model.checkpoint import model_config_from_args  # noqa: E402
 from model.errors import USER_ERRORS  # noqa: E402
 from model.generation import IncrementalDecoder, stream_tokens  # noqa: E402
+from model.tools import TOOL_NAMES, run_tool, tool_schemas  # noqa: E402
 from scripts.model_loading import ChatStreamParser, add_model_args, chat_prompt, load_model  # noqa: E402
 
 DEFAULT_SAVE_DIR = ROOT / "out"
@@ -48,33 +54,38 @@ LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.")
 # Errors a user can fix by picking another model or path: shown in the page, not as a traceback (OSError and
 # ValueError: what transformers raises for a folder it cannot read).
 LOAD_ERRORS = (*USER_ERRORS, OSError, ValueError)
+MAX_TOOL_ROUNDS = 4  # tool calls -> results rounds per question before the page stops asking
 
 
 # ================================================================================================================
 # Pure helpers (unit-tested without a browser)
 # ================================================================================================================
-def reply_events(pieces: Iterable[Tuple[str, str]]) -> Iterator[Tuple[str, str]]:
-    """("text" | "reasoning", str) pieces of a streamed reply -> ("reasoning" | "content", str) deltas.
+def reply_events(pieces: Iterable[Tuple[str, object]], parse_tools: bool = False,
+                 in_thinking: bool = False) -> Iterator[Tuple[str, object]]:
+    """("text" | "reasoning" | "tool_call", value) pieces of a streamed reply -> ("reasoning" | "content" |
+    "tool_call", value) events.
 
     "text" is raw model output: a reasoning model writes `<think>...</think>` and MiniMind2's reasoning models
     wrap the answer in `<answer>` tags, so it goes through model_loading's ChatStreamParser (which also copes
-    with a tag split across pieces). "reasoning" is already separated (an API server's `reasoning_content`).
-    The page shows no tools, so `<tool_call>` text stays visible as content.
+    with a tag split across pieces). "reasoning" is already separated (an API server's `reasoning_content`), and
+    so is "tool_call" ({"name", "arguments"}, joined from an API server's deltas). With parse_tools (tools were
+    offered), `<tool_call>` blocks in the text become tool_call events too; without, they stay visible as text.
+    in_thinking: the prompt opened a <think> block, so the text is reasoning until </think>.
     """
-    parser = ChatStreamParser(parse_tools=False)
-    for kind, text in pieces:
-        if not text:
+    parser = ChatStreamParser(in_thinking=in_thinking, parse_tools=parse_tools)
+    for kind, value in pieces:
+        if not value:
             continue
-        if kind == "reasoning":
-            yield "reasoning", text
+        if kind in ("reasoning", "tool_call"):
+            yield kind, value
         else:
-            yield from parser.feed(text)
+            yield from parser.feed(value)
     yield from parser.finish()
 
 
-def collect_reply(events: Iterable[Tuple[str, str]]) -> Tuple[str, str]:
+def collect_reply(events: Iterable[Tuple[str, object]]) -> Tuple[str, str]:
     """Join reply_events' deltas -> (thinking, answer)."""
-    parts = {"reasoning": [], "content": []}
+    parts = {"reasoning": [], "content": [], "tool_call": []}
     for kind, text in events:
         parts[kind].append(text)
     return "".join(parts["reasoning"]), "".join(parts["content"])
@@ -135,8 +146,9 @@ def find_hf_dirs(roots: Iterable[Path], max_depth: int = 4) -> List[Path]:
 
 
 def trim_history(messages: List[dict], rounds: int) -> List[dict]:
-    """The last `rounds` user/assistant exchanges, as plain {"role", "content"} dicts (thinking dropped: the
-    chat template and the reasoning models were trained without earlier turns' reasoning)."""
+    """The last `rounds` user/assistant exchanges, as plain {"role", "content"} dicts (thinking and tool rounds
+    dropped: the chat template and the reasoning models were trained without earlier turns' reasoning, and the
+    answer already says what the tools gave)."""
     if rounds <= 0:
         return []
     kept = messages[-2 * rounds:]
@@ -146,7 +158,7 @@ def trim_history(messages: List[dict], rounds: int) -> List[dict]:
 
 
 # ================================================================================================================
-# Generation back ends: each yields ("text" | "reasoning", str) pieces for reply_events
+# Generation back ends: each yields ("text" | "reasoning" | "tool_call", value) pieces for reply_events
 # ================================================================================================================
 def local_pieces(model, tokenizer, prompt: str, max_new_tokens: int, temperature: float, top_p: float,
                  repetition_penalty: float) -> Iterator[Tuple[str, str]]:
@@ -164,14 +176,18 @@ def local_pieces(model, tokenizer, prompt: str, max_new_tokens: int, temperature
 
 
 def api_pieces(base_url: str, api_key: str, model_name: str, messages: List[dict], max_new_tokens: int,
-               temperature: float, top_p: float) -> Iterator[Tuple[str, str]]:
+               temperature: float, top_p: float, tools: Optional[List[dict]] = None) -> Iterator[Tuple[str, object]]:
     """Stream from an OpenAI-compatible endpoint with the official SDK. A server that separates the reasoning
     (`reasoning_content`, as ours and DeepSeek's do) sends it in its own field; one that does not sends
-    `<think>` inside the content, which reply_events splits the same way."""
+    `<think>` inside the content, which reply_events splits the same way. Tool calls arrive as OpenAI streams
+    them (per call: index, id and name first, then pieces of the arguments), joined here by index and yielded
+    as ("tool_call", {"id", "name", "arguments"}) when the stream ends."""
     from openai import OpenAI
     client = OpenAI(base_url=base_url, api_key=api_key or "none", timeout=120.0, max_retries=0)
     stream = client.chat.completions.create(model=model_name, messages=messages, stream=True,
-                                            max_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+                                            max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                            **({"tools": tools} if tools else {}))
+    calls = {}
     for chunk in stream:
         if not chunk.choices:
             continue
@@ -181,6 +197,14 @@ def api_pieces(base_url: str, api_key: str, model_name: str, messages: List[dict
             reasoning = delta.model_extra.get("reasoning_content")
         yield "reasoning", reasoning
         yield "text", delta.content
+        for tc in delta.tool_calls or []:
+            call = calls.setdefault(tc.index, {"id": None, "name": "", "arguments": ""})
+            call["id"] = tc.id or call["id"]
+            if tc.function is not None:
+                call["name"] += tc.function.name or ""
+                call["arguments"] += tc.function.arguments or ""
+    for i in sorted(calls):
+        yield "tool_call", calls[i]
 
 
 # ================================================================================================================
@@ -196,6 +220,8 @@ def parse_cli(argv=None):
     parser.add_argument("--top_p", type=float, default=0.85)
     parser.add_argument("--max_new_tokens", type=int, default=1024)
     parser.add_argument("--history_rounds", type=int, default=2)
+    parser.add_argument("--tools", type=str, default="",
+                        help=f"tools picked when the page opens: 'all' or a comma list of {','.join(TOOL_NAMES)}")
     # The env var lets callers (tests, a service unit) point at a weights folder without `-- flags`.
     parser.set_defaults(save_dir=os.environ.get("MINIMIND_SAVE_DIR", str(DEFAULT_SAVE_DIR)))
     # parse_known_args: under `streamlit run` argv holds only our flags, but under AppTest (inside pytest) it
@@ -271,8 +297,24 @@ def hard_breaks(text: str) -> str:
     return text.replace("\n", "  \n")
 
 
+def show_tool_call(call: dict):
+    """One call and its result, as the page shows them while the reply streams and in the history."""
+    st.markdown(f"🔧 Tool call: **{call['name']}**")
+    st.code(call["arguments"], language="json")
+    st.markdown("📎 Tool result" + ("" if call.get("ok", True) else " (error)"))
+    st.code(call["result"], language="json")
+
+
 def render_message(msg: dict, show_thinking: bool):
     with st.chat_message(msg["role"]):
+        for step in msg.get("steps", []):  # the tool rounds before the answer: call -> result, in order
+            if step["thinking"] and show_thinking:
+                with st.expander("💭 Thinking", expanded=False):
+                    st.markdown(hard_breaks(step["thinking"]))
+            if step["text"]:
+                st.markdown(step["text"])
+            for call in step["calls"]:
+                show_tool_call(call)
         if msg.get("thinking") and show_thinking:
             with st.expander("💭 Thinking", expanded=False):
                 st.markdown(hard_breaks(msg["thinking"]))
@@ -329,6 +371,14 @@ def sidebar(args):
                                         help="earlier user/assistant exchanges sent with each question")
         s["show_thinking"] = st.toggle("Show thinking", value=True, key="show_thinking",
                                        help="a reasoning model's <think> block, in a collapsible box")
+        asked = TOOL_NAMES if args.tools.strip() == "all" else [t.strip() for t in args.tools.split(",") if t.strip()]
+        picked = [t for t in asked if t in TOOL_NAMES]
+        if len(picked) < len(asked):
+            st.error(f"--tools: unknown tool(s) {', '.join(t for t in asked if t not in TOOL_NAMES)}; known: "
+                     f"{', '.join(TOOL_NAMES)}")
+        s["tools"] = st.multiselect("Tools", TOOL_NAMES, default=picked, key="tools",
+                                    help="tools the model may call (model/tools.py); calls run here and their "
+                                         "results go back to the model")
         st.button("Clear chat", on_click=clear_chat, key="clear")
     return s
 
@@ -370,10 +420,12 @@ def custom_choice(path: str) -> Optional[dict]:
     return {"kind": "native", "label": str(p), "path": str(p.resolve()), **info}
 
 
-def stream_into_message(events: Iterator[Tuple[str, str]], show_thinking: bool, reply: dict):
+def stream_into_message(events: Iterator[Tuple[str, object]], show_thinking: bool, reply: dict) -> List[dict]:
     """Inside an assistant chat message: reasoning into an expander (redrawn in place, at most ~10 times a
     second), the answer through st.write_stream. `reply["content"]` / `reply["thinking"]` grow as text arrives,
-    so the caller still has the partial reply if the run is stopped or interrupted by a new question."""
+    so the caller still has the partial reply if the run is stopped or interrupted by a new question.
+    Returns the tool calls of the reply ({"name", "arguments"[, "id"]}, in order)."""
+    calls = []
     think_slot = st.empty()
     last_draw = [0.0]
 
@@ -386,6 +438,9 @@ def stream_into_message(events: Iterator[Tuple[str, str]], show_thinking: bool, 
     def answer_deltas():
         answered = False
         for kind, text in events:
+            if kind == "tool_call":
+                calls.append(text)
+                continue
             if kind == "reasoning":
                 reply["thinking"] += text
                 if time.monotonic() - last_draw[0] > 0.1:
@@ -396,12 +451,42 @@ def stream_into_message(events: Iterator[Tuple[str, str]], show_thinking: bool, 
                 draw_thinking(finished=True)
             reply["content"] += text
             yield text
-        if not answered:
-            draw_thinking(finished=False)
+        if not answered:  # no answer text: still thinking (cut off), unless the turn was tool calls
+            draw_thinking(finished=bool(calls))
 
     st.write_stream(answer_deltas())
-    if not reply["content"]:
+    if not reply["content"] and not calls:
         st.markdown("*(empty reply)*")
+    return calls
+
+
+def answer_with_tools(stream_round, conversation: List[dict], tools: List[str], show_thinking: bool,
+                      reply: dict):
+    """The call -> result -> answer loop inside the assistant message: stream a turn; while it is tool calls,
+    show each call, run it (model/tools.call_tool), show its result, add the calls and results to the
+    conversation and stream the next turn. `stream_round(conversation, schemas)` yields reply_events' events.
+    Finished rounds go to reply["steps"], the last turn's text to reply["content"]."""
+    schemas = tool_schemas(tools) if tools else None
+    conversation = list(conversation)
+    for round_no in range(MAX_TOOL_ROUNDS + 1):
+        calls = stream_into_message(stream_round(conversation, schemas), show_thinking, reply)
+        if not calls or round_no == MAX_TOOL_ROUNDS:
+            if calls:
+                st.warning(f"Still calling tools after {MAX_TOOL_ROUNDS} rounds; stopped here.")
+            return
+        step = {"thinking": reply["thinking"], "text": reply["content"], "calls": []}
+        reply["steps"].append(step)
+        reply["thinking"] = reply["content"] = ""
+        ids = [c.get("id") or f"call_{round_no}_{i}" for i, c in enumerate(calls)]
+        conversation.append({"role": "assistant", "content": step["text"], "tool_calls": [
+            {"id": cid, "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+            for cid, c in zip(ids, calls)]})
+        for cid, c in zip(ids, calls):
+            result, ok = run_tool(c["name"], c["arguments"])  # never raises: an error is text for the model
+            call = {"name": c["name"], "arguments": c["arguments"], "result": result, "ok": ok}
+            step["calls"].append(call)
+            show_tool_call(call)
+            conversation.append({"role": "tool", "tool_call_id": cid, "content": result})
 
 
 def main():
@@ -444,25 +529,29 @@ def main():
         conversation = [{"role": "system", "content": s["system"].strip()}] + conversation
     st.session_state.messages.append(user_msg)
 
-    reply = {"role": "assistant", "content": "", "thinking": ""}
+    reply = {"role": "assistant", "content": "", "thinking": "", "steps": []}
     finished = False
+
+    def stream_round(messages, schemas):
+        if model is not None:
+            prompt = chat_prompt(tokenizer, messages, schemas)
+            pieces = local_pieces(model, tokenizer, prompt, s["max_new_tokens"], s["temperature"], s["top_p"],
+                                  s["repetition_penalty"])
+            return reply_events(pieces, bool(schemas), in_thinking=prompt.rstrip().endswith("<think>"))
+        pieces = api_pieces(s["api_base"], s["api_key"], s["api_model"], messages, s["max_new_tokens"],
+                            s["temperature"], s["top_p"], schemas)
+        return reply_events(pieces, bool(schemas))
+
     with st.chat_message("assistant"):
         try:
-            if model is not None:
-                prompt = chat_prompt(tokenizer, conversation)
-                pieces = local_pieces(model, tokenizer, prompt, s["max_new_tokens"], s["temperature"], s["top_p"],
-                                      s["repetition_penalty"])
-            else:
-                pieces = api_pieces(s["api_base"], s["api_key"], s["api_model"], conversation,
-                                    s["max_new_tokens"], s["temperature"], s["top_p"])
-            stream_into_message(reply_events(pieces), s["show_thinking"], reply)
+            answer_with_tools(stream_round, conversation, s["tools"], s["show_thinking"], reply)
             finished = True
         except APIError as e:  # a dead or refusing endpoint is a message, not a crash
             st.error(f"Request to {s['api_base']} failed: {e}")
         finally:
             # Also runs when the user presses Stop or sends the next question mid-reply (streamlit interrupts
             # the run with an exception): keep what arrived, so history stays user/assistant pairs.
-            if finished or reply["content"] or reply["thinking"]:
+            if finished or reply["content"] or reply["thinking"] or reply["steps"]:
                 st.session_state.messages.append(reply)
             else:
                 st.session_state.messages.pop()  # nothing came back: drop the unanswered question

@@ -22,6 +22,8 @@ TRAIN_STAGES = ("pretrain", "sft", "dpo", "grpo")
 DECODE_STAGES = ("decode_b1", "decode_b8", "prefill_64")  # --smoke uses --prefill_len 64
 POSITIVE = ("real_tokens_per_s", "padded_tokens_per_s", "step_time_ms", "model_tflops", "params_m")
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # in-process rows: see conftest.one_thread
+
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
@@ -109,6 +111,24 @@ def test_bad_arguments_fail_with_a_clear_message(capsys):
     assert args.stages == ["pretrain", "sft", "dpo", "grpo", "decode"]
     args = parse_args(["--configs", "26m,moe", "--steps", "5"])
     assert args.configs == ["26m", "moe"] and args.steps == 5 and args.max_seq_len == 512 and not args.compare
+    # --preset names released shapes; alone it replaces the default 26m, beside --configs it adds to them
+    assert parse_args(["--preset", "minimind2-small,minimind3"]).configs == ["minimind2-small", "minimind3"]
+    assert parse_args(["--configs", "26m", "--preset", "minimind3-moe"]).configs == ["26m", "minimind3-moe"]
+    with pytest.raises(SystemExit):
+        parse_args(["--preset", "minimind4"])
+    assert "unknown preset 'minimind4'" in capsys.readouterr().err
+
+
+def test_configs_are_the_released_shapes():
+    """The old MiniMind2 names are the presets; minimind-3 rows build the preset's architecture."""
+    from model.model_minimind import MiniMindConfig
+    from scripts.benchmark import model_config
+    for old, preset in (("26m", "minimind2-small"), ("104m", "minimind2"), ("moe", "minimind2-moe")):
+        assert model_config(old).to_dict() == MiniMindConfig.from_preset(preset).to_dict()
+    cfg = model_config("minimind3-moe")
+    assert cfg.qk_norm and cfg.use_moe and cfg.num_experts_per_tok == 1 and cfg.n_shared_experts == 0
+    tiny3 = model_config("tiny3")
+    assert tiny3.qk_norm and tiny3.hidden_size == 64 and tiny3.intermediate_size == 256 and not tiny3.use_moe
 
 
 def test_naive_baselines_compute_the_same_thing_as_the_optimised_paths():
@@ -139,22 +159,64 @@ def test_naive_baselines_compute_the_same_thing_as_the_optimised_paths():
                                rtol=1e-4, atol=1e-3)
 
 
-def test_naive_moe_swaps_the_dispatch_only_inside_the_context():
+@pytest.mark.parametrize("cfg_name", ["tiny3-moe", "tiny-moe"])
+def test_naive_models_route_moe_the_original_way_per_instance(cfg_name, monkeypatch):
+    """The naive baseline's MoE layers loop over experts, bound on the instance: same numbers as the vectorised
+    dispatch, the class untouched, and a deepcopy (the DPO / GRPO reference) routes through its own experts."""
+    import copy
     from model.model_minimind import MOEFeedForward
-    from scripts.benchmark import dispatch_reference, flops_params, naive_moe
+    from scripts import benchmark
+    from scripts.benchmark import build_model, dispatch_reference, flops_params
 
-    vectorised = MOEFeedForward.dispatch
-    model = tiny_model(0, use_moe=True).eval()
+    # MiniMind2's MoE (top-2 and a shared expert) at the tiny size, beside minimind-3's (top-1, no shared expert)
+    monkeypatch.setitem(benchmark.CONFIGS, "tiny-moe", ("minimind2-moe", benchmark.TINY))
+    vectorised = MOEFeedForward.__dict__["dispatch"]
+    fast, slow = build_model(cfg_name, 0, "cpu").eval(), build_model(cfg_name, 0, "cpu", naive=True).eval()
+    layers = [m for m in slow.modules() if isinstance(m, MOEFeedForward)]
+    assert len(layers) == 2 and all(m.dispatch.__func__ is dispatch_reference and m.dispatch.__self__ is m
+                                    for m in layers)
+    assert not any("dispatch" in vars(m) for m in fast.modules())
+    assert MOEFeedForward.__dict__["dispatch"] is vectorised
     x = torch.randint(3, 6000, (2, 9))
-    fast = model(input_ids=x).logits
-    with naive_moe(True):
-        assert MOEFeedForward.dispatch is dispatch_reference
-        slow = model(input_ids=x).logits
-    assert MOEFeedForward.dispatch is vectorised
-    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast(input_ids=x).logits, slow(input_ids=x).logits, rtol=1e-5, atol=1e-5)
+    ref = copy.deepcopy(slow)
+    assert all(m.dispatch.__self__ is m for m in ref.modules() if isinstance(m, MOEFeedForward))
     # FLOP count: only shared + top-k routed experts are active per token
-    info = flops_params(model)
-    cfg = model.config
-    per_expert = sum(p.numel() for p in model.model.layers[0].mlp.experts[0].parameters())
+    info = flops_params(slow)
+    cfg = slow.config
+    per_expert = sum(p.numel() for p in slow.model.layers[0].mlp.experts[0].parameters())
     inactive = cfg.num_hidden_layers * (cfg.n_routed_experts - cfg.num_experts_per_tok) * per_expert
-    assert info["flops_n"] == sum(p.numel() for p in model.parameters()) - inactive
+    assert info["flops_n"] == sum(p.numel() for p in slow.parameters()) - inactive
+
+
+def test_naive_rows_leave_the_moe_class_untouched(monkeypatch):
+    """Every naive MoE row (training with a reference copy, GRPO, decoding) runs the per-expert loop while
+    MOEFeedForward.dispatch stays the vectorised one throughout; the optimised rows never run the loop."""
+    from model.checkpoint import load_tokenizer
+    from model.model_minimind import MOEFeedForward
+    from scripts import benchmark
+
+    vectorised, reference = MOEFeedForward.__dict__["dispatch"], benchmark.dispatch_reference
+    calls = {"naive": 0}
+
+    def spy(self, x, topk_idx, topk_weight):  # bound by use_reference_dispatch, which looks the name up
+        assert MOEFeedForward.__dict__["dispatch"] is vectorised, "the class was patched"
+        calls["naive"] += 1
+        return reference(self, x, topk_idx, topk_weight)
+
+    monkeypatch.setattr(benchmark, "dispatch_reference", spy)
+    args = benchmark.parse_args(["--smoke", "--configs", "tiny3-moe", "--steps", "1", "--decode_tokens", "4"])
+    paths, _ = benchmark.resolve_data(args)
+    tok = load_tokenizer()
+    bench = benchmark.Bench(args, tok, benchmark.Data(args, tok, paths), "cpu", torch.float32, None)
+    torch.manual_seed(0)
+    for naive in (False, True):
+        before = calls["naive"]
+        bench.train_row("tiny3-moe", "dpo", naive)
+        bench.grpo_row("tiny3-moe", naive)
+        bench.decode_rows("tiny3-moe", naive)
+        assert (calls["naive"] > before) == naive, calls
+        assert MOEFeedForward.__dict__["dispatch"] is vectorised
+    rows = {(r["stage"], r["mode"]): r for r in bench.rows}
+    assert {s for s, _ in rows} == {"dpo", "grpo", "decode_b1", "decode_b8", "prefill_64"}
+    assert all(r["qk_norm"] and r["use_moe"] and r["config"] == "tiny3-moe" for r in bench.rows)

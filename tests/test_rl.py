@@ -469,14 +469,17 @@ def test_grpo_gsm8k_reward_variance_and_resume(tmp_path, base_weights):
     assert (resumed / "out" / "grpo_64.pth").exists()
 
 
-def test_grpo_two_process_gloo(tmp_path, base_weights):
+def test_grpo_two_process_gloo_cispo(tmp_path, base_weights):
+    # CISPO (upstream's default --loss_type, with upstream's --epsilon_high spelling of the weight cap)
     run_trainer("train_grpo.py", *FAST, "--from_weight", base_weights, "--data_path", rlaif_data(),
                 "--num_generations", 2, "--reward", "format:1.0,length:0.5", "--length_target", 50,
-                tmp=tmp_path, nproc=2)
+                "--loss_type", "cispo", "--epsilon_high", 5.0, tmp=tmp_path, nproc=2)
     rows = train_log(tmp_path / "out", "grpo_64")
     assert rows[-1]["step"] == 2
+    assert all(math.isfinite(r["loss"]) and 0.0 <= r["clip_frac"] <= 1.0 for r in rows)
     ck = torch.load(tmp_path / "ckpt" / "grpo_64_resume.pth", weights_only=True)
     assert ck["world_size"] == 2 and ck["consumed"] == 2 * 2 * 2
+    assert ck["args"]["loss_type"] == "cispo" and ck["args"]["clip_epsilon_high"] == 4.0
     assert (tmp_path / "out" / "grpo_64.pth").exists()
 
 

@@ -1,6 +1,7 @@
 """scripts/serve_openai_api.py driven over real HTTP (uvicorn in a background thread) with the official `openai`
 SDK and raw httpx, plus the batching engine on its own. Tiny random models on CPU; nothing is downloaded."""
 import asyncio
+import io
 import json
 import subprocess
 import sys
@@ -21,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 import uvicorn  # noqa: E402
 
 from helpers import PromptScriptedLM, ScriptedLM, free_port, tiny_model  # noqa: E402
+from model.errors import run_main  # noqa: E402
 from model.generation import generate  # noqa: E402
 from scripts.model_loading import ChatStreamParser, chat_prompt  # noqa: E402
 from scripts.serve_engine import Engine, Job  # noqa: E402
@@ -364,13 +366,16 @@ def scripted_reply(tokenizer, ids) -> str:
     return "calc" if '"calculate_math"' in prompt else "default"
 
 
-@pytest.fixture(scope="module")
-def scripted(tokenizer):
+def scripted_app(tokenizer, **limits):
     names = list(REPLIES)
     lm = PromptScriptedLM([tokenizer(REPLIES[n], add_special_tokens=False).input_ids for n in names],
                           tokenizer.eos_token_id, lambda ids: names.index(scripted_reply(tokenizer, ids)))
-    app = create_app(lm, tokenizer, "scripted", max_seq_len=512, max_prompt_tokens=400)
-    with serve(app) as url:
+    return create_app(lm, tokenizer, "scripted", **limits)
+
+
+@pytest.fixture(scope="module")
+def scripted(tokenizer):
+    with serve(scripted_app(tokenizer, max_seq_len=512, max_prompt_tokens=400)) as url:
         yield SimpleNamespace(url=url, client=openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0))
 
 
@@ -592,6 +597,23 @@ def test_chat_client_script(server):
                            server.url + "/v1", "--api_key", "wrong"], input="hello\n", capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.startswith("error: --base_url") and "Incorrect API key" in proc.stderr
+
+
+def test_chat_client_tool_round_trip(tokenizer, monkeypatch, capsys):
+    """--tools: the schemas go with the request, the streamed call is joined from its deltas, run locally with
+    model/tools.call_tool, and its result goes back as a `tool` message (the scripted model answers only when a
+    <tool_response> is in its prompt)."""
+    from scripts import chat_openai_api
+    with serve(scripted_app(tokenizer, max_seq_len=2048)) as url:
+        monkeypatch.setattr("sys.stdin", io.StringIO("What is 6*7?\nexit\n"))
+        chat_openai_api.main(["--base_url", url + "/v1", "--tools", "calculate_math,get_current_time",
+                              "--temperature", "0"])
+    out = capsys.readouterr().out
+    assert ('🤖: [tool_call] calculate_math({"expression": "6*7"})\n    [tool_result] {"result": "42"}\n'
+            f'🤖: {REPLIES["answer"]}\n') in out
+    with pytest.raises(SystemExit) as e:  # an unknown tool name: one error line
+        run_main(chat_openai_api.main, ["--tools", "calculate_math,teleport"])
+    assert e.value.code == 2 and "unknown tool(s) 'teleport'" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------ other models

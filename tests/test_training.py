@@ -263,3 +263,57 @@ def test_train_logger_cadence_and_rows(tmp_path, capsys):
     assert len(train_log(tmp_path, "run_64")) == 4
     TrainLogger("run_64", tmp_path, DistState(), log_interval=3, last_step=8).close()
     assert not (tmp_path / "logs" / "run_64.jsonl").exists()
+
+
+def test_train_run_step_range_save_schedule_and_resume(tmp_path):
+    """TrainRun: the loop stops at --max_steps; it saves whenever the steps cross a multiple of save_interval (RL
+    takes several steps per batch) and at the last step, only at the last with save_interval 0; a resumed run
+    continues at the saved step and data position; from_flags maps the common flags."""
+    import argparse
+    from itertools import islice
+
+    from helpers import TINY_CFG, tiny_model
+    from model.model_minimind import MiniMindConfig
+    from trainer.trainer_utils import DistState, TrainRun, add_common_args, make_optimizer
+
+    data = [{"x": torch.tensor([i])} for i in range(12)]
+    collate = lambda items: {"x": torch.cat([it["x"] for it in items])}  # noqa: E731
+
+    def start(**fields):
+        model = tiny_model()
+        run = TrainRun("stage", model.config, DistState(), save_dir=tmp_path / "out", checkpoint_dir=tmp_path / "ck",
+                       batch_size=2, seed=0, learning_rate=1.0, **fields)
+        batches = run.batches(data, collate_fn=collate)  # 6 batches
+        optimizer = make_optimizer(model.parameters(), 1.0, 0.0, "cpu")
+        _, scaler = run.precision()
+        return (run, batches, optimizer, scaler, *run.start(model, optimizer, scaler, batches))
+
+    def train(run, batches, optimizer, scaler, model, step, logger, steps_per_batch):
+        saved = []
+        for _ in islice(batches, run.batches_left(step)):
+            step = min(step + steps_per_batch, run.last_step)
+            logger.log(step, {"lr": run.lr(step)}, epoch=batches.current_epoch)
+            saved.append((step, run.maybe_save(step, model, optimizer, scaler, batches)))
+        run.finish(step)
+        return saved
+
+    run, *rest = start(steps_per_batch=2, max_steps=9, save_interval=3)
+    assert (run.total_steps, run.last_step, run.batches_left(0)) == (12, 9, 5)
+    assert run.lr(0) == pytest.approx(1.0) and run.lr(12) == pytest.approx(0.1)
+    assert train(run, *rest, 2) == [(2, False), (4, True), (6, True), (8, False), (9, True)]
+    assert run.weight_file == tmp_path / "out" / "stage_64.pth" and run.weight_file.is_file()
+    assert torch.load(tmp_path / "ck" / "stage_64_resume.pth", weights_only=True)["step"] == 9
+
+    run, *rest = start(steps_per_batch=2, save_interval=3, from_resume=True)
+    assert rest[-2] == 9 and rest[0].state_dict() == {"epoch": 0, "consumed": 10}
+    # max_steps cut the 5th batch's steps: the resumed run takes the 6th and last batch and saves at its end
+    assert (run.total_steps, run.last_step) == (12, 11) and train(run, *rest, 2) == [(11, True)]
+    run, *rest = start(save_interval=0)
+    assert [s for s, due in train(run, *rest, 1) if due] == [6]  # 0: only at the end (it used to divide by 0)
+
+    parser = argparse.ArgumentParser()
+    add_common_args(parser, stage="x", data_path="d.jsonl")
+    args = parser.parse_args(["--save_interval", "0", "--max_steps", "5", "--use_wandb", "--from_resume", "1"])
+    run = TrainRun.from_flags(args, MiniMindConfig(**TINY_CFG), DistState(), steps_per_batch=3)
+    assert (run.name, run.save_interval, run.max_steps, run.from_resume, run.steps_per_batch) == ("x", 0, 5, True, 3)
+    assert run.wandb_project == "MiniMind-x" and run.flags["data_path"].endswith("d.jsonl")

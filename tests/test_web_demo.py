@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import urllib.request
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -121,9 +122,21 @@ def test_reply_events_split_thinking_from_answer():
     # No think block: everything is the answer; an unfinished think block is all thinking so far.
     assert wd.collect_reply(wd.reply_events([("text", "只是回答")])) == ("", "只是回答")
     assert wd.collect_reply(wd.reply_events([("text", "<think>还在想")])) == ("还在想", "")
-    # The page shows no tools: a tool call is left visible as text, not swallowed.
+    # No tools offered: a tool call is left visible as text, not swallowed.
     _, answer = wd.collect_reply(wd.reply_events([("text", '<tool_call>{"name": "f"}</tool_call>')]))
     assert "<tool_call>" in answer
+    # Tools offered: the call is an event (split across pieces or not), and an API's joined call passes through.
+    text = 'Let me compute.<tool_call>\n{"name": "calculate_math", "arguments": {"expression": "6*7"}}\n</tool_call>'
+    for pieces in ([("text", text)], [("text", c) for c in text]):
+        events = list(wd.reply_events(pieces, parse_tools=True))
+        assert [e for e in events if e[0] == "tool_call"] == [
+            ("tool_call", {"name": "calculate_math", "arguments": '{"expression": "6*7"}'})]
+        assert wd.collect_reply(events) == ("", "Let me compute.")
+    api_call = {"id": "call_1", "name": "f", "arguments": "{}"}
+    assert list(wd.reply_events([("reasoning", "hm"), ("tool_call", api_call)], parse_tools=True)) == [
+        ("reasoning", "hm"), ("tool_call", api_call)]
+    # A prompt that opened <think> (minimind-3's open_thinking): text is reasoning until </think>.
+    assert wd.collect_reply(wd.reply_events([("text", "想想\n</think>\n\n好")], in_thinking=True)) == ("想想", "好")
 
 
 def test_local_pieces_never_split_a_character(monkeypatch):
@@ -187,6 +200,44 @@ def test_page_chats_with_a_local_model_and_clears(monkeypatch, weights_dir):
     assert chat(at) == [] and at.session_state["messages"] == []
 
 
+def test_page_runs_the_tool_loop_with_a_local_model(monkeypatch, tmp_path, tokenizer):
+    """Tool picker + a local model (a scripted one in place of the loaded weights): the call, its result and
+    then the answer are shown in that order, while streaming and again when the history is redrawn."""
+    import scripts.model_loading as ml
+    from helpers import PromptScriptedLM
+    replies = ['<tool_call>\n{"name": "calculate_math", "arguments": {"expression": "6*7"}}\n</tool_call>',
+               "6*7 = 42。", "没有工具可用。"]
+
+    def choose(ids):
+        prompt = tokenizer.decode([t for t in ids if t != 0])
+        return 1 if "<tool_response>" in prompt else 0 if '"calculate_math"' in prompt else 2
+
+    lm = PromptScriptedLM([tokenizer(r, add_special_tokens=False).input_ids for r in replies],
+                          tokenizer.eos_token_id, choose)
+    monkeypatch.setattr(ml, "load_model", lambda args, log=print: (lm, tokenizer, "scripted"))
+    save_tiny(tmp_path)
+    at = app(monkeypatch, tmp_path).run()
+    assert at.multiselect(key="tools").value == []
+    at.chat_input[0].set_value("6*7 等于多少？").run()  # no tools picked: the model has none to call
+    assert not at.exception, at.exception
+    assert chat(at)[1] == ("assistant", "没有工具可用。")
+    at.multiselect(key="tools").set_value(["calculate_math"])
+    at.chat_input[0].set_value("What is 6*7?").run()
+    assert not at.exception, at.exception
+
+    def check(msg):
+        assert [c.value for c in msg.code] == ['{"expression": "6*7"}', '{"result": "42"}']
+        assert [md.value for md in msg.markdown if md.value] == [
+            "🔧 Tool call: **calculate_math**", "📎 Tool result", "6*7 = 42。"]
+
+    check(at.chat_message[3])
+    stored = at.session_state["messages"][3]
+    assert stored["content"] == "6*7 = 42。" and stored["steps"][0]["calls"] == [
+        {"name": "calculate_math", "arguments": '{"expression": "6*7"}', "result": '{"result": "42"}', "ok": True}]
+    at.toggle(key="show_thinking").set_value(False).run()  # a rerun draws the history from session state
+    check(at.chat_message[3])
+
+
 def test_page_without_models_says_what_to_do(monkeypatch, tmp_path):
     at = app(monkeypatch, tmp_path).run()
     assert not at.exception, at.exception
@@ -222,7 +273,8 @@ def test_page_finds_and_chats_with_a_transformers_folder(monkeypatch, tmp_path):
 
 
 class FakeOpenAI(BaseHTTPRequestHandler):
-    """/v1/chat/completions streaming a reasoning_content part then a content part, as our server does."""
+    """/v1/chat/completions streaming a reasoning_content part then a content part, as our server does; with
+    tools and no tool result yet, a call streamed as OpenAI does (id and name first, the arguments in pieces)."""
     requests = []
 
     def do_POST(self):
@@ -233,6 +285,14 @@ class FakeOpenAI(BaseHTTPRequestHandler):
         self.end_headers()
         deltas = [{"role": "assistant", "content": ""}, {"reasoning_content": "用户在打招呼，"},
                   {"reasoning_content": "礼貌回应。"}, {"content": "你好！"}, {"content": "我是 MiniMind。"}]
+        if body.get("tools") and body["messages"][-1]["role"] != "tool":
+            deltas = [{"role": "assistant", "content": None}, {"tool_calls": [
+                {"index": 0, "id": "call_x1", "type": "function", "function": {"name": "get_exchange_rate",
+                                                                             "arguments": ""}}]},
+                      {"tool_calls": [{"index": 0, "function": {"arguments": '{"from_currency": "USD", '}}]},
+                      {"tool_calls": [{"index": 0, "function": {"arguments": '"to_currency": "CNY", "amount": 100}'}}]}]
+        elif body.get("tools"):
+            deltas = [{"role": "assistant", "content": ""}, {"content": "100 美元约合 721 元人民币。"}]
         for d in deltas:
             chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
                      "choices": [{"index": 0, "delta": d, "finish_reason": None}]}
@@ -278,6 +338,28 @@ def test_page_talks_to_an_openai_endpoint_and_shows_thinking(monkeypatch, tmp_pa
     assert len(at.expander) == 0 and len(chat(at)) == 4
 
 
+def test_page_runs_the_tool_loop_with_an_endpoint(monkeypatch, tmp_path, fake_api):
+    at = app(monkeypatch, tmp_path).run()
+    at.radio(key="backend").set_value("API endpoint").run()
+    at.text_input(key="api_base").set_value(fake_api)
+    at.multiselect(key="tools").set_value(["get_exchange_rate", "calculate_math"])
+    at.chat_input[0].set_value("100美元换多少人民币？").run()
+    assert not at.exception, at.exception
+    first, second = FakeOpenAI.requests[-2:]
+    assert [t["function"]["name"] for t in first["tools"]] == ["get_exchange_rate", "calculate_math"]
+    # the joined call went back as an assistant message, its result as a tool message with the call's id
+    args = '{"from_currency": "USD", "to_currency": "CNY", "amount": 100}'
+    assert second["messages"][-2] == {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "call_x1", "type": "function", "function": {"name": "get_exchange_rate", "arguments": args}}]}
+    result = '{"from": "USD", "to": "CNY", "rate": 7.21, "amount": 100, "converted": 721}'
+    assert second["messages"][-1] == {"role": "tool", "tool_call_id": "call_x1", "content": result}
+    msg = at.chat_message[1]
+    assert [c.value for c in msg.code] == [args, result]
+    shown = [md.value for md in msg.markdown if md.value]
+    assert shown == ["🔧 Tool call: **get_exchange_rate**", "📎 Tool result", "100 美元约合 721 元人民币。"]
+    assert at.session_state["messages"][1]["content"] == "100 美元约合 721 元人民币。"
+
+
 def test_page_reports_an_unreachable_endpoint(monkeypatch, tmp_path):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -316,24 +398,21 @@ def browser_skip_reason():
     return None
 
 
-@pytest.mark.skipif(browser_skip_reason() is not None, reason=str(browser_skip_reason()))
-def test_browser_chat_round_trip(tmp_path, weights_dir):
+@contextmanager
+def browser_page(tmp_path, page_args):
+    """`streamlit run` the page (cwd elsewhere than the repo) with `page_args` after `--`, and a headless Chromium
+    on it; yields (driver, wait). Both are stopped afterwards."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    save_dir = Path(os.environ.get("MINIMIND_WEB_SCREENSHOT_DIR", weights_dir))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true",
            "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
-           "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal", "--",
-           "--save_dir", str(save_dir), "--max_new_tokens", "48", "--device", "cpu"]
-    cmd += shlex.split(os.environ.get("MINIMIND_WEB_ARGS", ""))
+           "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal", "--", *page_args]
     env = dict(os.environ, HOME=str(tmp_path), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
-    env.pop("MINIMIND_SAVE_DIR", None)  # the flag after `--` must be what selects the weights
+    env.pop("MINIMIND_SAVE_DIR", None)  # the flags after `--` must be what selects the weights
     # cwd elsewhere than the repo: the page must find its imports and defaults by itself.
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     driver = None
@@ -348,8 +427,44 @@ def test_browser_chat_round_trip(tmp_path, weights_dir):
             options.add_argument(flag)
         driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
         driver.get(url)
-        wait = WebDriverWait(driver, 60, poll_frequency=0.2)
-        box = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "[data-testid='stChatInputTextArea']"))
+        yield driver, WebDriverWait(driver, 60, poll_frequency=0.2)
+    finally:
+        if driver is not None:
+            driver.quit()
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def ask(driver, wait, question: str, n: int):
+    """Type `question` into the chat box and wait for the n-th exchange to finish -> its two message elements."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    box = driver.find_element(By.CSS_SELECTOR, "[data-testid='stChatInputTextArea']")
+    box.send_keys(question)
+    box.send_keys(Keys.ENTER)
+
+    def reply_done(d):
+        # The user's message is drawn by the script run the question starts, so once it is there the run has
+        # begun; the root's script state (as in streamlit's own e2e tests) then says when it ended.
+        msgs = d.find_elements(By.CSS_SELECTOR, "[data-testid='stChatMessage']")
+        state = d.find_element(By.CSS_SELECTOR, "[data-testid='stApp']").get_attribute("data-test-script-state")
+        return msgs if len(msgs) == 2 * n and state == "notRunning" else False
+
+    return wait.until(reply_done)[-2:]
+
+
+@pytest.mark.skipif(browser_skip_reason() is not None, reason=str(browser_skip_reason()))
+def test_browser_chat_round_trip(tmp_path, weights_dir):
+    from selenium.webdriver.common.by import By
+
+    save_dir = Path(os.environ.get("MINIMIND_WEB_SCREENSHOT_DIR", weights_dir))
+    page_args = ["--save_dir", str(save_dir), "--max_new_tokens", "48", "--device", "cpu"]
+    page_args += shlex.split(os.environ.get("MINIMIND_WEB_ARGS", ""))
+    with browser_page(tmp_path, page_args) as (driver, wait):
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "[data-testid='stChatInputTextArea']"))
         # The sidebar lists the model found in --save_dir, and the caption names it once it is loaded.
         wait.until(lambda d: "minimind-" in d.find_element(By.CSS_SELECTOR, "[data-testid='stCaptionContainer']").text)
 
@@ -357,20 +472,8 @@ def test_browser_chat_round_trip(tmp_path, weights_dir):
         if os.environ.get("MINIMIND_WEB_Q2"):
             questions.append(os.environ["MINIMIND_WEB_Q2"])
         for n, question in enumerate(questions, start=1):
-            box = driver.find_element(By.CSS_SELECTOR, "[data-testid='stChatInputTextArea']")
-            box.send_keys(question)
-            box.send_keys(Keys.ENTER)
-
-            def reply_done(d):
-                # The user's message is drawn by the script run the question starts, so once it is there the
-                # run has begun; the root's script state (as in streamlit's own e2e tests) then says when it ended.
-                msgs = d.find_elements(By.CSS_SELECTOR, "[data-testid='stChatMessage']")
-                state = d.find_element(By.CSS_SELECTOR, "[data-testid='stApp']").get_attribute(
-                    "data-test-script-state")
-                return msgs if len(msgs) == 2 * n and state == "notRunning" else False
-
-            msgs = wait.until(reply_done)
-            content = [m.find_element(By.CSS_SELECTOR, "[data-testid='stChatMessageContent']") for m in msgs[-2:]]
+            msgs = ask(driver, wait, question, n)
+            content = [m.find_element(By.CSS_SELECTOR, "[data-testid='stChatMessageContent']") for m in msgs]
             assert content[0].text.strip() == question
             reply = content[1].get_attribute("textContent").strip()
             assert reply and reply != "(empty reply)", "the assistant's reply is empty"
@@ -387,11 +490,37 @@ def test_browser_chat_round_trip(tmp_path, weights_dir):
             target = Path(os.environ["MINIMIND_WEB_SCREENSHOT"])
             target = target if target.is_absolute() else ROOT / target
             shutil.copyfile(shot, target)
-    finally:
-        if driver is not None:
-            driver.quit()
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+
+
+@pytest.mark.skipif(browser_skip_reason() is not None, reason=str(browser_skip_reason()))
+def test_browser_tool_round_trip(tmp_path, tokenizer):
+    """The page in API mode against our server (a scripted model that calls the calculator, then answers once
+    the result is in its prompt), with --tools picking the calculator: the browser shows the call, the tool
+    result and then the answer, in that order."""
+    from selenium.webdriver.common.by import By
+    from test_server import serve
+    from helpers import PromptScriptedLM
+    from scripts.serve_openai_api import create_app
+    replies = ['<tool_call>\n{"name": "calculate_math", "arguments": {"expression": "6*7"}}\n</tool_call>',
+               "The answer is 42.", "No tools here."]
+
+    def choose(ids):
+        prompt = tokenizer.decode([t for t in ids if t != 0])
+        return 1 if "<tool_response>" in prompt else 0 if '"calculate_math"' in prompt else 2
+
+    lm = PromptScriptedLM([tokenizer(r, add_special_tokens=False).input_ids for r in replies],
+                          tokenizer.eos_token_id, choose)
+    with serve(create_app(lm, tokenizer, "scripted", max_seq_len=2048)) as api, \
+            browser_page(tmp_path, ["--api_base", api + "/v1", "--tools", "calculate_math"]) as (driver, wait):
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "[data-testid='stChatInputTextArea']"))
+        question, answer = [m.find_element(By.CSS_SELECTOR, "[data-testid='stChatMessageContent']")
+                            for m in ask(driver, wait, "What is 6*7?", 1)]
+        assert question.text.strip() == "What is 6*7?"
+        codes = [c.get_attribute("textContent").strip() for c in answer.find_elements(By.CSS_SELECTOR,
+                                                                                     "[data-testid='stCode']")]
+        assert codes == ['{"expression": "6*7"}', '{"result": "42"}']
+        text = answer.get_attribute("textContent")
+        order = [text.find(x) for x in ("Tool call: calculate_math", '{"expression": "6*7"}', "Tool result",
+                                        '{"result": "42"}', "The answer is 42.")]
+        assert -1 not in order and order == sorted(order), (order, text)
+        assert not driver.find_elements(By.CSS_SELECTOR, "[data-testid='stException']")

@@ -10,9 +10,9 @@ Rollout, per batch of prompts: G = --num_generations episodes per prompt, all de
             sample until <|im_end|> -> parse its <tool_call> blocks -> run them (model/tools.py) -> append the
             results exactly as the chat template renders `tool` messages, then the next assistant header ->
             sample the next turn ... until a turn without calls: the final answer.
-        An episode whose turn ended rejoins the running batch at once with its whole context (one batched
-        prefill for all episodes that ended a turn on the same step): no episode waits for the others' turns,
-        and a finished episode leaves the batch.
+        An episode whose turn ended rejoins the running batch at once with its whole context (re-prefilled; the
+        episodes that rejoin on the same step with contexts of one length share a prefill): no episode waits for
+        the others' turns, and a finished episode leaves the batch.
         The completion (everything after the prompt) has a LOSS MASK: 1 for the tokens the model sampled, 0 for
         the inserted ones (tool results, the next header). The policy loss and the KL see only the model's own
         tokens; the tool results are context it reads, not text it is trained to write.
@@ -227,12 +227,17 @@ def agent_rollout(model, tokenizer, messages: Sequence[List[dict]], tools: Seque
     dec = BatchDecoder(policy, tokenizer.eos_token_id, tokenizer.pad_token_id)
 
     def admit(group):
-        room = [min(max_gen_len, max_total_len - len(e.context)) for e in group]
-        group = [e for e, r in zip(group, room) if r > 0]  # a prompt longer than the budget: unfinished at once
+        # One prefill per context length: rows of equal length need no padding, so their prefill takes attention's
+        # plain causal path and computes no padding tokens (the G copies of a prompt share one; an episode that
+        # rejoins after its tools usually has a length of its own). The engine merges them into the running batch.
+        by_len = {}
         for e in group:
-            e.turn_start = len(e.ids)
-        if group:
-            dec.admit([e.context for e in group], sampling, [r for r in room if r > 0], tags=group)
+            room = min(max_gen_len, max_total_len - len(e.context))
+            if room > 0:  # else (a prompt longer than the budget, no room left): unfinished at once
+                e.turn_start = len(e.ids)
+                by_len.setdefault(len(e.context), []).append((e, room))
+        for rows in by_len.values():
+            dec.admit([e.context for e, _ in rows], sampling, [r for _, r in rows], tags=[e for e, _ in rows])
 
     was_training = policy.training
     policy.eval()
@@ -376,27 +381,37 @@ def episode_metrics(episodes: Sequence[Episode], gts: Sequence[Sequence[str]]) -
 # ================================================================================================================
 def benchmark_rollout(model, tokenizer, messages, tools, G: int, seed: int, log=print, **kw) -> dict:
     """Sampled tokens per second of the batched rollout (every episode in one running batch) and of one episode
-    at a time (upstream's way), on the same prompts x G. Each gets its own generator of the same seed, so the two
-    sample different tokens once the batches differ: tokens/s is the comparison, not the texts."""
+    at a time (upstream's way), on the same prompts x G, after a short warm-up. Each gets its own generator of the
+    same seed, so the two sample different tokens once the batches differ: tokens/s is the comparison, not the
+    texts. Wall time, and on CPU also this process's CPU time: on a shared machine the wall clock measures the
+    neighbours too."""
     messages, tools = expand(messages, G), expand(tools, G)
     device = next(unwrap(model).parameters()).device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    agent_rollout(model, tokenizer, messages[:1], tools[:1], **{**kw, "max_gen_len": 2})  # warm-up
     out = {}
     for mode in ("batched", "one_at_a_time"):
         gen = torch.Generator(device=device).manual_seed(seed)
-        t0 = time.perf_counter()
+        sync()
+        t0, c0 = time.perf_counter(), time.process_time()
         if mode == "batched":
             eps = agent_rollout(model, tokenizer, messages, tools, generator=gen, **kw)
         else:
             eps = [e for m, t in zip(messages, tools)
                    for e in agent_rollout(model, tokenizer, [m], [t], generator=gen, **kw)]
-        seconds = time.perf_counter() - t0
+        sync()
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         tokens = sum(sum(e.mask) for e in eps)
-        out[mode] = {"episodes": len(eps), "sampled_tokens": tokens, "seconds": seconds,
-                     "tokens_per_s": tokens / seconds, "turns": sum(len(e.turns) for e in eps) / len(eps)}
-        log(f"{mode}: {len(eps)} episodes, {tokens} sampled tokens, {seconds:.2f} s, {tokens / seconds:,.0f} tok/s, "
-            f"{out[mode]['turns']:.2f} turns/episode")
-    out["speedup"] = out["batched"]["tokens_per_s"] / out["one_at_a_time"]["tokens_per_s"]
-    log(f"batched / one at a time: {out['speedup']:.2f}x")
+        out[mode] = {"episodes": len(eps), "sampled_tokens": tokens, "wall_s": wall, "cpu_s": cpu,
+                     "tokens_per_s": tokens / wall, "turns": sum(len(e.turns) for e in eps) / len(eps)}
+        log(f"{mode}: {len(eps)} episodes, {out[mode]['turns']:.2f} turns/episode, {tokens} sampled tokens, "
+            f"{wall:.2f} s wall ({tokens / wall:,.1f} tok/s)"
+            + (f", {cpu:.2f} s CPU ({tokens / cpu:,.1f} tok/s)" if device.type == "cpu" else ""))
+    b, o = out["batched"], out["one_at_a_time"]
+    out["speedup"] = b["tokens_per_s"] / o["tokens_per_s"]
+    cpu_speedup = (b["sampled_tokens"] / b["cpu_s"]) / (o["sampled_tokens"] / o["cpu_s"])
+    log(f"batched / one at a time: {out['speedup']:.2f}x (wall)"
+        + (f", {cpu_speedup:.2f}x (CPU time)" if device.type == "cpu" else ""))
     return out
 
 

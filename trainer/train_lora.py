@@ -28,11 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any dir
 from dataset.lm_dataset import SFTDataset  # noqa: E402
 from model.model_lora import (DEFAULT_TARGETS, apply_lora, count_parameters, lora_state_dict,  # noqa: E402
                               save_lora_meta)
-from trainer.trainer_utils import (Batches, TrainLogger, add_common_args, cleanup_distributed,  # noqa: E402
-                                   ddp_sync, dynamic_padding, get_lr, init_distributed, init_model,
-                                   load_checkpoint, make_optimizer, mixed_precision, model_config_from_args,
-                                   optimizer_step, print0, resume_path, run_main, save_checkpoint, set_lr,
-                                   setup_seed, unwrap, weight_name, weight_path, wrap_model)
+from trainer.trainer_utils import (TrainRun, add_common_args, ddp_sync, init_distributed, init_model,  # noqa: E402
+                                   make_optimizer, model_config_from_args, optimizer_step, print0, run_main, set_lr,
+                                   unwrap)
 
 
 def main():
@@ -52,63 +50,40 @@ def main():
     args.save_weight = f"lora/{args.lora_name}"
 
     # ---- processes, model (frozen) + adapters (trained), data, optimizer
-    ddp = init_distributed(args.device)
-    setup_seed(args.seed)  # before the model and the adapters are built: every rank starts from the same ones
+    ddp = init_distributed(args.device, seed=args.seed)  # the same seed on every rank: the same weights and adapters
     config = model_config_from_args(args)
+    run = TrainRun.from_flags(args, config, ddp)  # files, resume, step range, saving, logging (see its docstring)
     model, tokenizer = init_model(config, args.from_weight, args.save_dir, args.tokenizer_path, ddp.device, print0)
     apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_targets, args.lora_dropout)
     trainable, total = count_parameters(model)
     print0(f"LoRA rank {args.lora_rank}, alpha {args.lora_alpha:g} on {args.lora_targets}: {trainable / 1e6:.3f}M "
            f"trainable of {total / 1e6:.3f}M parameters ({100 * trainable / total:.2f}%)")
     dataset = SFTDataset(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines)
-    collate, lengths = dynamic_padding(dataset, tokenizer.pad_token_id, args.max_seq_len, args.pad_to_max,
-                                       args.group_by_length, args.use_compile)
-    batches = Batches(dataset, collate, ddp, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
-                      accumulation_steps=args.accumulation_steps, lengths=lengths, num_workers=args.num_workers)
-    dtype, autocast, scaler = mixed_precision(args.dtype, ddp.device)
+    batches = run.batches(dataset, pad_id=tokenizer.pad_token_id)
+    autocast, scaler = run.precision()
     # Only the adapters require grad (apply_lora froze the rest): the optimizer holds just them.
     optimizer = make_optimizer(model.parameters(), args.learning_rate, args.weight_decay, ddp.device)
-
-    # ---- outputs, resume
-    weight_file = weight_path(args.save_dir, args.save_weight, config)
-    resume_file = resume_path(args.checkpoint_dir, args.save_weight, config)
-    step, run_id = 0, None
-    if args.from_resume:
-        step, run_id = load_checkpoint(resume_file, model, optimizer, scaler, batches, ddp.world_size)
-    model = wrap_model(model, ddp, compile=bool(args.use_compile))
-    total_steps = batches.total_steps
-    last_step = min(total_steps, args.max_steps or total_steps)
-    logger = TrainLogger(weight_name(args.save_weight, config), args.save_dir, ddp, log_interval=args.log_interval,
-                         last_step=last_step, start_step=step, append=bool(args.from_resume), run_id=run_id,
-                         config=vars(args), wandb_project=args.wandb_project if args.use_wandb else None,
-                         tracker=args.logger)
-    logger.info(f"{batches.describe()}, device {ddp.device}, dtype {str(dtype).replace('torch.', '')}")
+    model, step, logger = run.start(model, optimizer, scaler, batches)  # --from_resume 1 continues from checkpoints/
 
     # ---- the loop (exactly SFT's; gradients reach only the adapters)
-    model.train()
-    for group in islice(batches, max(0, last_step - step)):  # islice: stop at --max_steps
-        lr = set_lr(optimizer, get_lr(step, total_steps, args.learning_rate, args.min_lr_ratio, args.warmup_steps))
+    for group in islice(batches, run.batches_left(step)):  # islice: stop at --max_steps
+        lr = set_lr(optimizer, run.lr(step))
         for i, batch in enumerate(group):
-            with ddp_sync(model, sync=i == len(group) - 1):  # DDP: all-reduce the gradients once per group
-                with autocast:
-                    out = model(input_ids=batch["input_ids"], labels=batch["labels"])
-                    loss = out.loss + out.aux_loss  # CE on the assistant tokens + MoE balance loss (0 if dense)
-                scaler.scale(loss / len(group)).backward()
+            # DDP all-reduces the gradients once per group: the last micro-batch's forward decides
+            with ddp_sync(model, sync=i == len(group) - 1), autocast:
+                out = model(input_ids=batch["input_ids"], labels=batch["labels"])
+                loss = out.loss + out.aux_loss  # CE on the assistant tokens + MoE balance loss (0 if dense)
+            scaler.scale(loss / len(group)).backward()  # outside autocast, as PyTorch advises
             logger.add(tokens=batch["attention_mask"].sum(), loss=loss,
                        aux_loss=out.aux_loss if config.use_moe else None)
         grad_norm = optimizer_step(optimizer, scaler, args.grad_clip)
         step += 1
         logger.log(step, {"lr": lr, "grad_norm": grad_norm}, epoch=batches.current_epoch)
-        if step % args.save_interval == 0 or step == last_step:
-            # The released file is the adapter alone, in fp32 (tiny, and B starts at 0 so small updates matter).
-            save_checkpoint(weight_file, resume_file, model, optimizer, scaler, step, batches, ddp,
-                            run_id=logger.run_id, flags=vars(args), weights=lora_state_dict)
-            if ddp.is_main:  # rank / alpha / targets beside the adapter: loaders then need no --lora_alpha
-                save_lora_meta(unwrap(model), weight_file)
-
-    logger.info(f"done: {step} steps; weights -> {weight_file}")
-    logger.close()
-    cleanup_distributed()
+        # The released file is the adapter alone, in fp32 (tiny, and B starts at 0 so small updates matter), with
+        # its rank / alpha / targets in a JSON beside it: loaders then need no --lora_alpha.
+        if run.maybe_save(step, model, optimizer, scaler, batches, weights=lora_state_dict) and ddp.is_main:
+            save_lora_meta(unwrap(model), run.weight_file)
+    run.finish(step)
 
 
 if __name__ == "__main__":

@@ -43,12 +43,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any dir
 from model.model_minimind import MiniMindConfig, MiniMindModel  # noqa: E402
 from trainer.rl_utils import (KL_ESTIMATORS, RLPromptDataset, add_rl_args, build_reward_function,  # noqa: E402
                               check_rl_args, clipped_policy_loss, clipped_value_loss, collate_prompts, gae,
-                              load_rl_checkpoint, masked_mean, masked_whiten, reward_metrics, rollout,
-                              step_generator, token_logps)
-from trainer.trainer_utils import (Batches, TrainLogger, WeightLoadError, add_common_args,  # noqa: E402
-                                   cleanup_distributed, get_lr, init_distributed, init_model, make_optimizer,
-                                   mixed_precision, model_config_from_args, optimizer_step, print0, resume_path,
-                                   run_main, save_checkpoint, set_lr, setup_seed, unwrap, weight_path, wrap_model)
+                              masked_mean, masked_whiten, reward_metrics, rollout, step_generator, token_logps)
+from trainer.trainer_utils import (TrainRun, WeightLoadError, add_common_args, init_distributed,  # noqa: E402
+                                   init_model, make_optimizer, model_config_from_args, optimizer_step, print0,
+                                   run_main, set_lr, unwrap)
 
 
 class CriticModel(nn.Module):
@@ -113,9 +111,11 @@ def main():
         parser.error("--accumulation_steps is not used by PPO: use --mini_batch_size to split updates")
 
     # ---- processes, models (actor, critic, reference), reward, prompts
-    ddp = init_distributed(args.device)
-    setup_seed(args.seed)  # before the models are built: every rank starts from the same weights
+    ddp = init_distributed(args.device, seed=args.seed)  # the same seed on every rank: the same initial weights
     config = model_config_from_args(args)
+    n_mb = math.ceil(args.batch_size / args.mini_batch_size) if args.mini_batch_size else 1
+    # files, resume, step range, saving, logging (see its docstring); ppo_epochs x mini-batches steps per batch
+    run = TrainRun.from_flags(args, config, ddp, steps_per_batch=args.ppo_epochs * n_mb)
     actor, tokenizer = init_model(config, args.from_weight, args.save_dir, args.tokenizer_path, ddp.device, print0)
     # Reference and critic start from the base weights, before a resume overwrites the actor.
     ref_model = copy.deepcopy(actor).eval().requires_grad_(False)
@@ -123,48 +123,25 @@ def main():
     reward_fn = build_reward_function(reward_terms, ddp.device, args.reward_model_path, args.reward_batch_size,
                                       args.length_target, args.reward_clip, print0)
     dataset = RLPromptDataset(args.data_path, tokenizer, args.max_prompt_len, args.skip_bad_lines)
-    batches = Batches(dataset, collate_prompts, ddp, batch_size=args.batch_size, epochs=args.epochs,
-                      seed=args.seed, num_workers=args.num_workers)
+    batches = run.batches(dataset, collate_fn=collate_prompts)
 
     # ---- two optimizers, each with its own loss scale (fp16): the critic's gradients are not the actor's
-    dtype, autocast, actor_scaler = mixed_precision(args.dtype, ddp.device)
-    _, _, critic_scaler = mixed_precision(args.dtype, ddp.device)
+    autocast, actor_scaler = run.precision()
+    _, critic_scaler = run.precision()
     actor_optimizer = make_optimizer(actor.parameters(), args.learning_rate, args.weight_decay, ddp.device)
     critic_optimizer = make_optimizer(critic.parameters(), args.critic_learning_rate, args.weight_decay, ddp.device)
 
-    # ---- outputs, resume: actor and critic files, written and read side by side
-    actor_file = weight_path(args.save_dir, args.save_weight, config)
-    critic_file = weight_path(args.save_dir, args.critic_save_weight, config)
-    actor_resume = resume_path(args.checkpoint_dir, args.save_weight, config)
-    critic_resume = resume_path(args.checkpoint_dir, args.critic_save_weight, config)
-    n_mb = math.ceil(args.batch_size / args.mini_batch_size) if args.mini_batch_size else 1
-    steps_per_batch = args.ppo_epochs * n_mb
-    step, run_id = 0, None
-    if args.from_resume:
-        step, run_id = load_rl_checkpoint(actor_resume, actor, actor_optimizer, actor_scaler, batches,
-                                          ddp.world_size, steps_per_batch)
-        critic_step, _ = load_rl_checkpoint(critic_resume, critic, critic_optimizer, critic_scaler, batches,
-                                            ddp.world_size, steps_per_batch)
-        if critic_step != step:
-            raise WeightLoadError(f"--from_resume 1: the actor checkpoint ({actor_resume}) is at step {step} but "
-                                  f"the critic's ({critic_resume}) at step {critic_step}; they must come from the "
-                                  f"same run")
-    actor = wrap_model(actor, ddp, compile=bool(args.use_compile))
-    critic = wrap_model(critic, ddp, compile=bool(args.use_compile))
-    total_steps = batches.total_steps * steps_per_batch
-    last_step = min(total_steps, args.max_steps or total_steps)
-    logger = TrainLogger(actor_file.stem, args.save_dir, ddp, log_interval=args.log_interval, last_step=last_step,
-                         start_step=step, append=bool(args.from_resume), run_id=run_id, config=vars(args),
-                         wandb_project=args.wandb_project if args.use_wandb else None, tracker=args.logger)
-    logger.info(f"{len(dataset)} prompts, {ddp.world_size} process(es), {total_steps} optimizer steps (batch "
-                f"{args.batch_size}, {args.ppo_epochs} PPO epoch(s) x {n_mb} mini-batch(es), device {ddp.device}, "
-                f"dtype {str(dtype).replace('torch.', '')})")
+    # ---- resume both (--from_resume 1: their checkpoints were written side by side), then compile / DDP
+    actor, step, logger = run.start(actor, actor_optimizer, actor_scaler, batches,
+                                    info=f"{args.ppo_epochs} PPO epoch(s) x {n_mb} mini-batch(es)")
+    critic, critic_step, _ = run.start(critic, critic_optimizer, critic_scaler, batches, name=args.critic_save_weight)
+    if critic_step != step:
+        raise WeightLoadError(f"--from_resume 1: the actor checkpoint ({run.files()[1]}) is at step {step} but the "
+                              f"critic's ({run.files(args.critic_save_weight)[1]}) at step {critic_step}; they must "
+                              f"come from the same run")
 
     # ---- the loop: one rollout batch -> ppo_epochs x mini-batches optimizer steps of actor and critic
-    actor.train()
-    critic.train()
-    for [batch] in islice(batches, math.ceil(max(0, last_step - step) / steps_per_batch)):
-        step_before = step
+    for [batch] in islice(batches, run.batches_left(step)):
         # 1. rollout: one response per prompt, batched with a KV cache, from the (seed, rank, step) random stream
         gen = step_generator(args.seed, ddp.rank, step, ddp.device)
         ro = rollout(actor, tokenizer, batch["prompt_ids"], args.max_gen_len, args.temperature, args.top_p,
@@ -192,11 +169,9 @@ def main():
         order = step_generator(args.seed + 1, ddp.rank, step)
         updates = [idx.to(ddp.device) for _ in range(args.ppo_epochs)
                    for idx in torch.randperm(bsz, generator=order).split(args.mini_batch_size or bsz)]
-        for idx in updates[:last_step - step]:
-            lr = set_lr(actor_optimizer, get_lr(step, total_steps, args.learning_rate, args.min_lr_ratio,
-                                                args.warmup_steps))
-            set_lr(critic_optimizer, get_lr(step, total_steps, args.critic_learning_rate, args.min_lr_ratio,
-                                            args.warmup_steps))
+        for idx in updates[:run.last_step - step]:
+            lr = set_lr(actor_optimizer, run.lr(step))
+            set_lr(critic_optimizer, run.lr(step, args.critic_learning_rate))
             sub = (ro.sequences[idx], ro.attention_mask[idx], ro.position_ids[idx], mask.shape[1], args.temperature)
             m = mask[idx]
             with autocast:
@@ -217,15 +192,10 @@ def main():
             "clip_frac": masked_mean(clipped.float(), m), "response_len": ro.response_lengths.mean()})
         logger.log(step, {"lr": lr, "grad_norm": grad_norm, "critic_grad_norm": critic_grad_norm},
                    epoch=batches.current_epoch)
-        if step == last_step or step // args.save_interval > step_before // args.save_interval:
-            save_checkpoint(actor_file, actor_resume, actor, actor_optimizer, actor_scaler, step, batches, ddp,
-                            run_id=logger.run_id, flags=vars(args))
-            save_checkpoint(critic_file, critic_resume, critic, critic_optimizer, critic_scaler, step, batches, ddp,
-                            flags=vars(args))
-
-    logger.info(f"done: {step} steps; weights -> {actor_file}, {critic_file}")
-    logger.close()
-    cleanup_distributed()
+        if run.save_due(step):  # every --save_interval steps and at the end
+            run.save(step, actor, actor_optimizer, actor_scaler, batches)
+            run.save(step, critic, critic_optimizer, critic_scaler, batches, name=args.critic_save_weight)
+    run.finish(step)
 
 
 if __name__ == "__main__":

@@ -29,11 +29,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any directory
 
 from dataset.lm_dataset import IGNORE_INDEX, SFTDataset  # noqa: E402
-from trainer.trainer_utils import (Batches, TrainLogger, add_common_args, cleanup_distributed,  # noqa: E402
-                                   ddp_sync, dynamic_padding, get_lr, init_distributed, init_model,
-                                   load_checkpoint, make_optimizer, mixed_precision, model_config_from_args,
-                                   optimizer_step, print0, resume_path, run_main, save_checkpoint, set_lr,
-                                   setup_seed, weight_name, weight_path, wrap_model)
+from trainer.trainer_utils import (TrainRun, add_common_args, ddp_sync, init_distributed, init_model,  # noqa: E402
+                                   make_optimizer, model_config_from_args, optimizer_step, print0, run_main, set_lr)
 
 REASON_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 
@@ -82,58 +79,35 @@ def main():
     args = parser.parse_args()
 
     # ---- processes, model, data, optimizer
-    ddp = init_distributed(args.device)
-    setup_seed(args.seed)  # before the model is built: every rank starts from the same weights
+    ddp = init_distributed(args.device, seed=args.seed)  # the same seed on every rank: the same initial weights
     config = model_config_from_args(args)
+    run = TrainRun.from_flags(args, config, ddp)  # files, resume, step range, saving, logging (see its docstring)
     model, tokenizer = init_model(config, args.from_weight, args.save_dir, args.tokenizer_path, ddp.device, print0)
     tag_ids = tag_token_ids(tokenizer)
     print0(f"tag tokens {dict(zip(REASON_TAGS, tag_ids))} weigh {args.special_token_weight:g}")
     dataset = SFTDataset(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines)
-    collate, lengths = dynamic_padding(dataset, tokenizer.pad_token_id, args.max_seq_len, args.pad_to_max,
-                                       args.group_by_length, args.use_compile)
-    batches = Batches(dataset, collate, ddp, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
-                      accumulation_steps=args.accumulation_steps, lengths=lengths, num_workers=args.num_workers)
-    dtype, autocast, scaler = mixed_precision(args.dtype, ddp.device)
+    batches = run.batches(dataset, pad_id=tokenizer.pad_token_id)
+    autocast, scaler = run.precision()
     optimizer = make_optimizer(model.parameters(), args.learning_rate, args.weight_decay, ddp.device)
-
-    # ---- outputs, resume
-    weight_file = weight_path(args.save_dir, args.save_weight, config)
-    resume_file = resume_path(args.checkpoint_dir, args.save_weight, config)
-    step, run_id = 0, None
-    if args.from_resume:
-        step, run_id = load_checkpoint(resume_file, model, optimizer, scaler, batches, ddp.world_size)
-    model = wrap_model(model, ddp, compile=bool(args.use_compile))
-    total_steps = batches.total_steps
-    last_step = min(total_steps, args.max_steps or total_steps)
-    logger = TrainLogger(weight_name(args.save_weight, config), args.save_dir, ddp, log_interval=args.log_interval,
-                         last_step=last_step, start_step=step, append=bool(args.from_resume), run_id=run_id,
-                         config=vars(args), wandb_project=args.wandb_project if args.use_wandb else None,
-                         tracker=args.logger)
-    logger.info(f"{batches.describe()}, device {ddp.device}, dtype {str(dtype).replace('torch.', '')}")
+    model, step, logger = run.start(model, optimizer, scaler, batches)  # --from_resume 1 continues from checkpoints/
 
     # ---- the loop: one optimizer step per group of --accumulation_steps micro-batches
-    model.train()
-    for group in islice(batches, max(0, last_step - step)):  # islice: stop at --max_steps
-        lr = set_lr(optimizer, get_lr(step, total_steps, args.learning_rate, args.min_lr_ratio, args.warmup_steps))
+    for group in islice(batches, run.batches_left(step)):  # islice: stop at --max_steps
+        lr = set_lr(optimizer, run.lr(step))
         for i, batch in enumerate(group):
-            with ddp_sync(model, sync=i == len(group) - 1):  # DDP: all-reduce the gradients once per group
-                with autocast:
-                    out = model(input_ids=batch["input_ids"])
-                    loss, ce = reason_loss(out.logits, batch["labels"], tag_ids, args.special_token_weight)
-                    loss = loss + out.aux_loss  # + MoE balance loss (0 if dense)
-                scaler.scale(loss / len(group)).backward()
+            # DDP all-reduces the gradients once per group: the last micro-batch's forward decides
+            with ddp_sync(model, sync=i == len(group) - 1), autocast:
+                out = model(input_ids=batch["input_ids"])
+                loss, ce = reason_loss(out.logits, batch["labels"], tag_ids, args.special_token_weight)
+                loss = loss + out.aux_loss  # + MoE balance loss (0 if dense)
+            scaler.scale(loss / len(group)).backward()  # outside autocast, as PyTorch advises
             logger.add(tokens=batch["attention_mask"].sum(), loss=loss, ce=ce,
                        aux_loss=out.aux_loss if config.use_moe else None)
         grad_norm = optimizer_step(optimizer, scaler, args.grad_clip)
         step += 1
         logger.log(step, {"lr": lr, "grad_norm": grad_norm}, epoch=batches.current_epoch)
-        if step % args.save_interval == 0 or step == last_step:
-            save_checkpoint(weight_file, resume_file, model, optimizer, scaler, step, batches, ddp,
-                            run_id=logger.run_id, flags=vars(args))
-
-    logger.info(f"done: {step} steps; weights -> {weight_file}")
-    logger.close()
-    cleanup_distributed()
+        run.maybe_save(step, model, optimizer, scaler, batches)  # every --save_interval steps and at the end
+    run.finish(step)
 
 
 if __name__ == "__main__":

@@ -51,10 +51,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any dir
 from trainer.rl_utils import (RLPromptDataset, add_rl_args, aggregate_loss, all_gather_cat,  # noqa: E402
                               build_reward_function, check_rl_args, clipped_policy_loss, collate_prompts, kl_k3,
                               masked_mean, reward_metrics, rollout, step_generator, token_logps)
-from trainer.trainer_utils import (Batches, TrainLogger, add_common_args, cleanup_distributed, get_lr,  # noqa: E402
-                                   init_distributed, init_model, load_checkpoint, make_optimizer, mixed_precision,
-                                   model_config_from_args, optimizer_step, print0, resume_path, run_main,
-                                   save_checkpoint, set_lr, setup_seed, unwrap, weight_path, wrap_model)
+from trainer.trainer_utils import (TrainRun, add_common_args, init_distributed, init_model,  # noqa: E402
+                                   make_optimizer, model_config_from_args, optimizer_step, print0, run_main, set_lr,
+                                   unwrap)
 
 
 class SPOValueTracker(nn.Module):
@@ -149,41 +148,25 @@ def main():
         parser.error("--accumulation_steps is not used by SPO: each rollout batch is one update")
 
     # ---- processes, models, reward, prompts, value tracker, optimizer
-    ddp = init_distributed(args.device)
-    setup_seed(args.seed)  # before the model is built: every rank starts from the same weights
+    ddp = init_distributed(args.device, seed=args.seed)  # the same seed on every rank: the same initial weights
     config = model_config_from_args(args)
+    run = TrainRun.from_flags(args, config, ddp)  # files, resume, step range, saving, logging (see its docstring)
     model, tokenizer = init_model(config, args.from_weight, args.save_dir, args.tokenizer_path, ddp.device, print0)
     ref_model = copy.deepcopy(model).eval().requires_grad_(False)  # the starting policy, before any resume
     reward_fn = build_reward_function(reward_terms, ddp.device, args.reward_model_path, args.reward_batch_size,
                                       args.length_target, args.reward_clip, print0)
     dataset = RLPromptDataset(args.data_path, tokenizer, args.max_prompt_len, args.skip_bad_lines)
-    batches = Batches(dataset, collate_prompts, ddp, batch_size=args.batch_size, epochs=args.epochs,
-                      seed=args.seed, num_workers=args.num_workers)
+    batches = run.batches(dataset, collate_fn=collate_prompts)
     tracker = SPOValueTracker(len(dataset), args.spo_rho_min, args.spo_rho_max, args.spo_d_half,
                               args.spo_rho_mode, args.spo_rho)
-    dtype, autocast, scaler = mixed_precision(args.dtype, ddp.device)
+    autocast, scaler = run.precision()
     optimizer = make_optimizer(model.parameters(), args.learning_rate, args.weight_decay, ddp.device)
-
-    # ---- outputs, resume (the tracker is part of the resume state)
-    weight_file = weight_path(args.save_dir, args.save_weight, config)
-    resume_file = resume_path(args.checkpoint_dir, args.save_weight, config)
-    step, run_id = 0, None
-    if args.from_resume:
-        step, run_id = load_checkpoint(resume_file, model, optimizer, scaler, batches, ddp.world_size,
-                                       extra={"spo_tracker": tracker})
-    model = wrap_model(model, ddp, compile=bool(args.use_compile))
-    total_steps = batches.total_steps  # one optimizer step per rollout batch
-    last_step = min(total_steps, args.max_steps or total_steps)
-    logger = TrainLogger(weight_file.stem, args.save_dir, ddp, log_interval=args.log_interval, last_step=last_step,
-                         start_step=step, append=bool(args.from_resume), run_id=run_id, config=vars(args),
-                         wandb_project=args.wandb_project if args.use_wandb else None, tracker=args.logger)
-    logger.info(f"{len(dataset)} prompts, {ddp.world_size} process(es), {total_steps} optimizer steps "
-                f"(batch {args.batch_size} prompts, rho {args.spo_rho_mode}, device {ddp.device}, "
-                f"dtype {str(dtype).replace('torch.', '')})")
+    # --from_resume 1 continues from checkpoints/, the tracker included
+    model, step, logger = run.start(model, optimizer, scaler, batches, extra={"spo_tracker": tracker},
+                                    info=f"rho {args.spo_rho_mode}")
 
     # ---- the loop: one rollout batch (one response per prompt) -> one optimizer step
-    model.train()
-    for [batch] in islice(batches, max(0, last_step - step)):
+    for [batch] in islice(batches, run.batches_left(step)):
         # 1. rollout: one response per prompt, batched with a KV cache, from the (seed, rank, step) random stream
         gen = step_generator(args.seed, ddp.rank, step, ddp.device)
         ro = rollout(model, tokenizer, batch["prompt_ids"], args.max_gen_len, args.temperature, args.top_p,
@@ -205,7 +188,7 @@ def main():
         seq = (ro.sequences, ro.attention_mask, ro.position_ids, mask.shape[1], args.temperature)
         with torch.no_grad(), autocast:
             ref_logps = token_logps(ref_model, *seq)
-        lr = set_lr(optimizer, get_lr(step, total_steps, args.learning_rate, args.min_lr_ratio, args.warmup_steps))
+        lr = set_lr(optimizer, run.lr(step))
         with autocast:
             logps, aux_loss = token_logps(model, *seq, with_aux=True)
         old_logps = logps.detach()
@@ -229,13 +212,8 @@ def main():
                    baseline=baselines[mine].mean(), rho=rhos.float().mean(), drift=drift,
                    kl=masked_mean(kl.detach(), mask), response_len=ro.response_lengths.mean())
         logger.log(step, {"lr": lr, "grad_norm": grad_norm}, epoch=batches.current_epoch)
-        if step % args.save_interval == 0 or step == last_step:
-            save_checkpoint(weight_file, resume_file, model, optimizer, scaler, step, batches, ddp,
-                            run_id=logger.run_id, flags=vars(args), extra={"spo_tracker": tracker})
-
-    logger.info(f"done: {step} steps; weights -> {weight_file}")
-    logger.close()
-    cleanup_distributed()
+        run.maybe_save(step, model, optimizer, scaler, batches, extra={"spo_tracker": tracker})
+    run.finish(step)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
 """The small pieces every stage script's training loop calls. The loop itself is written out in each
 trainer/train_*.py; here is only what would otherwise be repeated. Each helper does one thing and takes what it
-needs as parameters (no `args` Namespace):
+needs as parameters; `TrainRun.from_flags` is the one place that reads the common flags from `args`:
 
   flags        add_common_args(parser, *, stage, data_path, epochs, batch_size, learning_rate, max_seq_len,
                                from_weight, accumulation_steps, save_interval, log_interval)
-  processes    init_distributed(device_arg) -> DistState(rank, local_rank, world_size, device, is_main, ddp)
-               (elastic_attempt_store: per-restart rendezvous keys under `torchrun --max_restarts`)
-               cleanup_distributed();  print0(*args): print on rank 0 only
+  processes    init_distributed(device_arg, seed=None) -> DistState(rank, local_rank, world_size, device, is_main,
+                   ddp); seeds every rank alike (elastic_attempt_store: per-restart rendezvous keys under
+                   `torchrun --max_restarts`);  cleanup_distributed();  print0(*args): print on rank 0 only
   model        init_model(config, from_weight, save_dir, tokenizer_path, device, log) -> (model, tokenizer)
                wrap_model(model, dist_state, compile=False) -> torch.compile and/or DDP wrapper
                lm_loss(model, batch, doc_attention_impl) -> (loss, aux_loss): pretraining's forward + loss
@@ -20,7 +20,7 @@ needs as parameters (no `args` Namespace):
                ResumableSampler: the seeded, DDP-sharded, length-grouped order under Batches
   optimizing   make_optimizer(params, lr, weight_decay, device) -> AdamW
                get_lr(step, total_steps, lr, min_lr_ratio, warmup_steps) -> float;  set_lr(optimizer, lr)
-               ddp_sync(model, sync) -> context: DDP all-reduces gradients only when `sync`
+               ddp_sync(model, sync) -> context for a forward: DDP all-reduces gradients only when `sync`
                optimizer_step(optimizer, scaler, grad_clip) -> grad_norm tensor (unscale, clip, step, zero_grad)
   checkpoints  save_checkpoint(weight_file, resume_file, model, optimizer, scaler, step, batches, dist_state, *,
                                run_id=None, flags=None, extra=None, weights=half_state_dict)
@@ -31,6 +31,35 @@ needs as parameters (no `args` Namespace):
                            wandb_project=None, tracker="wandb", config=None, run_id=None)
                    .add(tokens=None, **values) per micro-batch, .log(step, metrics, epoch) per step, .info(msg),
                    .close(), .run_id
+  a run        TrainRun(name, config, dist_state, *, save_dir, checkpoint_dir, batch size / epochs / ... fields)
+               or TrainRun.from_flags(args, config, dist_state, *, name=None, steps_per_batch=1): the bookkeeping
+               around a loop, built from the pieces above:
+                   .batches(dataset, pad_id= | collate_fn=) -> Batches;  .precision() -> (autocast, scaler)
+                   .start(model, optimizer, scaler, batches, *, name=None, extra=None, info="")
+                       -> (model, step, logger): resume, train mode, compile/DDP, the logger
+                   .batches_left(step), .last_step, .total_steps, .lr(step, base_lr=None)
+                   .maybe_save(step, model, optimizer, scaler, batches, *, extra=None, weights=half_state_dict)
+                   .save_due(step) + .save(step, ..., name=None) (several models), .finish(step), .weight_file
+
+A stage script then reads (train_full_sft.py):
+
+    ddp = init_distributed(args.device, seed=args.seed)
+    run = TrainRun.from_flags(args, config, ddp)
+    model, tokenizer = init_model(...);  batches = run.batches(dataset, pad_id=tokenizer.pad_token_id)
+    autocast, scaler = run.precision();  optimizer = make_optimizer(model.parameters(), ...)
+    model, step, logger = run.start(model, optimizer, scaler, batches)
+    for group in islice(batches, run.batches_left(step)):
+        lr = set_lr(optimizer, run.lr(step))
+        for i, batch in enumerate(group):
+            with ddp_sync(model, sync=i == len(group) - 1), autocast:
+                loss = ...forward...
+            scaler.scale(loss / len(group)).backward()
+            logger.add(tokens=..., loss=loss)
+        grad_norm = optimizer_step(optimizer, scaler, args.grad_clip)
+        step += 1
+        logger.log(step, {"lr": lr, "grad_norm": grad_norm}, epoch=batches.current_epoch)
+        run.maybe_save(step, model, optimizer, scaler, batches)
+    run.finish(step)
 
 Device, dtype, autocast and seed live in model/runtime.py; weight names, strict loading and the tokenizer in
 model/checkpoint.py (both re-exported here for the stage scripts).
@@ -43,7 +72,7 @@ import random
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
@@ -139,8 +168,10 @@ class DistState:
         return self.world_size > 1
 
 
-def init_distributed(device_arg: Optional[str] = None) -> DistState:
-    """Start the process group when launched by torchrun; pick this process's device.
+def init_distributed(device_arg: Optional[str] = None, seed: Optional[int] = None) -> DistState:
+    """Start the process group when launched by torchrun; pick this process's device; seed every random
+    generator with `seed` (model/runtime.setup_seed), the same on every rank, so that all ranks build the same
+    initial weights (and adapters, critics, ...).
 
     RANK decides rank-0 work (logging, saving), LOCAL_RANK the device on this node, so multi-node runs
     (`torchrun --nnodes N --node_rank R --master_addr HOST ...`) work unchanged.
@@ -149,6 +180,8 @@ def init_distributed(device_arg: Optional[str] = None) -> DistState:
     device = device_arg or default_device()
     if device.startswith("npu"):
         import torch_npu  # noqa: F401  registers the "npu" device type with torch
+    if seed is not None:
+        setup_seed(seed)
     if world_size <= 1:
         return DistState(device=device)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
@@ -395,9 +428,12 @@ class Batches:
         """1-based number of the epoch the latest group came from (what the logs call `epoch`)."""
         return self.epoch + (1 if self.consumed else 0)
 
-    def describe(self) -> str:
-        return (f"{len(self.dataset)} samples, {self.world_size} process(es), {self.steps_per_epoch} steps/epoch x "
-                f"{self.epochs} epochs = {self.total_steps} optimizer steps (micro-batch {self.batch_size}, "
+    def describe(self, steps_per_group: int = 1) -> str:
+        """One line for the log; `steps_per_group`: optimizer steps per group (RL: several per rollout batch)."""
+        per_epoch = (f"{self.steps_per_epoch} steps/epoch" if steps_per_group == 1 else
+                     f"{self.steps_per_epoch} batches/epoch x {steps_per_group} steps")
+        return (f"{len(self.dataset)} samples, {self.world_size} process(es), {per_epoch} x {self.epochs} epochs = "
+                f"{self.total_steps * steps_per_group} optimizer steps (micro-batch {self.batch_size}, "
                 f"accumulation {self.accumulation_steps})")
 
     def _to_device(self, batch: dict) -> dict:
@@ -446,9 +482,10 @@ def set_lr(optimizer, lr: float) -> float:
 
 
 def ddp_sync(model, sync: bool):
-    """Context for one micro-batch's forward AND backward: under DDP, gradients are all-reduced across ranks
-    only when `sync` (the last micro-batch of an accumulation group); the others just add to the local .grad.
-    Without DDP it does nothing."""
+    """Context for one micro-batch's FORWARD: under DDP, its backward all-reduces the gradients across ranks only
+    when `sync` (the last micro-batch of an accumulation group); the others just add to the local .grad.
+    DDP decides during the forward (it arms the all-reduce hooks in `_post_forward` only when syncing), so the
+    backward may run after the context, outside autocast as PyTorch advises. Without DDP it does nothing."""
     if isinstance(model, DistributedDataParallel) and not sync:
         return model.no_sync()
     return nullcontext()
@@ -653,3 +690,179 @@ class TrainLogger:
 def format_eta(seconds: float) -> str:
     seconds = int(max(0, seconds))
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
+# ================================================================================================================
+# A run: what every stage does around its loop
+# ================================================================================================================
+@dataclass
+class TrainRun:
+    """The bookkeeping around a stage's loop (not the loop: that stays in the script). One object that knows the
+    run's settings, files, step range, logger and save schedule, so each script keeps only its algorithm:
+
+      batches(dataset, pad_id= | collate_fn=)   the data as `Batches` (seeded, DDP-sharded, resumable order)
+      precision()                               (autocast context, GradScaler) for the `dtype` flag
+      start(model, optimizer, scaler, batches)  --from_resume: load the checkpoint into the plain model; then
+                                                train mode + compile/DDP; the first call opens the logger
+                                                -> (model, step, logger)
+      batches_left(step)                        how many items of `batches` the loop takes: it stops at
+                                                `last_step` (the end of the data, or max_steps)
+      lr(step, base_lr=None)                    this step's learning rate: `get_lr` over `total_steps`
+      maybe_save(step, model, ...)              save every `save_interval` steps (0: only at the end) and at the
+                                                last step; PPO's two models: `if run.save_due(step):` + save() x 2
+      finish(step)                              the "done" line, close the logger, leave the process group
+
+    Files (`files(name)`): {save_dir}/{name}_{hidden}[_moe].pth (weights), {checkpoint_dir}/..._resume.pth (exact
+    resume), {save_dir}/logs/{name}_{hidden}[_moe].jsonl (metrics). `TrainRun.from_flags` is the one place that
+    reads the flags `add_common_args` declares; the fields below say what each one does.
+    """
+    name: str                       # file prefix (--save_weight), e.g. "full_sft" or "lora/lora_identity"
+    config: MiniMindConfig          # the model size is part of every file name
+    dist: DistState
+    save_dir: Path = DEFAULT_OUT
+    checkpoint_dir: Path = DEFAULT_CHECKPOINTS
+    # data: Batches and dynamic padding
+    batch_size: int = 32
+    epochs: int = 1
+    accumulation_steps: int = 1
+    seed: int = 42
+    num_workers: int = 0
+    max_seq_len: Optional[int] = None
+    pad_to_max: bool = False
+    group_by_length: bool = True
+    # precision and learning-rate schedule
+    dtype: str = "auto"
+    learning_rate: float = 5e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 0
+    # length, resume, saving
+    steps_per_batch: int = 1        # optimizer steps per item of `batches` (RL: several per rollout batch)
+    max_steps: int = 0              # 0: no limit
+    save_interval: int = 1000       # 0: save only at the end
+    from_resume: bool = False
+    compile: bool = False
+    # logging
+    log_interval: int = 100
+    wandb_project: Optional[str] = None  # None: no tracker
+    tracker: str = "wandb"
+    flags: dict = field(default_factory=dict)  # all flags: stored in the checkpoint and in the tracker's config
+    # set by the run
+    total_steps: int = field(default=0, init=False)
+    last_step: int = field(default=0, init=False)
+    logger: Optional[TrainLogger] = field(default=None, init=False)
+    autocast_dtype: Optional[torch.dtype] = field(default=None, init=False)
+    _checked: int = field(default=0, init=False, repr=False)
+    _saved: list = field(default_factory=list, init=False, repr=False)
+
+    @classmethod
+    def from_flags(cls, args: argparse.Namespace, config: MiniMindConfig, dist_state: DistState, *,
+                   name: Optional[str] = None, steps_per_batch: int = 1) -> "TrainRun":
+        """A run configured by the flags `add_common_args` declares (the only helper that reads `args`)."""
+        return cls(name or args.save_weight, config, dist_state, save_dir=Path(args.save_dir),
+                   checkpoint_dir=Path(args.checkpoint_dir), batch_size=args.batch_size, epochs=args.epochs,
+                   accumulation_steps=args.accumulation_steps, seed=args.seed, num_workers=args.num_workers,
+                   max_seq_len=getattr(args, "max_seq_len", None), pad_to_max=args.pad_to_max,
+                   group_by_length=bool(args.group_by_length), dtype=args.dtype, learning_rate=args.learning_rate,
+                   min_lr_ratio=args.min_lr_ratio, warmup_steps=args.warmup_steps, steps_per_batch=steps_per_batch,
+                   max_steps=args.max_steps, save_interval=args.save_interval, from_resume=bool(args.from_resume),
+                   compile=bool(args.use_compile), log_interval=args.log_interval,
+                   wandb_project=args.wandb_project if args.use_wandb else None, tracker=args.logger,
+                   flags=vars(args))
+
+    def files(self, name: Optional[str] = None):
+        """(weight file, resume file) of `name` (default: the run's own)."""
+        name = name or self.name
+        return weight_path(self.save_dir, name, self.config), resume_path(self.checkpoint_dir, name, self.config)
+
+    @property
+    def weight_file(self) -> Path:
+        return self.files()[0]
+
+    def batches(self, dataset, *, pad_id: Optional[int] = None, collate_fn: Optional[Callable] = None) -> Batches:
+        """`dataset` as `Batches`. With `pad_id`: each batch padded to its longest row and similar lengths batched
+        together (`dynamic_padding`); with `collate_fn`: batches made by it, in plain shuffled order."""
+        lengths = None
+        if collate_fn is None:
+            collate_fn, lengths = dynamic_padding(dataset, pad_id, self.max_seq_len, self.pad_to_max,
+                                                  self.group_by_length, self.compile)
+        return Batches(dataset, collate_fn, self.dist, batch_size=self.batch_size, epochs=self.epochs,
+                       seed=self.seed, accumulation_steps=self.accumulation_steps, lengths=lengths,
+                       num_workers=self.num_workers)
+
+    def precision(self):
+        """(autocast context, GradScaler) for the `dtype` flag (`mixed_precision`). Each call makes a new scaler:
+        a second optimizer (PPO's critic) gets its own loss scale."""
+        self.autocast_dtype, autocast, scaler = mixed_precision(self.dtype, self.dist.device)
+        return autocast, scaler
+
+    def start(self, model, optimizer, scaler, batches: Batches, *, name: Optional[str] = None,
+              extra: Optional[dict] = None, info: str = ""):
+        """Get `model` ready for the loop; returns (model, step, logger).
+
+        With `from_resume`, loads the checkpoint of `name` (default: the run's) strictly into the plain model,
+        optimizer, scaler, `extra` modules ({name: module}) and the data position, and continues from its step
+        (no checkpoint yet: step 0). Then train mode, torch.compile and DDP (after loading: the wrappers prefix
+        the state-dict keys). The first call fixes total_steps (the schedule's length) and last_step (the end of
+        the data from here, or max_steps) and opens the logger (`info`: more words for its first line).
+        """
+        step, run_id = 0, None
+        if self.from_resume:
+            step, run_id = load_checkpoint(self.files(name)[1], model, optimizer, scaler, batches,
+                                           self.dist.world_size, extra, steps_per_group=self.steps_per_batch)
+        model.train()
+        model = wrap_model(model, self.dist, compile=self.compile)
+        if self.logger is None:
+            self.total_steps = batches.total_steps * self.steps_per_batch  # the learning-rate schedule's length
+            # Where the data ends from here: a run stopped by --max_steps inside a batch's steps (RL) resumes with
+            # the next batch, so it ends a few steps short of total_steps; its last step must still be saved.
+            end = step + (batches.total_steps - batches.steps_done()) * self.steps_per_batch
+            self.last_step = min(end, self.max_steps or end)
+            self._checked = step
+            self.logger = TrainLogger(weight_name(self.name, self.config), self.save_dir, self.dist,
+                                      log_interval=self.log_interval, last_step=self.last_step, start_step=step,
+                                      append=self.from_resume, wandb_project=self.wandb_project,
+                                      tracker=self.tracker, config=self.flags, run_id=run_id)
+            dtype = str(self.autocast_dtype or resolve_dtype(self.dtype, self.dist.device)).replace("torch.", "")
+            self.logger.info(f"{batches.describe(self.steps_per_batch)}, {info + ', ' if info else ''}"
+                             f"device {self.dist.device}, dtype {dtype}")
+        return model, step, self.logger
+
+    def batches_left(self, step: int) -> int:
+        """Items of `batches` the loop still takes from `step` on, to stop at `last_step`."""
+        return math.ceil(max(0, self.last_step - step) / self.steps_per_batch)
+
+    def lr(self, step: int, base_lr: Optional[float] = None) -> float:
+        """The learning rate for optimizer step `step` (0-based): `get_lr` from `base_lr` (default: the run's)."""
+        base = self.learning_rate if base_lr is None else base_lr
+        return get_lr(step, self.total_steps, base, self.min_lr_ratio, self.warmup_steps)
+
+    def save_due(self, step: int) -> bool:
+        """True at the last step, and when the steps crossed a multiple of save_interval since the last call
+        (RL steps may jump by several at once). save_interval <= 0: only at the last step."""
+        prev, self._checked = self._checked, step
+        every = self.save_interval
+        return step >= self.last_step or (every > 0 and step // every > prev // every)
+
+    def save(self, step: int, model, optimizer, scaler, batches: Batches, *, name: Optional[str] = None,
+             extra: Optional[dict] = None, weights: Callable = half_state_dict):
+        """`save_checkpoint` to the files of `name` (default: the run's), with the run id and the flags."""
+        weight_file, resume_file = self.files(name)
+        save_checkpoint(weight_file, resume_file, model, optimizer, scaler, step, batches, self.dist,
+                        run_id=self.logger.run_id, flags=self.flags, extra=extra, weights=weights)
+        if weight_file not in self._saved:
+            self._saved.append(weight_file)
+
+    def maybe_save(self, step: int, model, optimizer, scaler, batches: Batches, *, extra: Optional[dict] = None,
+                   weights: Callable = half_state_dict) -> bool:
+        """`save` when `save_due(step)`; returns whether it saved."""
+        due = self.save_due(step)
+        if due:
+            self.save(step, model, optimizer, scaler, batches, extra=extra, weights=weights)
+        return due
+
+    def finish(self, step: int):
+        """The closing line (which weights were written), close the logger, leave the process group."""
+        written = ", ".join(str(f) for f in self._saved or [self.files()[0]])
+        self.logger.info(f"done: {step} steps; weights -> {written}")
+        self.logger.close()
+        cleanup_distributed()
