@@ -4,14 +4,21 @@
 
   1. tokenizer  the shipped 6400-token BPE tokenizer in model/ (retrain your own: trainer/train_tokenizer.py)
   2. pretrain   trainer/train_pretrain.py  on dataset/sample/pretrain.jsonl   -> out/quickstart/pretrain_128.pth
-  3. SFT        trainer/train_full_sft.py  on dataset/sample/sft.jsonl + sft_tool.jsonl (chat and tool calls)
-                                                                             -> out/quickstart/full_sft_128.pth
+  3. SFT        trainer/train_full_sft.py  on dataset/sample/sft.jsonl   -> out/quickstart/full_sft_128.pth
   4. chat       eval_llm.py answers a few prompts with the fine-tuned model
-  5. tools      scripts/eval_toolcall.py scores its tool calls on a few held-out tasks (calculator, units, ...)
+  5. tool SFT   trainer/train_full_sft.py  on dataset/sample/sft_tool.jsonl (tool schemas, <tool_call>s, results,
+                answers), starting from step 3's weights               -> out/quickstart/tool_sft_128.pth
+  6. tools      scripts/eval_toolcall.py scores its tool calls on the 43 held-out tasks of
+                dataset/sample/toolcall_eval.jsonl (calculator, units, time zones, exchange rates, weather, ...)
 
 Each step runs the real script as a subprocess and prints its command, so you can copy it and scale it up
 (drop the tiny-model flags to get the 26M MiniMind2-small, point --data_path at the full datasets).
 The model is tiny (hidden 128, 4 layers, ~1.6M parameters): expect memorised sample answers, not wisdom.
+Tool use is its own SFT step because of its cost: a tool conversation is ~700 tokens (two tool schemas in the
+system prompt) of which only ~80 are learned, and the model has seen nothing longer than 256 tokens before. So it
+trains with batch size 1 (many small steps beat a few big ones here) on 180 short conversations; the tiny model
+then writes well-formed calls but rarely the right arguments, and it no longer chats well (a 1.6M model does not
+hold both): chat with full_sft, call tools with tool_sft. README "Tool use" has the numbers and the agent-RL step.
 """
 import argparse
 import shlex
@@ -37,12 +44,13 @@ def main():
     parser.add_argument("--device", default=None, help="default: best available (npu, cuda, mps, cpu)")
     parser.add_argument("--pretrain_epochs", type=int, default=4)
     parser.add_argument("--sft_epochs", type=int, default=6)
+    parser.add_argument("--tool_sft_epochs", type=int, default=4)
     args = parser.parse_args()
 
     py = sys.executable
     tiny = ["--hidden_size", 128, "--num_hidden_layers", 4, "--num_attention_heads", 4,
             "--num_key_value_heads", 2, "--save_dir", args.save_dir,
-            "--checkpoint_dir", Path(args.save_dir) / "checkpoints", "--num_workers", 0, "--log_interval", 20]
+            "--checkpoint_dir", Path(args.save_dir) / "checkpoints", "--num_workers", 0]
     if args.device:
         tiny += ["--device", args.device]
     t0 = time.time()
@@ -56,32 +64,35 @@ def main():
     step("2. pretrain", [py, ROOT / "trainer" / "train_pretrain.py", *tiny,
                          "--data_path", SAMPLE / "pretrain.jsonl", "--epochs", args.pretrain_epochs,
                          "--batch_size", 16, "--accumulation_steps", 1, "--learning_rate", 2e-3,
-                         "--max_seq_len", 256])
-    # One SFT file of both kinds of conversation: plain chat and tool use (system tools -> assistant
-    # <tool_call> -> tool result -> answer). The loss covers the calls and answers, never the tool results.
-    sft_mix = Path(args.save_dir) / "sft_mix.jsonl"
-    sft_mix.parent.mkdir(parents=True, exist_ok=True)
-    # The tool conversations are few (56) and long (their tool schemas), so they are repeated 3x to weigh enough.
-    sft_mix.write_bytes((SAMPLE / "sft.jsonl").read_bytes() + 3 * (SAMPLE / "sft_tool.jsonl").read_bytes())
+                         "--max_seq_len", 256, "--log_interval", 20])
     step("3. SFT", [py, ROOT / "trainer" / "train_full_sft.py", *tiny, "--from_weight", "pretrain",
-                    "--data_path", sft_mix, "--epochs", args.sft_epochs, "--batch_size", 16,
-                    "--learning_rate", 1e-3, "--max_seq_len", 1024])  # a tool call follows ~650 tokens of schemas
+                    "--data_path", SAMPLE / "sft.jsonl", "--epochs", args.sft_epochs, "--batch_size", 16,
+                    "--learning_rate", 1e-3, "--max_seq_len", 256, "--log_interval", 20])
 
+    size = ["--hidden_size", 128, "--num_hidden_layers", 4, "--num_attention_heads", 4, "--num_key_value_heads", 2]
+    device = ["--device", args.device] if args.device else []
     prompts = Path(args.save_dir) / "prompts.txt"
     prompts.write_text("你好\nWho are you?\n中国的首都是哪里？\n", encoding="utf-8")
-    step("4. chat", [py, ROOT / "eval_llm.py", "--weight", "full_sft", "--save_dir", args.save_dir,
-                     "--hidden_size", 128, "--num_hidden_layers", 4, "--num_attention_heads", 4,
-                     "--num_key_value_heads", 2, "--prompts_file", prompts,
-                     "--output", Path(args.save_dir) / "answers.jsonl", "--temperature", 0,
-                     "--max_new_tokens", 80, "--repetition_penalty", 1.2, *(["--device", args.device] if args.device else [])])
-    step("5. tools", [py, ROOT / "scripts" / "eval_toolcall.py", "--weight", "full_sft", "--save_dir", args.save_dir,
-                      "--hidden_size", 128, "--num_hidden_layers", 4, "--num_attention_heads", 4,
-                      "--num_key_value_heads", 2, "--limit", 8, "--max_turns", 2, "--max_new_tokens", 96,
-                      "--output", Path(args.save_dir) / "toolcall_eval.json",
-                      *(["--device", args.device] if args.device else [])])
+    step("4. chat", [py, ROOT / "eval_llm.py", "--weight", "full_sft", "--save_dir", args.save_dir, *size,
+                     "--prompts_file", prompts, "--output", Path(args.save_dir) / "answers.jsonl", "--temperature", 0,
+                     "--max_new_tokens", 80, "--repetition_penalty", 1.2, *device])
+    # Tool calls come after ~600 tokens of tool schemas: --max_seq_len 1024 keeps whole conversations (the loss
+    # covers the calls and answers, never the tool results). Batch size 1: 720 small steps teach the format, while
+    # 115 steps of batch 8 over the same data (more tokens, more CPU time) still write broken JSON.
+    step("5. tool SFT", [py, ROOT / "trainer" / "train_full_sft.py", *tiny, "--from_weight", "full_sft",
+                         "--save_weight", "tool_sft", "--data_path", SAMPLE / "sft_tool.jsonl",
+                         "--epochs", args.tool_sft_epochs, "--batch_size", 1, "--learning_rate", 2e-3,
+                         "--max_seq_len", 1024, "--log_interval", 180])
+    step("6. tools", [py, ROOT / "scripts" / "eval_toolcall.py", "--weight", "tool_sft", "--save_dir", args.save_dir,
+                      *size, "--max_turns", 3, "--max_new_tokens", 96,
+                      "--output", Path(args.save_dir) / "toolcall_eval.json", *device])
     print(f"\nQuick start finished in {time.time() - t0:.0f}s. Weights: {args.save_dir}. "
           f"Chat with it: python eval_llm.py --save_dir {args.save_dir} --hidden_size 128 --num_hidden_layers 4 "
-          f"--num_attention_heads 4 --mode interactive")
+          f"--num_attention_heads 4 --mode interactive"
+          f"\nAgentic RL from its tool SFT (README \"Tool use\"): python trainer/train_agent.py --from_weight tool_sft "
+          f"--save_dir {args.save_dir} --hidden_size 128 --num_hidden_layers 4 --num_attention_heads 4 "
+          f"--num_key_value_heads 2 --data_path dataset/sample/agent_rl.jsonl --epochs 3 --learning_rate 1e-4 "
+          f"--max_gen_len 96 --thinking_ratio 1")
 
 
 if __name__ == "__main__":

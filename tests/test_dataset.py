@@ -285,6 +285,7 @@ def test_document_aware_packing_equals_separate_documents(tok, tmp_path):
 
 
 @pytest.mark.parametrize("seq_len", [64, 200])  # one flex block; a partial second block of 128
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")  # the CPU reference path on purpose
 def test_flex_attention_block_mask_equals_the_dense_sdpa_mask(seq_len):
     """The CUDA path (flex_attention with a BlockMask, here eager on the CPU) gives the logits and loss of the
     dense boolean mask for packed documents, including documents that cross 128-token tiles. (PyTorch has no

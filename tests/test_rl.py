@@ -18,7 +18,7 @@ from trainer.rl_utils import (RewardFunction, RewardModelScorer, RLPromptDataset
                               aggregate_loss, chatml_messages, check_rl_args, clipped_policy_loss,
                               clipped_value_loss, collate_prompts, extract_gold_answer, extract_predicted_answer,
                               format_reward, gae, group_advantages, gsm8k_reward, kl_k1, kl_k3, length_reward,
-                              load_rl_checkpoint, parse_reward_spec, rollout, token_logps)
+                              parse_reward_spec, rollout, token_logps)
 from trainer.train_ppo import CriticModel  # noqa: E402
 from trainer.train_spo import SPOValueTracker  # noqa: E402
 from trainer.trainer_utils import (Batches, DistState, add_common_args, load_checkpoint,  # noqa: E402
@@ -342,8 +342,8 @@ def test_rl_resume_on_another_world_size_counts_optimizer_steps(tmp_path, tokeni
         return load(resume, tiny_policy, opt, scaler, two, world_size=2, **kw)[0]
 
     assert on_two_ranks(load_checkpoint) == 1
-    assert on_two_ranks(load_rl_checkpoint, steps_per_batch=3) == 3
-    assert load_rl_checkpoint(resume, tiny_policy, opt, scaler, one, world_size=1, steps_per_batch=3)[0] == 6
+    assert on_two_ranks(load_checkpoint, steps_per_group=3) == 3
+    assert load_checkpoint(resume, tiny_policy, opt, scaler, one, world_size=1, steps_per_group=3)[0] == 6
 
 
 # ================================================================================================ rollout

@@ -105,6 +105,28 @@ def test_ddp_two_processes_gloo_pretrain_then_sft(tmp_path):
     assert (tmp_path / "out" / "full_sft_64.pth").exists()
 
 
+def test_ddp_accumulation_equals_one_process_with_the_same_global_batch(tmp_path):
+    """2 ranks x micro-batch 2 see, per micro-batch step, the same 4 packed blocks as 1 rank x micro-batch 4
+    (ResumableSampler deals consecutive chunks to the ranks), so with accumulation 2 each optimizer step averages
+    the same gradient: the same gradient norms and losses, and weights equal up to Adam's sign noise on
+    near-zero gradients (at most 2 x lr per step). Skipping a group's all-reduce (ddp_sync arms it in the last
+    micro-batch's forward; the backward runs after the context) gives each rank a half-batch gradient: a
+    gradient norm ~40% off."""
+    data = small_pretrain_file(tmp_path, 40)
+    common = ["--data_path", data, "--accumulation_steps", 2, "--max_seq_len", 64, "--max_steps", 3,
+              "--learning_rate", 1e-5, "--log_interval", 1]
+    run_trainer("train_pretrain.py", *common, "--batch_size", 4, tmp=tmp_path / "one")
+    run_trainer("train_pretrain.py", *common, "--batch_size", 2, tmp=tmp_path / "two", nproc=2)
+    one, two = train_log(tmp_path / "one" / "out", "pretrain_64"), train_log(tmp_path / "two" / "out", "pretrain_64")
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3]
+    for a, b in zip(one, two):
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=2e-3)
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-3)
+    wa, wb = (torch.load(tmp_path / d / "ckpt" / "pretrain_64_resume.pth", weights_only=True) for d in ("one", "two"))
+    assert wa["consumed"] == wb["consumed"] == 24 and wa["model"].keys() == wb["model"].keys()
+    assert max((wa["model"][k] - wb["model"][k]).abs().max().item() for k in wa["model"]) < 2 * 1e-5 * 3 + 1e-6
+
+
 def test_resume_on_a_different_world_size(tmp_path):
     """A 1-process run resumed under torchrun with 2 processes continues at the rescaled step."""
     data = small_pretrain_file(tmp_path, 40)

@@ -13,8 +13,7 @@ these pieces and the generic ones in trainer_utils.py (Batches, optimizer_step, 
   RL math     KL estimators k1/k3, GAE, group-normalised advantages, clipped policy and value losses,
               CISPO's clipped-weight policy loss, the GRPO / DAPO / Dr.GRPO / CISPO loss normalisations;
               `add_clip_args` (--clip_epsilon, --clip_epsilon_high and upstream's --epsilon / --epsilon_high)
-  runs        `all_gather_cat` (batch-wide statistics under DDP), `load_rl_checkpoint` (resume when one rollout
-              batch takes several optimizer steps)
+  runs        `all_gather_cat` (batch-wide statistics under DDP)
 
 Every function here is plain tensor code with the shapes in its docstring, so tests/test_rl.py checks each
 one on hand values.
@@ -38,7 +37,6 @@ if str(ROOT) not in sys.path:
 from dataset.lm_dataset import DataFormatError, RLAIFDataset  # noqa: E402
 from model.checkpoint import WeightLoadError, unwrap  # noqa: E402
 from model.generation import generate  # noqa: E402
-from trainer.trainer_utils import load_checkpoint  # noqa: E402
 
 # Upstream keeps the InternLM2 reward model as a sibling of the repository (../internlm2-1_8b-reward).
 DEFAULT_REWARD_MODEL = ROOT.parent / "internlm2-1_8b-reward"
@@ -600,16 +598,3 @@ def all_gather_cat(x: torch.Tensor) -> torch.Tensor:
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts)
 
-
-def load_rl_checkpoint(resume_file, model, optimizer, scaler, batches, world_size: int, steps_per_batch: int,
-                       extra: Optional[dict] = None):
-    """trainer_utils.load_checkpoint for a stage that takes `steps_per_batch` optimizer steps per rollout batch
-    (GRPO --num_iterations, PPO epochs x mini-batches). Returns (step, run id).
-
-    Resumed on another number of ranks, load_checkpoint continues the step count from the data position,
-    `batches.steps_done()`, which counts rollout batches; the LR schedule needs it in optimizer steps.
-    """
-    step, run_id = load_checkpoint(resume_file, model, optimizer, scaler, batches, world_size, extra)
-    if step and torch.load(resume_file, map_location="cpu", weights_only=True, mmap=True)["world_size"] != world_size:
-        step = batches.steps_done() * steps_per_batch
-    return step, run_id

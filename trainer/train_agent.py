@@ -64,18 +64,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any dir
 
 from dataset.lm_dataset import AgentRLDataset, DataFormatError, collate_lists, iter_jsonl  # noqa: E402
 from model.atomic_io import atomic_write_text  # noqa: E402
-from model.chat_template import thinking_kwargs  # noqa: E402
+from model.chat_template import thinking_kwargs, thinking_switches  # noqa: E402
 from model.errors import UserError  # noqa: E402
 from model.generation import BatchDecoder, Sampling  # noqa: E402
 from model.tools import format_number, parse_tool_calls, run_tool, tool_schemas  # noqa: E402
 from trainer.rl_utils import (RewardModelScorer, add_clip_args, add_rl_args, aggregate_loss,  # noqa: E402
                               check_rl_args, expand, extract_gold_answer, group_advantages, kl_k3,
-                              load_rl_checkpoint, masked_mean, policy_loss, position_ids_from_mask, reward_metrics,
-                              step_generator, token_logps)
-from trainer.trainer_utils import (Batches, TrainLogger, add_common_args, cleanup_distributed, get_lr,  # noqa: E402
-                                   init_distributed, init_model, make_optimizer, mixed_precision,
-                                   model_config_from_args, optimizer_step, print0, resume_path, run_main,
-                                   save_checkpoint, set_lr, setup_seed, unwrap, weight_path, wrap_model)
+                              masked_mean, policy_loss, position_ids_from_mask, reward_metrics, step_generator,
+                              token_logps)
+from trainer.trainer_utils import (TrainRun, add_common_args, cleanup_distributed, init_distributed,  # noqa: E402
+                                   init_model, make_optimizer, model_config_from_args, optimizer_step, print0,
+                                   run_main, set_lr, unwrap)
 
 AGENT_REWARDS = ("answer", "tool", "unfinished", "model")
 AGENT_LOSSES = ("grpo", "cispo")
@@ -141,6 +140,17 @@ class Episode:
     @property
     def context(self) -> List[int]:
         return self.prompt_ids + self.ids
+
+
+def default_thinking_ratio(tokenizer) -> float:
+    """--thinking_ratio when not given: how often an episode is rendered with thinking enabled.
+
+    The disabled form pre-fills an empty <think></think> block. Upstream minimind-3's template (`open_thinking`)
+    always renders a <think> block and its SFT data mostly has empty ones, so upstream's 0.1 fits it. Our
+    template (`enable_thinking`) renders the plain assistant header when thinking is enabled, which is what our
+    SFT data, eval_llm, eval_toolcall and the server show the model; a pre-filled empty block is a prefix it
+    never saw, so the default there is 1.0 (every episode as at inference)."""
+    return 0.1 if "open_thinking" in thinking_switches(tokenizer) else 1.0
 
 
 def render_prompt(tokenizer, messages, tools, thinking: bool) -> str:
@@ -435,9 +445,11 @@ def main():
     parser.add_argument("--max_turns", type=int, default=3, help="assistant turns per episode")
     parser.add_argument("--max_total_len", type=int, default=2500,
                         help="context limit of an episode (prompt + every turn and tool result)")
-    parser.add_argument("--thinking_ratio", type=float, default=0.1,
+    parser.add_argument("--thinking_ratio", type=float, default=None,
                         help="probability that an episode's chat template lets the model think (else: an empty "
-                             "<think></think> is pre-filled)")
+                             "<think></think> is pre-filled). Default: 0.1 for a template with upstream "
+                             "minimind-3's open_thinking switch (upstream's default), else 1.0 (see "
+                             "default_thinking_ratio)")
     parser.add_argument("--convert_gsm8k", type=str, default=None, metavar="GSM8K_JSONL",
                         help="write the calculator task set built from this GSM8K file to --data_path and exit")
     parser.add_argument("--convert_limit", type=int, default=0, help="--convert_gsm8k: first N records only")
@@ -459,15 +471,16 @@ def main():
     if args.accumulation_steps != 1:
         parser.error("--accumulation_steps is not used by agent RL: each rollout batch is one update; "
                      "lower --batch_size or --num_generations to save memory")
-    if not 0.0 <= args.thinking_ratio <= 1.0:
+    if args.thinking_ratio is not None and not 0.0 <= args.thinking_ratio <= 1.0:
         parser.error("--thinking_ratio must be in [0, 1]")
     if args.max_total_len <= max(args.max_prompt_len, 1):
         parser.error("--max_total_len must exceed --max_prompt_len: an episode needs room to answer")
 
     # ---- processes, models, reward, episodes, optimizer
-    ddp = init_distributed(args.device)
-    setup_seed(args.seed)  # before the model is built: every rank starts from the same weights
+    ddp = init_distributed(args.device, seed=args.seed)  # the same seed on every rank: the same initial weights
     config = model_config_from_args(args)
+    # files, resume, step range, saving, logging (see its docstring); --num_iterations optimizer steps per batch
+    run = TrainRun.from_flags(args, config, ddp, steps_per_batch=args.num_iterations)
     model, tokenizer = init_model(config, args.from_weight, args.save_dir, args.tokenizer_path, ddp.device, print0)
     dataset, dropped = fitting_prompts(AgentRLDataset(args.data_path, tokenizer, skip_bad_lines=args.skip_bad_lines),
                                        args.max_prompt_len)
@@ -475,9 +488,10 @@ def main():
         print0(f"left out {dropped} episodes whose prompt is longer than --max_prompt_len {args.max_prompt_len}")
     if len(dataset) == 0:
         raise DataFormatError(f"{args.data_path}: no episode fits --max_prompt_len {args.max_prompt_len}")
-    dtype, autocast, scaler = mixed_precision(args.dtype, ddp.device)
+    autocast, scaler = run.precision()
+    thinking_ratio = default_thinking_ratio(tokenizer) if args.thinking_ratio is None else args.thinking_ratio
     rollout_kw = dict(max_turns=args.max_turns, max_gen_len=args.max_gen_len, max_total_len=args.max_total_len,
-                      temperature=args.temperature, top_p=args.top_p, thinking_ratio=args.thinking_ratio,
+                      temperature=args.temperature, top_p=args.top_p, thinking_ratio=thinking_ratio,
                       autocast=autocast)
     if args.benchmark_rollout:
         items = [dataset[i] for i in range(min(args.benchmark_rollout, len(dataset)))]
@@ -492,30 +506,15 @@ def main():
         print0(f"reward model: {args.reward_model_path}")
     print0("reward = " + " + ".join(f"{w:g}*{n}" for n, w in reward_terms))
     reward_fn = AgentReward(reward_terms, scorer, args.reward_clip)
-    batches = Batches(dataset, collate_lists, ddp, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
-                      num_workers=args.num_workers)
+    batches = run.batches(dataset, collate_fn=collate_lists)
     optimizer = make_optimizer(model.parameters(), args.learning_rate, args.weight_decay, ddp.device)
-
-    # ---- outputs, resume
-    weight_file = weight_path(args.save_dir, args.save_weight, config)
-    resume_file = resume_path(args.checkpoint_dir, args.save_weight, config)
-    step, run_id = 0, None
-    if args.from_resume:
-        step, run_id = load_rl_checkpoint(resume_file, model, optimizer, scaler, batches, ddp.world_size,
-                                          steps_per_batch=args.num_iterations)
-    model = wrap_model(model, ddp, compile=bool(args.use_compile))
-    total_steps = batches.total_steps * args.num_iterations
-    last_step = min(total_steps, args.max_steps or total_steps)
-    logger = TrainLogger(weight_file.stem, args.save_dir, ddp, log_interval=args.log_interval, last_step=last_step,
-                         start_step=step, append=bool(args.from_resume), run_id=run_id, config=vars(args),
-                         wandb_project=args.wandb_project if args.use_wandb else None, tracker=args.logger)
-    logger.info(f"{len(dataset)} episodes x {G} generations, up to {args.max_turns} turns, {ddp.world_size} "
-                f"process(es), {total_steps} optimizer steps (batch {args.batch_size} prompts, loss {args.loss_type}, "
-                f"device {ddp.device}, dtype {str(dtype).replace('torch.', '')})")
+    # --from_resume 1 continues from checkpoints/
+    model, step, logger = run.start(model, optimizer, scaler, batches,
+                                    info=f"{G} generations per prompt, up to {args.max_turns} turns, "
+                                         f"loss {args.loss_type}")
 
     # ---- the loop: one rollout batch -> --num_iterations optimizer steps
-    model.train()
-    for [batch] in islice(batches, math.ceil(max(0, last_step - step) / args.num_iterations)):
+    for [batch] in islice(batches, run.batches_left(step)):
         step_before = step
         # 1. rollout: G episodes per prompt (consecutive rows), all turns of all episodes in one running batch; the
         #    random stream belongs to (seed, rank, step), so a resumed run plays the same episodes
@@ -534,9 +533,8 @@ def main():
             # With one iteration the sampling policy is the current one: old = current.detach() below.
             old_logps = token_logps(unwrap(model), *seq) if args.num_iterations > 1 else None
         # 4. GRPO's clipped surrogate or CISPO's clipped-weight loss, + beta * KL, over the sampled tokens
-        for _ in range(min(args.num_iterations, last_step - step)):
-            lr = set_lr(optimizer, get_lr(step, total_steps, args.learning_rate, args.min_lr_ratio,
-                                          args.warmup_steps))
+        for _ in range(min(args.num_iterations, run.last_step - step)):
+            lr = set_lr(optimizer, run.lr(step))
             with autocast:
                 logps, aux_loss = token_logps(model, *seq, with_aux=True)
             old = logps.detach() if old_logps is None else old_logps
@@ -556,13 +554,8 @@ def main():
                                                    > step_before // args.debug_interval):
             logger.info(f"episode 0 (gt {gts[0]}, reward {float(rewards[0]):.3f}):\n"
                         f"{episode_text(tokenizer, episodes[0])}")
-        if step == last_step or step // args.save_interval > step_before // args.save_interval:
-            save_checkpoint(weight_file, resume_file, model, optimizer, scaler, step, batches, ddp,
-                            run_id=logger.run_id, flags=vars(args))
-
-    logger.info(f"done: {step} steps; weights -> {weight_file}")
-    logger.close()
-    cleanup_distributed()
+        run.maybe_save(step, model, optimizer, scaler, batches)
+    run.finish(step)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ Output: out/grpo_{hidden}[_moe].pth, checkpoints/grpo_{hidden}[_moe]_resume.pth 
 """
 import argparse
 import copy
-import math
 import sys
 from itertools import islice
 from pathlib import Path
@@ -39,12 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any dir
 
 from trainer.rl_utils import (LOSS_TYPES, RLPromptDataset, add_clip_args, add_rl_args,  # noqa: E402
                               aggregate_loss, build_reward_function, check_rl_args, collate_prompts, expand,
-                              group_advantages, kl_k3, load_rl_checkpoint, masked_mean, policy_loss,
-                              reward_metrics, rollout, step_generator, token_logps)
-from trainer.trainer_utils import (Batches, TrainLogger, add_common_args, cleanup_distributed, get_lr,  # noqa: E402
-                                   init_distributed, init_model, make_optimizer, mixed_precision,
-                                   model_config_from_args, optimizer_step, print0, resume_path, run_main,
-                                   save_checkpoint, set_lr, setup_seed, unwrap, weight_path, wrap_model)
+                              group_advantages, kl_k3, masked_mean, policy_loss, reward_metrics, rollout,
+                              step_generator, token_logps)
+from trainer.trainer_utils import (TrainRun, add_common_args, init_distributed, init_model,  # noqa: E402
+                                   make_optimizer, model_config_from_args, optimizer_step, print0, run_main,
+                                   set_lr, unwrap)
 
 
 def main():
@@ -71,41 +69,25 @@ def main():
                      "lower --batch_size or --num_generations to save memory")
 
     # ---- processes, models, reward, prompts, optimizer
-    ddp = init_distributed(args.device)
-    setup_seed(args.seed)  # before the model is built: every rank starts from the same weights
+    ddp = init_distributed(args.device, seed=args.seed)  # the same seed on every rank: the same initial weights
     config = model_config_from_args(args)
+    # files, resume, step range, saving, logging (see its docstring); --num_iterations optimizer steps per batch
+    run = TrainRun.from_flags(args, config, ddp, steps_per_batch=args.num_iterations)
     model, tokenizer = init_model(config, args.from_weight, args.save_dir, args.tokenizer_path, ddp.device, print0)
     # The reference is the starting policy, copied before a resume overwrites the policy's weights.
     ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     reward_fn = build_reward_function(reward_terms, ddp.device, args.reward_model_path, args.reward_batch_size,
                                       args.length_target, args.reward_clip, print0)
     dataset = RLPromptDataset(args.data_path, tokenizer, args.max_prompt_len, args.skip_bad_lines)
-    batches = Batches(dataset, collate_prompts, ddp, batch_size=args.batch_size, epochs=args.epochs,
-                      seed=args.seed, num_workers=args.num_workers)
-    dtype, autocast, scaler = mixed_precision(args.dtype, ddp.device)
+    batches = run.batches(dataset, collate_fn=collate_prompts)
+    autocast, scaler = run.precision()
     optimizer = make_optimizer(model.parameters(), args.learning_rate, args.weight_decay, ddp.device)
-
-    # ---- outputs, resume
-    weight_file = weight_path(args.save_dir, args.save_weight, config)
-    resume_file = resume_path(args.checkpoint_dir, args.save_weight, config)
-    step, run_id = 0, None
-    if args.from_resume:
-        step, run_id = load_rl_checkpoint(resume_file, model, optimizer, scaler, batches, ddp.world_size,
-                                          steps_per_batch=args.num_iterations)
-    model = wrap_model(model, ddp, compile=bool(args.use_compile))
-    total_steps = batches.total_steps * args.num_iterations
-    last_step = min(total_steps, args.max_steps or total_steps)
-    logger = TrainLogger(weight_file.stem, args.save_dir, ddp, log_interval=args.log_interval, last_step=last_step,
-                         start_step=step, append=bool(args.from_resume), run_id=run_id, config=vars(args),
-                         wandb_project=args.wandb_project if args.use_wandb else None, tracker=args.logger)
-    logger.info(f"{len(dataset)} prompts x {G} generations, {ddp.world_size} process(es), {total_steps} optimizer "
-                f"steps (batch {args.batch_size} prompts, loss {args.loss_type}, device {ddp.device}, "
-                f"dtype {str(dtype).replace('torch.', '')})")
+    # --from_resume 1 continues from checkpoints/
+    model, step, logger = run.start(model, optimizer, scaler, batches,
+                                    info=f"{G} generations per prompt, loss {args.loss_type}")
 
     # ---- the loop: one rollout batch -> --num_iterations optimizer steps
-    model.train()
-    for [batch] in islice(batches, math.ceil(max(0, last_step - step) / args.num_iterations)):
-        step_before = step
+    for [batch] in islice(batches, run.batches_left(step)):
         # 1. rollout: G responses per prompt (consecutive rows), batched with a KV cache; the random stream belongs
         #    to (seed, rank, step), so an interrupted and resumed run draws the same samples
         gen = step_generator(args.seed, ddp.rank, step, ddp.device)
@@ -124,9 +106,8 @@ def main():
             # With one iteration the sampling policy is the current one: old = current.detach() below.
             old_logps = token_logps(unwrap(model), *seq) if args.num_iterations > 1 else None
         # 5. clipped policy loss + beta * KL, backward, optimizer step; --num_iterations times on this rollout
-        for _ in range(min(args.num_iterations, last_step - step)):
-            lr = set_lr(optimizer, get_lr(step, total_steps, args.learning_rate, args.min_lr_ratio,
-                                          args.warmup_steps))
+        for _ in range(min(args.num_iterations, run.last_step - step)):
+            lr = set_lr(optimizer, run.lr(step))
             with autocast:
                 logps, aux_loss = token_logps(model, *seq, with_aux=True)
             old = logps.detach() if old_logps is None else old_logps
@@ -142,13 +123,8 @@ def main():
                    zero_std_frac=(group_std < 1e-6).float().mean(), kl=masked_mean(kl.detach(), mask),
                    clip_frac=masked_mean(clipped.float(), mask), response_len=ro.response_lengths.mean())
         logger.log(step, {"lr": lr, "grad_norm": grad_norm}, epoch=batches.current_epoch)
-        if step == last_step or step // args.save_interval > step_before // args.save_interval:
-            save_checkpoint(weight_file, resume_file, model, optimizer, scaler, step, batches, ddp,
-                            run_id=logger.run_id, flags=vars(args))
-
-    logger.info(f"done: {step} steps; weights -> {weight_file}")
-    logger.close()
-    cleanup_distributed()
+        run.maybe_save(step, model, optimizer, scaler, batches)
+    run.finish(step)
 
 
 if __name__ == "__main__":

@@ -41,25 +41,7 @@ needs as parameters; `TrainRun.from_flags` is the one place that reads the commo
                    .maybe_save(step, model, optimizer, scaler, batches, *, extra=None, weights=half_state_dict)
                    .save_due(step) + .save(step, ..., name=None) (several models), .finish(step), .weight_file
 
-A stage script then reads (train_full_sft.py):
-
-    ddp = init_distributed(args.device, seed=args.seed)
-    run = TrainRun.from_flags(args, config, ddp)
-    model, tokenizer = init_model(...);  batches = run.batches(dataset, pad_id=tokenizer.pad_token_id)
-    autocast, scaler = run.precision();  optimizer = make_optimizer(model.parameters(), ...)
-    model, step, logger = run.start(model, optimizer, scaler, batches)
-    for group in islice(batches, run.batches_left(step)):
-        lr = set_lr(optimizer, run.lr(step))
-        for i, batch in enumerate(group):
-            with ddp_sync(model, sync=i == len(group) - 1), autocast:
-                loss = ...forward...
-            scaler.scale(loss / len(group)).backward()
-            logger.add(tokens=..., loss=loss)
-        grad_norm = optimizer_step(optimizer, scaler, args.grad_clip)
-        step += 1
-        logger.log(step, {"lr": lr, "grad_norm": grad_norm}, epoch=batches.current_epoch)
-        run.maybe_save(step, model, optimizer, scaler, batches)
-    run.finish(step)
+trainer/train_full_sft.py is the shortest example of a stage script built from them.
 
 Device, dtype, autocast and seed live in model/runtime.py; weight names, strict loading and the tokenizer in
 model/checkpoint.py (both re-exported here for the stage scripts).
@@ -658,6 +640,10 @@ class TrainLogger:
         if self.ds.ddp:
             dist.all_reduce(vals, op=dist.ReduceOp.SUM)
             vals /= self.ds.world_size
+            # Keep the reduced tensor referenced. gloo's worker thread may free its collective after we moved on,
+            # and freeing a tensor Python already let go of takes the GIL: at the end of a run, right before the
+            # process group's destructor joins that thread while holding the GIL, that deadlocks (torch #56297).
+            self._reduced = vals
         vals = vals.tolist()
         now = time.time()
         tok_s = vals[-1] * self.ds.world_size / max(now - self.t_line, 1e-9)
@@ -862,7 +848,7 @@ class TrainRun:
 
     def finish(self, step: int):
         """The closing line (which weights were written), close the logger, leave the process group."""
-        written = ", ".join(str(f) for f in self._saved or [self.files()[0]])
+        written = ", ".join(str(f) for f in self._saved or [self.weight_file])
         self.logger.info(f"done: {step} steps; weights -> {written}")
         self.logger.close()
         cleanup_distributed()

@@ -1038,8 +1038,15 @@ def _call(name: str, args: dict) -> tuple[dict, dict, dict]:
 _num = format_number
 
 
-def tool_episode(rng: random.Random, kind: int, zh: bool):
-    """(needed tool names, user question, [(calls, tool messages)] per assistant step, final answer)."""
+UNIT_VALUES = [2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 100, 1.5, 2.5]
+FX_AMOUNTS = [20, 50, 60, 80, 100, 120, 150, 200, 250, 300, 400, 500, 800, 1000, 2000]
+
+
+def tool_episode(rng: random.Random, kind: int, zh: bool, vary: bool = False):
+    """(needed tool names, user question, [(calls, tool messages)] per assistant step, final answer).
+    vary=True draws unit values and amounts from wider lists (sft_tool): a model that sees the same few numbers
+    memorises them instead of learning to copy the user's number into the arguments. agent_rl keeps vary=False,
+    so its file (and the rollout benchmarks measured on it) stays the same."""
     if kind == 0:  # arithmetic
         a, b, c = rng.randint(12, 999), rng.randint(12, 99), rng.randint(2, 60)
         expr = rng.choice([f"{a}*{b}", f"{a}*{b}+{c}", f"({a}+{b})*{c}", f"{a*c}/{c}", f"{a}-{b}*{c}", f"{a}**2"])
@@ -1049,6 +1056,8 @@ def tool_episode(rng: random.Random, kind: int, zh: bool):
         return ["calculate_math"], q, [([call], [tool])], f"{expr} = {r['result']}" + ("。" if zh else ".")
     if kind == 1:  # unit conversion
         v, fu, tu, zf, zt, ef, et = rng.choice(UNIT_CASES)
+        if vary and rng.random() < 0.7:
+            v = rng.choice(UNIT_VALUES)
         q = f"{_num(v)}{zf}等于多少{zt}？" if zh else f"How many {et} is {_num(v)} {ef}?"
         call, tool, r = _call("unit_converter", {"value": v, "from_unit": fu, "to_unit": tu})
         ans = f"{_num(v)}{zf}约等于{_num(r['result'])}{zt}。" if zh else f"{_num(v)} {ef} is about {_num(r['result'])} {et}."
@@ -1060,7 +1069,7 @@ def tool_episode(rng: random.Random, kind: int, zh: bool):
         ans = f"{zc}现在是{r['datetime']}。" if zh else f"It is {r['datetime']} ({r['weekday']}) in {ec}."
         return ["get_current_time"], q, [([call], [tool])], ans
     if kind == 3:  # exchange rate with an amount
-        (zc, code), amount = rng.choice(CURRENCIES), rng.choice([50, 100, 200, 500, 1000])
+        (zc, code), amount = rng.choice(CURRENCIES), rng.choice(FX_AMOUNTS if vary else [50, 100, 200, 500, 1000])
         q = f"{amount}{zc}能换多少人民币？" if zh else f"How much is {amount} {code} in Chinese yuan?"
         call, tool, r = _call("get_exchange_rate", {"from_currency": code, "to_currency": "CNY", "amount": amount})
         ans = (f"按汇率{_num(r['rate'])}计算，{amount}{zc}约合{_num(r['converted'])}元人民币。" if zh else
@@ -1101,27 +1110,47 @@ def tool_episode(rng: random.Random, kind: int, zh: bool):
     return ["translate_text"], q, [([call], [tool])], ans
 
 
-def _offered_tools(rng: random.Random, needed: list[str]) -> list[dict]:
-    """The needed tools plus one or two others, in random order: the model must pick the right one."""
+def _offered_tools(rng: random.Random, needed: list[str], n_others: int | None = None) -> list[dict]:
+    """The needed tools plus `n_others` others (default: one or two), in random order: the model must pick the
+    right one."""
     others = [t["function"]["name"] for t in tool_schemas() if t["function"]["name"] not in needed]
-    names = needed + rng.sample(others, rng.randint(1, 2))
+    names = needed + rng.sample(others, rng.randint(1, 2) if n_others is None else n_others)
     rng.shuffle(names)
     return tool_schemas(names)
 
 
+N_SFT_TOOL = 180
+
+
+def _held_out_questions() -> set[str]:
+    """The questions of the tool-call eval (toolcall_eval.jsonl, written by hand): never training prompts."""
+    path = HERE / "toolcall_eval.jsonl"
+    if not path.is_file():
+        return set()
+    return {json.loads(line)["question"].strip() for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()}
+
+
 def make_sft_tool(rng: random.Random) -> list[dict]:
+    """Tool-call conversations. Each offers the tool(s) it needs plus ONE other (two-step and no-tool ones: two
+    tools), as the eval does: every offered schema costs ~200 tokens of context, which a CPU quick start pays on
+    every step, while the learned tokens (the calls and the answer) are only ~80 per conversation. So many short
+    conversations, not a few long ones."""
+    held_out = _held_out_questions()
     out = []
-    for i in range(56):
+    i = -1
+    while len(out) < N_SFT_TOOL:
+        i += 1
         zh = rng.random() < 0.6
         # Every 4th record spells tools / tool_calls as JSON strings, as upstream's sft_t2t files do.
-        as_strings = i % 4 == 3
+        as_strings = len(out) % 4 == 3
         if i % 9 == 8:  # tools offered but not needed: answer directly
             q, a = rng.choice(NO_TOOL_QA)
-            tools = _offered_tools(rng, [])
+            tools = _offered_tools(rng, [], 2)
             turns = [msg("user", q), msg("assistant", a)]
         else:
-            needed, q, steps, answer = tool_episode(rng, i % 9, zh)
-            tools = _offered_tools(rng, needed)
+            needed, q, steps, answer = tool_episode(rng, i % 9, zh, vary=True)
+            tools = _offered_tools(rng, needed, 1 if len(needed) == 1 else 0)
             turns = [msg("user", q)]
             for calls, results in steps:
                 if as_strings:
@@ -1132,6 +1161,8 @@ def make_sft_tool(rng: random.Random) -> list[dict]:
             turns.append(msg("assistant", answer))
         system = {"role": "system", "content": rng.choice(TOOL_SYSTEMS),
                   "tools": json.dumps(tools, ensure_ascii=False) if as_strings else tools}
+        if q.strip() in held_out:
+            continue
         out.append({"conversations": [system] + turns})
     return out
 
