@@ -524,20 +524,12 @@ def _has_cjk(s: str) -> bool:
     return any("\u4e00" <= ch <= "\u9fff" for ch in s)
 
 
-PHRASES: List[Dict[str, str]] = [  # a small phrase book: each entry is one phrase in both languages
-    {"chinese": "你好", "english": "Hello"},
-    {"chinese": "谢谢", "english": "Thank you"},
-    {"chinese": "早上好", "english": "Good morning"},
-    {"chinese": "晚安", "english": "Good night"},
-    {"chinese": "再见", "english": "Goodbye"},
-    {"chinese": "你好世界", "english": "Hello World"},
-    {"chinese": "今天天气真好", "english": "The weather is nice today"},
-    {"chinese": "我喜欢编程", "english": "I love programming"},
-    {"chinese": "机器学习很有趣", "english": "Machine learning is interesting"},
-    {"chinese": "生日快乐", "english": "Happy birthday"},
-    {"chinese": "新年快乐", "english": "Happy New Year"},
-    {"chinese": "我是一个小型语言模型", "english": "I am a small language model"},
-]
+PHRASES: Dict[str, str] = {  # a small phrase book: Chinese -> English
+    "你好": "Hello", "谢谢": "Thank you", "早上好": "Good morning", "晚安": "Good night", "再见": "Goodbye",
+    "你好世界": "Hello World", "今天天气真好": "The weather is nice today", "我喜欢编程": "I love programming",
+    "机器学习很有趣": "Machine learning is interesting", "生日快乐": "Happy birthday", "新年快乐": "Happy New Year",
+    "我是一个小型语言模型": "I am a small language model",
+}
 LANGUAGE_ALIASES = {"chinese": "chinese", "zh": "chinese", "中文": "chinese", "汉语": "chinese",
                     "english": "english", "en": "english", "英文": "english", "英语": "english"}
 
@@ -553,9 +545,9 @@ def translate_text(text: str, target_language: str) -> str:
         raise ToolError("target_language must be \"chinese\" or \"english\"")
     lang = LANGUAGE_ALIASES[target_language.strip().lower()]
     key = _norm_phrase(text)
-    for entry in PHRASES:
-        if key in (_norm_phrase(entry["chinese"]), _norm_phrase(entry["english"])):
-            return _result({"translated_text": entry[lang], "target_language": lang})
+    for chinese, english in PHRASES.items():
+        if key in (_norm_phrase(chinese), _norm_phrase(english)):
+            return _result({"translated_text": chinese if lang == "chinese" else english, "target_language": lang})
     raise ToolError("this offline phrase book has no translation for that text")
 
 

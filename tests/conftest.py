@@ -55,3 +55,20 @@ def run_in_process(monkeypatch, capsys):
         runpy.run_path(str(script), run_name="__main__")
         return capsys.readouterr().out
     return run
+
+
+@pytest.fixture(scope="module")
+def tiny_reward_model(tmp_path_factory, tokenizer):
+    """A local reward model for the RL stages: a random 1-layer Llama sequence classifier (num_labels=1) with our
+    tokenizer. Its rewards have a spread, so losses and gradients are not 0 (a random policy never answers, and
+    every rule reward would be the same)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+    path = tmp_path_factory.mktemp("rm")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=6400, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=0,
+                      max_position_embeddings=512)
+    LlamaForSequenceClassification(cfg).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -33,6 +33,19 @@ def tiny_model(seed: int = 0, **config) -> MiniMindForCausalLM:
     return MiniMindForCausalLM(MiniMindConfig(**{**TINY_CFG, **config}))
 
 
+def spread_weights_(model, std: float) -> MiniMindForCausalLM:
+    """Norm weights uniform in [0.5, 1.5], every other weight N(0, std), in place; returns the model in eval
+    mode. Parity tests use it: logits become O(1), and a norm applied in the wrong place, a swapped head order or
+    a missing permutation shows up far above the tolerances (with the default init the norms are all 1)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+            else:
+                p.normal_(0.0, std)
+    return model.eval()
+
+
 def save_tiny(path, seed: int = 0, **config) -> Path:
     """Write `tiny_model(seed, **config)` as a stage would release it (fp16 .pth), e.g. save_dir/full_sft_64.pth."""
     atomic_save(half_state_dict(tiny_model(seed, **config)), path)
@@ -161,6 +174,21 @@ def run_trainer(script: str, *args, tmp: Path, nproc: int = 1, cwd=None, cache=N
                 check: bool = True) -> subprocess.CompletedProcess:
     """`start_trainer` + `finish`."""
     return finish(start_trainer(script, *args, tmp=tmp, nproc=nproc, cwd=cwd, cache=cache), check=check)
+
+
+def straight_and_resumed(script: str, common: list, straight_args: list, stop_args: list, tmp: Path):
+    """The resume check of a stage: run trainer/{script} straight through (`common` + `straight_args`) and, side
+    by side, a run stopped early (`common` + `stop_args`, e.g. --max_steps 1), then continue the stopped one with
+    `common` + `straight_args` + --from_resume 1. Returns (straight folder, resumed folder, {resume file name:
+    (step, consumed)} where the stopped run left off); the folders have out/ and ckpt/ as in `start_trainer`."""
+    straight, resumed = Path(tmp) / "straight", Path(tmp) / "resumed"
+    for started in [start_trainer(script, *common, *straight_args, tmp=straight),
+                    start_trainer(script, *common, *stop_args, tmp=resumed)]:
+        finish(started)
+    stopped = {f.name: (ck["step"], ck["consumed"]) for f in sorted((resumed / "ckpt").glob("*_resume.pth"))
+               for ck in [torch.load(f, map_location="cpu", weights_only=True)]}
+    run_trainer(script, *common, *straight_args, "--from_resume", 1, tmp=resumed)
+    return straight, resumed, stopped
 
 
 # ---------------------------------------------------------------------------------------------------- JSONL

@@ -14,7 +14,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from helpers import SAMPLE, finish, run_trainer, start_trainer, tiny_model, train_log, write_jsonl  # noqa: E402
+from helpers import SAMPLE, run_trainer, straight_and_resumed, tiny_model, train_log, write_jsonl  # noqa: E402
 from model.model_minimind import MiniMindConfig  # noqa: E402
 from model.tools import tool_schemas  # noqa: E402
 from trainer.rl_utils import (CISPO_EPS_HIGH, add_clip_args, aggregate_loss, cispo_policy_loss,  # noqa: E402
@@ -366,32 +366,11 @@ def base_weights(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def tiny_reward_model(tmp_path_factory, tokenizer):
-    """A random 1-layer Llama sequence classifier: rewards with a spread, so the loss and gradients are not 0 (a
-    random policy never answers, and every rule reward would be the same)."""
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-    path = tmp_path_factory.mktemp("rm")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=6400, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=0,
-                      max_position_embeddings=512)
-    LlamaForSequenceClassification(cfg).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def test_train_agent_resume_equals_uninterrupted(tmp_path, base_weights, tiny_reward_model):
     common = [*FAST, "--from_weight", base_weights, "--data_path", SAMPLE / "agent_rl.jsonl", "--max_steps", 2,
               "--reward", "answer:1,tool:0.2,unfinished:0.2,model:1", "--reward_model_path", tiny_reward_model]
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    both = [start_trainer("train_agent.py", *common, tmp=straight),
-            start_trainer("train_agent.py", *common, "--max_steps", 1, tmp=resumed)]
-    for started in both:
-        finish(started)
-    ck = torch.load(resumed / "ckpt" / "agent_64_resume.pth", weights_only=True)
-    assert (ck["step"], ck["consumed"]) == (1, 2)
-    run_trainer("train_agent.py", *common, "--from_resume", 1, tmp=resumed)
+    straight, resumed, stopped = straight_and_resumed("train_agent.py", common, [], ["--max_steps", 1], tmp_path)
+    assert stopped == {"agent_64_resume.pth": (1, 2)}
     ref, rows = train_log(straight / "out", "agent_64"), train_log(resumed / "out", "agent_64")
     assert [r["step"] for r in ref] == [r["step"] for r in rows] == [1, 2]
     for key in ("reward", "reward_std", "reward_model", "reward_unfinished", "tool_calls", "valid_call_rate",

@@ -25,6 +25,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from helpers import spread_weights_  # noqa: E402
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
 from scripts import convert_model as cm  # noqa: E402
 
@@ -42,13 +43,7 @@ def make_pth(tmp_path, use_moe=False, yarn=False, seed=0, preset=None):
     torch.manual_seed(seed)
     config = MiniMindConfig.from_preset(preset or "minimind2-small", **TINY, use_moe=use_moe,
                                         inference_rope_scaling=yarn)
-    model = MiniMindForCausalLM(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.uniform_(0.5, 1.5)
-            else:
-                p.normal_(0.0, 0.08)
+    model = spread_weights_(MiniMindForCausalLM(config), 0.08)
     path = tmp_path / f"full_sft_64{'_moe' if use_moe else ''}.pth"
     torch.save({k: v.clone() for k, v in model.state_dict().items()}, path)
     return model, path
@@ -294,14 +289,19 @@ def test_hf2torch_reads_upstream_minimind3_directory(tmp_path):
     assert set(got) == set(src) and all(torch.equal(got[k], src[k].half()) for k in src)
 
 
+def cli_error(capsys, *argv) -> str:
+    """Run convert_model's CLI expecting exit code 2 and one "error: ..." line on stderr; returns that line."""
+    with pytest.raises(SystemExit) as e:
+        run_cli(*argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err, err
+    return err
+
+
 def test_exports_without_a_plain_class_are_refused(tmp_path, capsys):
     def fails(*argv):
-        with pytest.raises(SystemExit) as e:
-            run_cli(*argv)
-        assert e.value.code == 2
-        err = capsys.readouterr().err.strip()
-        assert err.startswith("error:") and "\n" not in err, err
-        return err
+        return cli_error(capsys, *argv)
 
     _, pth2 = make_pth(tmp_path, use_moe=True)  # MiniMind2-MoE: shared expert, no plain class
     err = fails("torch2transformers", "--pth", pth2, *FLAGS, "--use_moe", 1, "--out_dir", tmp_path / "x")
@@ -603,12 +603,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
     _, pth = make_pth(tmp_path)
 
     def fails(*argv):
-        with pytest.raises(SystemExit) as e:
-            run_cli(*argv)
-        assert e.value.code == 2
-        err = capsys.readouterr().err.strip()
-        assert err.startswith("error:") and "\n" not in err, err
-        return err
+        return cli_error(capsys, *argv)
 
     assert "not found" in fails("torch2hf", "--pth", tmp_path / "missing.pth", *FLAGS, "--out_dir", tmp_path / "o")
     assert "full_sft_64_moe.pth" in fails("torch2hf", "--save_dir", tmp_path, "--weight", "full_sft", "--hidden_size",

@@ -16,6 +16,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from helpers import spread_weights_  # noqa: E402
 from model.checkpoint import (ModelConfigError, WeightLoadError, describe_state, load_weights,  # noqa: E402
                               model_config_from_args, preset_for_state, state_shapes, weight_name)
 from model.errors import UserError  # noqa: E402
@@ -31,14 +32,7 @@ def tiny3(use_moe=False, seed=0, **kw):
     after RoPE would then change the logits) and weights scaled so logits are O(1) and greedy decoding varies."""
     torch.manual_seed(seed)
     cfg = MiniMindConfig.from_preset("minimind3-moe" if use_moe else "minimind3", **{**TINY3, **kw})
-    model = MiniMindForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.uniform_(0.5, 1.5)
-            else:
-                p.normal_(0.0, 0.1)
-    return model
+    return spread_weights_(MiniMindForCausalLM(cfg), 0.1)
 
 
 def greedy_no_cache(model, ids, n):

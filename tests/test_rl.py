@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dataset.lm_dataset import DataFormatError  # noqa: E402
-from helpers import (SAMPLE, SHARED, finish, run_trainer, start_trainer, tiny_model, train_log,  # noqa: E402
+from helpers import (SAMPLE, SHARED, run_trainer, straight_and_resumed, tiny_model, train_log,  # noqa: E402
                      write_jsonl)
 from trainer.rl_utils import (RewardFunction, RewardModelScorer, RLPromptDataset, add_rl_args,  # noqa: E402
                               aggregate_loss, chatml_messages, check_rl_args, clipped_policy_loss,
@@ -37,20 +37,6 @@ def tiny_policy():
 def base_weights(tmp_path_factory, tiny_policy):
     path = tmp_path_factory.mktemp("base") / "base_64.pth"
     torch.save(tiny_policy.state_dict(), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_reward_model(tmp_path_factory, tokenizer):
-    """A random 1-layer Llama sequence classifier (num_labels=1) with our tokenizer, saved locally."""
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-    path = tmp_path_factory.mktemp("rm")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=6400, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=0,
-                      max_position_embeddings=512)
-    LlamaForSequenceClassification(cfg).save_pretrained(path)
-    tokenizer.save_pretrained(path)
     return path
 
 
@@ -420,12 +406,9 @@ def test_ppo_end_to_end_with_local_reward_model_and_resume(tmp_path, base_weight
               "--mini_batch_size", 1, "--critic_learning_rate", 1e-3]
     # 2 rollouts: 4 updates (2 epochs x 2 mini-batches), then 2 (--max_steps 6); or stop after the first rollout
     # and resume (actor and critic each from their own checkpoint).
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    both = [start_trainer("train_ppo.py", *common, "--max_steps", 6, tmp=straight),
-            start_trainer("train_ppo.py", *common, "--max_steps", 4, tmp=resumed)]
-    for started in both:
-        finish(started)
-    run_trainer("train_ppo.py", *common, "--max_steps", 6, "--from_resume", 1, tmp=resumed)
+    straight, resumed, stopped = straight_and_resumed("train_ppo.py", common, ["--max_steps", 6], ["--max_steps", 4],
+                                                      tmp_path)
+    assert stopped == {"ppo_actor_64_resume.pth": (4, 2), "ppo_critic_64_resume.pth": (4, 2)}
     ref, rows = train_log(straight / "out", "ppo_actor_64"), train_log(resumed / "out", "ppo_actor_64")
     assert [r["step"] for r in ref] == [r["step"] for r in rows] == [4, 6]
     for key in ("loss", "value_loss", "reward", "reward_model", "kl", "return", "critic_grad_norm"):
@@ -447,14 +430,8 @@ def test_grpo_gsm8k_reward_variance_and_resume(tmp_path, base_weights):
     # A random tiny model never solves GSM8K; the character-length shaping term gives rewards a spread.
     common = [*FAST, "--from_weight", base_weights, "--data_path", data, "--num_generations", 3,
               "--reward", "gsm8k:1.0,format:0.5,length:0.1", "--length_target", 50, "--loss_type", "dapo"]
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    both = [start_trainer("train_grpo.py", *common, tmp=straight),  # independent: run side by side
-            start_trainer("train_grpo.py", *common, "--max_steps", 1, tmp=resumed)]
-    for started in both:
-        finish(started)
-    ck1 = torch.load(resumed / "ckpt" / "grpo_64_resume.pth", weights_only=True)
-    assert (ck1["step"], ck1["consumed"]) == (1, 2)
-    run_trainer("train_grpo.py", *common, "--from_resume", 1, tmp=resumed)
+    straight, resumed, stopped = straight_and_resumed("train_grpo.py", common, [], ["--max_steps", 1], tmp_path)
+    assert stopped == {"grpo_64_resume.pth": (1, 2)}
     rows = train_log(resumed / "out", "grpo_64")
     assert [r["step"] for r in rows] == [1, 2]  # the resumed run appended step 2 only
     assert all(r["reward_std"] > 0 for r in rows), rows

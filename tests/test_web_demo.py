@@ -200,20 +200,26 @@ def test_page_chats_with_a_local_model_and_clears(monkeypatch, weights_dir):
     assert chat(at) == [] and at.session_state["messages"] == []
 
 
-def test_page_runs_the_tool_loop_with_a_local_model(monkeypatch, tmp_path, tokenizer):
-    """Tool picker + a local model (a scripted one in place of the loaded weights): the call, its result and
-    then the answer are shown in that order, while streaming and again when the history is redrawn."""
-    import scripts.model_loading as ml
+def calculator_agent(tokenizer, answer: str, no_tool_reply: str):
+    """A scripted model (helpers.PromptScriptedLM) that calls calculate_math("6*7") when the prompt offers the
+    calculator, says `answer` once a <tool_response> is in the prompt, and `no_tool_reply` when no tool is offered."""
     from helpers import PromptScriptedLM
     replies = ['<tool_call>\n{"name": "calculate_math", "arguments": {"expression": "6*7"}}\n</tool_call>',
-               "6*7 = 42。", "没有工具可用。"]
+               answer, no_tool_reply]
 
     def choose(ids):
         prompt = tokenizer.decode([t for t in ids if t != 0])
         return 1 if "<tool_response>" in prompt else 0 if '"calculate_math"' in prompt else 2
 
-    lm = PromptScriptedLM([tokenizer(r, add_special_tokens=False).input_ids for r in replies],
-                          tokenizer.eos_token_id, choose)
+    return PromptScriptedLM([tokenizer(r, add_special_tokens=False).input_ids for r in replies],
+                            tokenizer.eos_token_id, choose)
+
+
+def test_page_runs_the_tool_loop_with_a_local_model(monkeypatch, tmp_path, tokenizer):
+    """Tool picker + a local model (a scripted one in place of the loaded weights): the call, its result and
+    then the answer are shown in that order, while streaming and again when the history is redrawn."""
+    import scripts.model_loading as ml
+    lm = calculator_agent(tokenizer, "6*7 = 42。", "没有工具可用。")
     monkeypatch.setattr(ml, "load_model", lambda args, log=print: (lm, tokenizer, "scripted"))
     save_tiny(tmp_path)
     at = app(monkeypatch, tmp_path).run()
@@ -499,17 +505,8 @@ def test_browser_tool_round_trip(tmp_path, tokenizer):
     result and then the answer, in that order."""
     from selenium.webdriver.common.by import By
     from test_server import serve
-    from helpers import PromptScriptedLM
     from scripts.serve_openai_api import create_app
-    replies = ['<tool_call>\n{"name": "calculate_math", "arguments": {"expression": "6*7"}}\n</tool_call>',
-               "The answer is 42.", "No tools here."]
-
-    def choose(ids):
-        prompt = tokenizer.decode([t for t in ids if t != 0])
-        return 1 if "<tool_response>" in prompt else 0 if '"calculate_math"' in prompt else 2
-
-    lm = PromptScriptedLM([tokenizer(r, add_special_tokens=False).input_ids for r in replies],
-                          tokenizer.eos_token_id, choose)
+    lm = calculator_agent(tokenizer, "The answer is 42.", "No tools here.")
     with serve(create_app(lm, tokenizer, "scripted", max_seq_len=2048)) as api, \
             browser_page(tmp_path, ["--api_base", api + "/v1", "--tools", "calculate_math"]) as (driver, wait):
         wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "[data-testid='stChatInputTextArea']"))
