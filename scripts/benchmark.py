@@ -112,7 +112,7 @@ from scripts.script_utils import pyplot, save_figure, write_json  # noqa: E402
 from trainer.rl_utils import (aggregate_loss, clipped_policy_loss, format_reward, group_advantages,  # noqa: E402
                               kl_k3, position_ids_from_mask, rollout, step_generator, token_logps)
 from trainer.train_dpo import dpo_loss, sequence_logps  # noqa: E402
-from trainer.trainer_utils import ResumableSampler, lm_loss  # noqa: E402
+from trainer.trainer_utils import ResumableSampler, lm_loss, padding_multiple  # noqa: E402
 
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 # name -> (preset, overrides): MiniMindConfig.from_preset(preset, **overrides). Every preset is a config under
@@ -346,7 +346,8 @@ class Data:
         else:
             order = iter(ResumableSampler(len(ds), seed=a.seed, shuffle=True, batch_size=B,
                                           lengths=ds.data.byte_lengths()))
-            collate = PadCollator(tok.pad_token_id, pad_multiple=64 if a.compile else 1)
+            collate = PadCollator(tok.pad_token_id,
+                                  pad_multiple=a.pad_multiple or padding_multiple(a.device, a.compile))
         return [collate([ds[i] for i in c]) for c in chunks(order, B, n_batches)]
 
     def prompts(self, n, offset=0):
@@ -519,6 +520,10 @@ class Bench:
         ref = copy.deepcopy(model).eval().requires_grad_(False) if stage == "dpo" else None
         # dynamic=False: one static graph per padded length (few, see below) instead of an automatic switch to
         # dynamic shapes when a second length shows up, which would recompile again inside the timing.
+        if a.compile and not naive:
+            # dynamo's recompile limit counts the graphs of MiniMindForCausalLM.forward over every model compiled in
+            # this process: without a reset, the third config fell back to eager (seen on an H100).
+            torch._dynamo.reset()
         fwd = torch.compile(model, dynamic=False) if a.compile and not naive else model
         opt = self.make_optimizer(model, naive)
         scaler = self.make_scaler(naive)
@@ -794,6 +799,9 @@ def parse_args(argv=None):
     p.add_argument("--naive", action="store_true", help="run only the original MiniMind's way")
     p.add_argument("--compare", action="store_true", help="run both modes and report optimised / naive")
     p.add_argument("--compile", action="store_true", help="torch.compile the training model (optimised mode)")
+    p.add_argument("--pad_multiple", type=int, default=0,
+                   help="optimised SFT/DPO: pad each batch to a multiple of this (default: the stage scripts' "
+                        "trainer_utils.padding_multiple: 64 on GPUs/NPUs and with --compile, else 1)")
     p.add_argument("--peak_tflops", type=float, default=None, help="device peak dense bf16 TFLOP/s for MFU")
     p.add_argument("--data_dir", type=str, default=None,
                    help=f"folder with {', '.join(DATA_FILES.values())} (default {BENCH_DIR}, else {SAMPLE_DIR})")
@@ -846,7 +854,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = args.device or default_device()
+    device = args.device = args.device or default_device()
     dtype = resolve_dtype(args.dtype, device)
     if args.compile:
         # One static graph per padded length (max_seq_len / 64 of them) must fit under dynamo's recompile limit.
