@@ -85,10 +85,10 @@ def response_values(critic, sequences, attention_mask, position_ids, n_response:
 
 
 def main():
-    # "resolve": add_rl_args re-declares --max_seq_len as an alias of --max_prompt_len (the prompt budget)
-    parser = argparse.ArgumentParser(description="MiniMind PPO", conflict_handler="resolve")
+    parser = argparse.ArgumentParser(description="MiniMind PPO")
+    # max_seq_len=None: add_rl_args makes --max_seq_len an alias of --max_prompt_len (the prompt budget)
     add_common_args(parser, stage="ppo_actor", data_path="dataset/rlaif-mini.jsonl", epochs=1, batch_size=2,
-                    learning_rate=8e-8, from_weight="full_sft", save_interval=10, log_interval=1)
+                    learning_rate=8e-8, from_weight="full_sft", save_interval=10, log_interval=1, max_seq_len=None)
     add_rl_args(parser, max_prompt_len=256, max_gen_len=1536, temperature=0.8, reward="model")
     parser.add_argument("--critic_learning_rate", type=float, default=8e-8)
     parser.add_argument("--critic_save_weight", type=str, default="ppo_critic",
