@@ -50,10 +50,13 @@ CISPO_EPS_HIGH = 4.0
 # Arguments
 # ================================================================================================================
 def add_rl_args(parser, *, max_prompt_len=256, max_gen_len=1536, temperature=0.8, reward="model",
-                reward_help: Optional[str] = None):
+                reward_help: Optional[str] = None, kl_beta: Optional[float] = None):
     """Rollout and reward flags shared by ppo / grpo / spo / agent (the algorithm's own flags stay in its script).
-    `reward_help` replaces the --reward help for a stage with other reward terms (train_agent.py)."""
+    `reward_help` replaces the --reward help for a stage with other reward terms (train_agent.py); `kl_beta`
+    adds --beta with that default (the stages with a k3 KL penalty to the reference: grpo, spo, agent)."""
     p = parser
+    if kl_beta is not None:
+        p.add_argument("--beta", type=float, default=kl_beta, help="weight of the k3 KL to the reference model")
     # In the RL stages the sequence is prompt + response, with two separate budgets. Upstream's RL scripts call
     # the prompt budget --max_seq_len, so that spelling stays an alias of the same flag.
     p.add_argument("--max_prompt_len", "--max_seq_len", dest="max_prompt_len", type=int, default=max_prompt_len,

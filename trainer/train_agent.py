@@ -436,9 +436,9 @@ def main():
                 reward="answer:1,tool:0.2,unfinished:0.2",
                 reward_help="weighted reward terms, e.g. 'answer:1,tool:0.2,unfinished:0.2,model:0.5'; terms: answer "
                             "(fraction of gt in the final answer), tool (valid vs invalid calls), unfinished (-1 "
-                            "without a final answer), model (reward model score of the final answer)")
+                            "without a final answer), model (reward model score of the final answer)",
+                kl_beta=0.1)
     parser.add_argument("--num_generations", type=int, default=4, help="episodes per prompt (G)")
-    parser.add_argument("--beta", type=float, default=0.1, help="weight of the k3 KL to the reference model")
     parser.add_argument("--loss_type", type=str, default="cispo", choices=AGENT_LOSSES)
     add_clip_args(parser, clip_epsilon=0.2)  # --clip_epsilon/--epsilon, --clip_epsilon_high, --epsilon_high
     parser.add_argument("--num_iterations", type=int, default=1, help="optimizer steps per rollout batch")

@@ -50,9 +50,8 @@ def main():
     # max_seq_len=None: add_rl_args makes --max_seq_len an alias of --max_prompt_len (the prompt budget)
     add_common_args(parser, stage="grpo", data_path="dataset/rlaif-mini.jsonl", epochs=1, batch_size=2,
                     learning_rate=8e-8, from_weight="full_sft", save_interval=10, log_interval=1, max_seq_len=None)
-    add_rl_args(parser, max_prompt_len=256, max_gen_len=1536, temperature=0.8, reward="model")
+    add_rl_args(parser, max_prompt_len=256, max_gen_len=1536, temperature=0.8, reward="model", kl_beta=0.02)
     parser.add_argument("--num_generations", type=int, default=8, help="responses sampled per prompt (G)")
-    parser.add_argument("--beta", type=float, default=0.02, help="weight of the k3 KL to the reference model")
     add_clip_args(parser, clip_epsilon=0.2)  # --clip_epsilon/--epsilon, --clip_epsilon_high, --epsilon_high
     parser.add_argument("--num_iterations", type=int, default=1,
                         help="optimizer steps per rollout batch (mu); > 1 makes the ratio differ from 1")

@@ -129,8 +129,7 @@ def main():
     # max_seq_len=None: add_rl_args makes --max_seq_len an alias of --max_prompt_len (the prompt budget)
     add_common_args(parser, stage="spo", data_path="dataset/rlaif-mini.jsonl", epochs=1, batch_size=2,
                     learning_rate=1e-7, from_weight="full_sft", save_interval=10, log_interval=1, max_seq_len=None)
-    add_rl_args(parser, max_prompt_len=256, max_gen_len=1536, temperature=0.8, reward="model")
-    parser.add_argument("--beta", type=float, default=0.02, help="weight of the k3 KL to the reference model")
+    add_rl_args(parser, max_prompt_len=256, max_gen_len=1536, temperature=0.8, reward="model", kl_beta=0.02)
     parser.add_argument("--clip_epsilon", type=float, default=0.2, help="ratio clip (inactive at ratio 1)")
     parser.add_argument("--spo_rho_mode", type=str, default="kl", choices=["kl", "constant"],
                         help="kl: rho from the measured policy drift; constant: --spo_rho")
