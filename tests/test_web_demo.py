@@ -215,10 +215,20 @@ def calculator_agent(tokenizer, answer: str, no_tool_reply: str):
                             tokenizer.eos_token_id, choose)
 
 
-def test_page_runs_the_tool_loop_with_a_local_model(monkeypatch, tmp_path, tokenizer):
+UPSTREAM_TOKENIZER = ROOT.parent / "shared" / "data" / "reference" / "minimind3_tokenizer"
+
+
+@pytest.mark.parametrize("which", ["ours", "minimind3"])
+def test_page_runs_the_tool_loop_with_a_local_model(monkeypatch, tmp_path, tokenizer, which):
     """Tool picker + a local model (a scripted one in place of the loaded weights): the call, its result and
-    then the answer are shown in that order, while streaming and again when the history is redrawn."""
+    then the answer are shown in that order, while streaming and again when the history is redrawn. Also with
+    upstream's minimind-3 tokenizer (its own template, special tokens and pre-filled <think> block)."""
     import scripts.model_loading as ml
+    if which == "minimind3":
+        if not UPSTREAM_TOKENIZER.is_dir():
+            pytest.skip(f"upstream minimind-3 tokenizer not found at {UPSTREAM_TOKENIZER}")
+        from model.checkpoint import load_tokenizer
+        tokenizer = load_tokenizer(UPSTREAM_TOKENIZER)
     lm = calculator_agent(tokenizer, "6*7 = 42。", "没有工具可用。")
     monkeypatch.setattr(ml, "load_model", lambda args, log=print: (lm, tokenizer, "scripted"))
     save_tiny(tmp_path)
