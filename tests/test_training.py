@@ -314,6 +314,7 @@ def test_train_logger_cadence_and_rows(tmp_path, capsys):
     assert not (tmp_path / "logs" / "run_64.jsonl").exists()
 
 
+@pytest.mark.filterwarnings("ignore:'pin_memory' argument is set as true")  # a "cuda" run without a GPU
 def test_batches_are_padded_to_multiples_of_64_on_accelerators_only(tokenizer, monkeypatch):
     """SFT-style batches on a GPU/NPU (or compiled) are padded to a multiple of 64 (odd lengths get slow kernels
     there: 0.64x vs 1.9x on an H100, see padding_multiple); on a CPU to the longest row only."""
