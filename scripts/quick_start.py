@@ -43,7 +43,7 @@ def main():
     parser.add_argument("--save_dir", default=str(ROOT / "out" / "quickstart"))
     parser.add_argument("--device", default=None, help="default: best available (npu, cuda, mps, cpu)")
     parser.add_argument("--pretrain_epochs", type=int, default=4)
-    parser.add_argument("--sft_epochs", type=int, default=6)
+    parser.add_argument("--sft_epochs", type=int, default=10)
     parser.add_argument("--tool_sft_epochs", type=int, default=4)
     args = parser.parse_args()
 
