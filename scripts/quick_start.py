@@ -92,7 +92,7 @@ def main():
           f"\nAgentic RL from its tool SFT (README \"Tool use\"): python trainer/train_agent.py --from_weight tool_sft "
           f"--save_dir {args.save_dir} --hidden_size 128 --num_hidden_layers 4 --num_attention_heads 4 "
           f"--num_key_value_heads 2 --data_path dataset/sample/agent_rl.jsonl --epochs 3 --learning_rate 1e-4 "
-          f"--max_gen_len 96 --thinking_ratio 1")
+          f"--max_gen_len 96")
 
 
 if __name__ == "__main__":
