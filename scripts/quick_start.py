@@ -48,11 +48,11 @@ def main():
     args = parser.parse_args()
 
     py = sys.executable
-    tiny = ["--hidden_size", 128, "--num_hidden_layers", 4, "--num_attention_heads", 4,
-            "--num_key_value_heads", 2, "--save_dir", args.save_dir,
-            "--checkpoint_dir", Path(args.save_dir) / "checkpoints", "--num_workers", 0]
-    if args.device:
-        tiny += ["--device", args.device]
+    size = ["--hidden_size", 128, "--num_hidden_layers", 4, "--num_attention_heads", 4, "--num_key_value_heads", 2]
+    device = ["--device", args.device] if args.device else []
+    # training flags: the tiny size, where its files go, no loader workers
+    tiny = [*size, "--save_dir", args.save_dir, "--checkpoint_dir", Path(args.save_dir) / "checkpoints",
+            "--num_workers", 0, *device]
     t0 = time.time()
 
     from transformers import AutoTokenizer
@@ -69,8 +69,6 @@ def main():
                     "--data_path", SAMPLE / "sft.jsonl", "--epochs", args.sft_epochs, "--batch_size", 16,
                     "--learning_rate", 1e-3, "--max_seq_len", 256, "--log_interval", 20])
 
-    size = ["--hidden_size", 128, "--num_hidden_layers", 4, "--num_attention_heads", 4, "--num_key_value_heads", 2]
-    device = ["--device", args.device] if args.device else []
     prompts = Path(args.save_dir) / "prompts.txt"
     prompts.write_text("你好\nWho are you?\n中国的首都是哪里？\n", encoding="utf-8")
     step("4. chat", [py, ROOT / "eval_llm.py", "--weight", "full_sft", "--save_dir", args.save_dir, *size,

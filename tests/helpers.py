@@ -22,6 +22,7 @@ from trainer.trainer_utils import atomic_save, half_state_dict  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"   # real data (tests skip when it is absent)
 SAMPLE = ROOT / "dataset" / "sample"       # the bundled sample data
+MINIMIND3_TOKENIZER = SHARED / "reference" / "minimind3_tokenizer"  # upstream's minimind-3 tokenizer
 TINY_CFG = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 TINY = ["--hidden_size", "64", "--num_hidden_layers", "2", "--num_attention_heads", "4", "--num_key_value_heads", "2"]
 

@@ -14,13 +14,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from helpers import SAMPLE, run_trainer, straight_and_resumed, tiny_model, train_log, write_jsonl  # noqa: E402
+from helpers import (MINIMIND3_TOKENIZER, SAMPLE, run_trainer, straight_and_resumed, tiny_model,  # noqa: E402
+                     train_log, write_jsonl)
 from model.model_minimind import MiniMindConfig  # noqa: E402
 from model.tools import tool_schemas  # noqa: E402
 from trainer.rl_utils import (CISPO_EPS_HIGH, add_clip_args, aggregate_loss, cispo_policy_loss,  # noqa: E402
                               clipped_policy_loss, kl_k3, parse_reward_spec, policy_loss, token_logps)
 from trainer.train_agent import (AGENT_REWARDS, AgentReward, Episode, agent_rollout, answer_reward,  # noqa: E402
-                                 convert_gsm8k, default_thinking_ratio, episode_metrics, gt_found, numbers_in, pack_episodes, tool_reward)
+                                 convert_gsm8k, default_thinking_ratio, episode_metrics, gt_found, numbers_in,
+                                 pack_episodes, tool_reward)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -200,9 +202,6 @@ def test_thinking_switch_is_drawn_per_episode(tokenizer):
     assert [e.thinking for e in again] == [e.thinking for e in eps]  # from the step's generator: replayable
 
 
-UPSTREAM_TOKENIZER = ROOT.parent / "shared" / "data" / "reference" / "minimind3_tokenizer"
-
-
 def test_default_thinking_ratio_follows_the_template(tokenizer):
     """Our template: every episode rendered as at inference (the plain header; no pre-filled empty <think>
     block, which our SFT data never shows). Upstream minimind-3's template (open_thinking): upstream's 0.1."""
@@ -213,10 +212,10 @@ def test_default_thinking_ratio_follows_the_template(tokenizer):
                          thinking_ratio=default_thinking_ratio(tokenizer), max_turns=1, max_gen_len=1,
                          max_total_len=256, generator=torch.Generator().manual_seed(0))
     assert tokenizer.decode(ep.prompt_ids) == plain and not plain.endswith(THINK)
-    if not UPSTREAM_TOKENIZER.is_dir():
-        pytest.skip(f"upstream minimind-3 tokenizer not found at {UPSTREAM_TOKENIZER}")
+    if not MINIMIND3_TOKENIZER.is_dir():
+        pytest.skip(f"upstream minimind-3 tokenizer not found at {MINIMIND3_TOKENIZER}")
     from transformers import AutoTokenizer
-    assert default_thinking_ratio(AutoTokenizer.from_pretrained(UPSTREAM_TOKENIZER)) == 0.1
+    assert default_thinking_ratio(AutoTokenizer.from_pretrained(MINIMIND3_TOKENIZER)) == 0.1
 
 
 def test_tool_tokens_are_masked_out_of_loss_and_kl(tokenizer):

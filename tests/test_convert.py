@@ -25,7 +25,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from helpers import spread_weights_  # noqa: E402
+from helpers import MINIMIND3_TOKENIZER, spread_weights_  # noqa: E402
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
 from scripts import convert_model as cm  # noqa: E402
 
@@ -33,7 +33,6 @@ TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_
 FLAGS = ["--hidden_size", "64", "--num_hidden_layers", "2", "--num_attention_heads", "4",
          "--num_key_value_heads", "2"]
 SOURCE_TOKENIZER_CONFIG = json.loads((ROOT / "model" / "tokenizer_config.json").read_text(encoding="utf-8"))
-MINIMIND3_TOKENIZER = ROOT.parent / "shared" / "data" / "reference" / "minimind3_tokenizer"
 
 
 def make_pth(tmp_path, use_moe=False, yarn=False, seed=0, preset=None):

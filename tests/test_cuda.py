@@ -15,18 +15,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from helpers import SAMPLE, run_trainer, train_log  # noqa: E402
+from helpers import SAMPLE, TINY_CFG, straight_and_resumed, train_log  # noqa: E402
 from model.generation import generate  # noqa: E402
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
 
-TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
-
-
 def cuda_model(preset="minimind2-small", seed=0, **kw) -> MiniMindForCausalLM:
     torch.manual_seed(seed)
-    config = MiniMindConfig.from_preset(preset, **{**TINY, "initializer_range": 0.2, **kw})
+    config = MiniMindConfig.from_preset(preset, **{**TINY_CFG, "initializer_range": 0.2, **kw})
     return MiniMindForCausalLM(config).cuda()
 
 
@@ -110,10 +107,10 @@ def test_pretrain_script_on_cuda_bf16_flex_resumes_exactly(tmp_path):
     flags = ["--device", "cuda", "--dtype", "bfloat16", "--data_path", SAMPLE / "pretrain.jsonl",
              "--batch_size", 4, "--max_seq_len", 256, "--doc_attention", 1, "--doc_attention_impl", "flex",
              "--learning_rate", 2e-3, "--log_interval", 1]
-    run_trainer("train_pretrain.py", *flags, "--max_steps", 6, tmp=tmp_path / "a")
-    run_trainer("train_pretrain.py", *flags, "--max_steps", 3, tmp=tmp_path / "b")
-    run_trainer("train_pretrain.py", *flags, "--max_steps", 6, "--from_resume", 1, tmp=tmp_path / "b")
-    a, b = train_log(tmp_path / "a" / "out", "pretrain_64"), train_log(tmp_path / "b" / "out", "pretrain_64")
+    straight, resumed, stopped = straight_and_resumed("train_pretrain.py", flags, ["--max_steps", 6],
+                                                      ["--max_steps", 3], tmp_path)
+    assert stopped["pretrain_64_resume.pth"][0] == 3
+    a, b = train_log(straight / "out", "pretrain_64"), train_log(resumed / "out", "pretrain_64")
     assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
     assert a[-1]["loss"] < a[0]["loss"]
     for ra, rb in zip(a[3:], b[3:]):

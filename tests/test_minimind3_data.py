@@ -20,13 +20,12 @@ sys.path.insert(0, str(ROOT))
 
 from dataset.lm_dataset import (AgentRLDataset, DataFormatError, DPODataset, PackedPretrainDataset,  # noqa: E402
                                 RLAIFDataset, SFTDataset, chat_messages, collate_lists)
-from helpers import SAMPLE, SHARED, write_jsonl  # noqa: E402
+from helpers import MINIMIND3_TOKENIZER, SAMPLE, write_jsonl  # noqa: E402
 from model.chat_template import ChatTemplateArgumentError, thinking_kwargs, thinking_switches  # noqa: E402
 from model.checkpoint import load_tokenizer  # noqa: E402
 from model.errors import UserError  # noqa: E402
 from model.tools import call_tool, parse_tool_calls, tool_schemas  # noqa: E402
 
-MINIMIND3_TOKENIZER = SHARED / "reference" / "minimind3_tokenizer"
 
 
 @pytest.fixture(scope="module")

@@ -319,8 +319,7 @@ def test_batches_are_padded_to_multiples_of_64_on_accelerators_only(tokenizer, m
     """SFT-style batches on a GPU/NPU (or compiled) are padded to a multiple of 64 (odd lengths get slow kernels
     there: 0.64x vs 1.9x on an H100, see padding_multiple); on a CPU to the longest row only."""
     from dataset.lm_dataset import SFTDataset
-    from trainer.trainer_utils import DistState, TrainRun, padding_multiple
-    from trainer.trainer_utils import Batches
+    from trainer.trainer_utils import Batches, DistState, TrainRun, padding_multiple
     monkeypatch.setattr(Batches, "_to_device", lambda self, batch: batch)  # no GPU here: the batches stay on the CPU
     assert [padding_multiple(d, c) for d, c in [("cpu", False), ("cpu", True), ("cuda", False), ("cuda:1", False),
                                                 ("npu", False), ("mps", False)]] == [1, 64, 64, 64, 64, 1]
