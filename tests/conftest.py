@@ -33,6 +33,17 @@ def tokenizer():
 
 
 @pytest.fixture(scope="module")
+def mm3():
+    """Upstream's minimind-3 tokenizer from ../shared/data/reference, loaded once per test module; a test that
+    asks for it is skipped, with the path it looked at, where the shared data is absent."""
+    from helpers import MINIMIND3_TOKENIZER
+    from model.checkpoint import load_tokenizer
+    if not (MINIMIND3_TOKENIZER / "tokenizer.json").exists():
+        pytest.skip(f"upstream's minimind-3 tokenizer is not at {MINIMIND3_TOKENIZER} (../shared/data/reference)")
+    return load_tokenizer(MINIMIND3_TOKENIZER)
+
+
+@pytest.fixture(scope="module")
 def one_thread():
     """Tiny models gain nothing from intra-op threads, and OpenMP threads that spin-wait for a busy core make a
     loaded 2-core CI machine many times slower. A module opts in with

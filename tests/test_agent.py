@@ -14,8 +14,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from helpers import (MINIMIND3_TOKENIZER, SAMPLE, run_trainer, straight_and_resumed, tiny_model,  # noqa: E402
-                     train_log, write_jsonl)
+from helpers import SAMPLE, run_trainer, straight_and_resumed, tiny_model, train_log, write_jsonl  # noqa: E402
 from model.model_minimind import MiniMindConfig  # noqa: E402
 from model.tools import tool_schemas  # noqa: E402
 from trainer.rl_utils import (CISPO_EPS_HIGH, add_clip_args, aggregate_loss, cispo_policy_loss,  # noqa: E402
@@ -202,7 +201,7 @@ def test_thinking_switch_is_drawn_per_episode(tokenizer):
     assert [e.thinking for e in again] == [e.thinking for e in eps]  # from the step's generator: replayable
 
 
-def test_default_thinking_ratio_follows_the_template(tokenizer):
+def test_default_thinking_ratio_follows_the_template(request, tokenizer):
     """Our template: every episode rendered as at inference (the plain header; no pre-filled empty <think>
     block, which our SFT data never shows). Upstream minimind-3's template (open_thinking): upstream's 0.1."""
     assert default_thinking_ratio(tokenizer) == 1.0
@@ -212,10 +211,7 @@ def test_default_thinking_ratio_follows_the_template(tokenizer):
                          thinking_ratio=default_thinking_ratio(tokenizer), max_turns=1, max_gen_len=1,
                          max_total_len=256, generator=torch.Generator().manual_seed(0))
     assert tokenizer.decode(ep.prompt_ids) == plain and not plain.endswith(THINK)
-    if not MINIMIND3_TOKENIZER.is_dir():
-        pytest.skip(f"upstream minimind-3 tokenizer not found at {MINIMIND3_TOKENIZER}")
-    from transformers import AutoTokenizer
-    assert default_thinking_ratio(AutoTokenizer.from_pretrained(MINIMIND3_TOKENIZER)) == 0.1
+    assert default_thinking_ratio(request.getfixturevalue("mm3")) == 0.1  # skips without ../shared (conftest.py)
 
 
 def test_tool_tokens_are_masked_out_of_loss_and_kl(tokenizer):

@@ -11,12 +11,7 @@ sys.path.insert(0, str(ROOT))
 from dataset.lm_dataset import (DataFormatError, DPODataset, JsonlFile, PadCollator, PretrainDataset,  # noqa: E402
                                 RLAIFDataset, SFTDataset, check_pretrain, iter_jsonl)
 from helpers import write_jsonl  # noqa: E402
-from trainer.trainer_utils import ResumableSampler, load_tokenizer  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer(ROOT / "model")
+from trainer.trainer_utils import ResumableSampler  # noqa: E402
 
 
 CONV = {"conversations": [
@@ -28,13 +23,13 @@ CONV = {"conversations": [
 ]}
 
 
-def test_sft_mask_token_by_token(tok, tmp_path):
-    ds = SFTDataset(write_jsonl(tmp_path / "sft.jsonl", [CONV]), tok, max_length=512)
+def test_sft_mask_token_by_token(tokenizer, tmp_path):
+    ds = SFTDataset(write_jsonl(tmp_path / "sft.jsonl", [CONV]), tokenizer, max_length=512)
     item = ds[0]
     ids, labels = item["input_ids"], item["labels"]
     # Build the expected sequence piece by piece from the template's pieces, marking what must be learned.
-    im_start, im_end = tok.bos_token_id, tok.eos_token_id
-    enc = lambda s: tok(s, add_special_tokens=False).input_ids  # noqa: E731
+    im_start, im_end = tokenizer.bos_token_id, tokenizer.eos_token_id
+    enc = lambda s: tokenizer(s, add_special_tokens=False).input_ids  # noqa: E731
     expected, learn = [], []
     for turn in CONV["conversations"]:
         head = [im_start] + enc(f"{turn['role']}\n")
@@ -47,86 +42,86 @@ def test_sft_mask_token_by_token(tok, tmp_path):
     assert [int(l != -100) for l in labels] == learn
     assert all(l == t for l, t in zip(labels, ids) if l != -100)
     # The learned tokens decode to exactly the two replies, each closed by <|im_end|>.
-    learned = tok.decode([t for t, m in zip(ids, learn) if m], skip_special_tokens=False)
+    learned = tokenizer.decode([t for t, m in zip(ids, learn) if m], skip_special_tokens=False)
     assert learned == "你好！我是MiniMind。<|im_end|>1+1=2 😀<|im_end|>"
 
 
 @pytest.mark.parametrize("reply", ["\n\nLeading newlines.", "\nOne newline", "  two spaces", "\n"])
-def test_sft_reply_starting_with_whitespace_keeps_its_labels(tok, tmp_path, reply):
+def test_sft_reply_starting_with_whitespace_keeps_its_labels(tokenizer, tmp_path, reply):
     """The turn header ends in "\n"; a reply that starts with whitespace must not merge with it into one token
     (the mask finds turns by the header's tokens and would then miss the whole reply)."""
     conv = {"conversations": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": reply}]}
-    item = SFTDataset(write_jsonl(tmp_path / "sft.jsonl", [conv]), tok, max_length=128)[0]
+    item = SFTDataset(write_jsonl(tmp_path / "sft.jsonl", [conv]), tokenizer, max_length=128)[0]
     learned = [t for t, l in zip(item["input_ids"], item["labels"]) if l != -100]
-    assert tok.decode(learned, skip_special_tokens=False) == reply + "<|im_end|>"
+    assert tokenizer.decode(learned, skip_special_tokens=False) == reply + "<|im_end|>"
 
 
-def test_sft_with_tools_masks_only_assistant(tok, tmp_path):
+def test_sft_with_tools_masks_only_assistant(tokenizer, tmp_path):
     rec = {"tools": [{"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}],
            "conversations": [{"role": "user", "content": "time?"},
                              {"role": "assistant", "content": "", "tool_calls": [
                                  {"type": "function", "function": {"name": "get_time", "arguments": {}}}]},
                              {"role": "tool", "content": "12:00"},
                              {"role": "assistant", "content": "It is 12:00."}]}
-    item = SFTDataset(write_jsonl(tmp_path / "t.jsonl", [rec]), tok)[0]
-    learned = tok.decode([t for t, l in zip(item["input_ids"], item["labels"]) if l != -100])
+    item = SFTDataset(write_jsonl(tmp_path / "t.jsonl", [rec]), tokenizer)[0]
+    learned = tokenizer.decode([t for t, l in zip(item["input_ids"], item["labels"]) if l != -100])
     assert "get_time" in learned and "It is 12:00." in learned
     assert "12:00\n</tool_response>" not in learned and "time?" not in learned
 
 
-def test_sft_truncation_keeps_mask_aligned(tok, tmp_path):
-    ds = SFTDataset(write_jsonl(tmp_path / "s.jsonl", [CONV]), tok, max_length=20)
+def test_sft_truncation_keeps_mask_aligned(tokenizer, tmp_path):
+    ds = SFTDataset(write_jsonl(tmp_path / "s.jsonl", [CONV]), tokenizer, max_length=20)
     item = ds[0]
     assert len(item["input_ids"]) == len(item["labels"]) == 20
 
 
-def test_pretrain_bos_eos_and_truncation(tok, tmp_path):
+def test_pretrain_bos_eos_and_truncation(tokenizer, tmp_path):
     path = write_jsonl(tmp_path / "p.jsonl", [{"text": "Hello world. 你好世界。"}, {"text": "x " * 500}])
-    ds = PretrainDataset(path, tok, max_length=32)
+    ds = PretrainDataset(path, tokenizer, max_length=32)
     a = ds[0]["input_ids"]
-    assert a[0] == tok.bos_token_id and a[-1] == tok.eos_token_id
-    assert tok.decode(a[1:-1]) == "Hello world. 你好世界。"
+    assert a[0] == tokenizer.bos_token_id and a[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(a[1:-1]) == "Hello world. 你好世界。"
     b = ds[1]["input_ids"]
-    assert len(b) == 32 and b[0] == tok.bos_token_id and b[-1] == tok.eos_token_id
+    assert len(b) == 32 and b[0] == tokenizer.bos_token_id and b[-1] == tokenizer.eos_token_id
 
 
-def test_dpo_masks_only_final_response(tok, tmp_path):
+def test_dpo_masks_only_final_response(tokenizer, tmp_path):
     prompt = [{"role": "user", "content": "Capital of France?"}]
     rec = {"chosen": prompt + [{"role": "assistant", "content": "Paris."}],
            "rejected": prompt + [{"role": "assistant", "content": "London."}]}
-    item = DPODataset(write_jsonl(tmp_path / "d.jsonl", [rec]), tok)[0]
+    item = DPODataset(write_jsonl(tmp_path / "d.jsonl", [rec]), tokenizer)[0]
     for side, reply in (("chosen", "Paris."), ("rejected", "London.")):
         ids, labels = item[f"{side}_input_ids"], item[f"{side}_labels"]
-        assert tok.decode([t for t, l in zip(ids, labels) if l != -100], skip_special_tokens=False) \
+        assert tokenizer.decode([t for t, l in zip(ids, labels) if l != -100], skip_special_tokens=False) \
             == reply + "<|im_end|>"
     batch = PadCollator(0)([item, item])
     assert batch["input_ids"].shape[0] == 4  # [chosen, chosen, rejected, rejected]
 
 
-def test_rlaif_prompt_ends_with_generation_header(tok, tmp_path):
+def test_rlaif_prompt_ends_with_generation_header(tokenizer, tmp_path):
     path = write_jsonl(tmp_path / "r.jsonl", [
         {"conversations": [{"role": "user", "content": "讲个笑话"}, {"role": "assistant", "content": "无"}]},
         {"question": "What is 2+3?", "answer": "2+3=5\n#### 5"}])
-    ds = RLAIFDataset(path, tok)
+    ds = RLAIFDataset(path, tokenizer)
     assert ds[0]["prompt"].endswith("<|im_start|>user\n讲个笑话<|im_end|>\n<|im_start|>assistant\n")
     assert ds[1]["prompt"].endswith("What is 2+3?<|im_end|>\n<|im_start|>assistant\n")
     assert ds[1]["answer"].endswith("#### 5")
 
 
 # ------------------------------------------------------------------------------------------------ bad input
-def test_malformed_line_names_file_and_line(tok, tmp_path):
+def test_malformed_line_names_file_and_line(tokenizer, tmp_path):
     path = write_jsonl(tmp_path / "bad.jsonl", [{"text": "ok"}, {"text": "ok"}, '{"text": "broken', {"text": "ok"}])
     with pytest.raises(DataFormatError, match=r"bad\.jsonl:3: invalid JSON"):
-        PretrainDataset(path, tok)
+        PretrainDataset(path, tokenizer)
 
 
-def test_wrong_schema_names_file_and_line(tok, tmp_path):
+def test_wrong_schema_names_file_and_line(tokenizer, tmp_path):
     path = write_jsonl(tmp_path / "schema.jsonl", [CONV, {"text": "not a conversation"}])
     with pytest.raises(DataFormatError, match=r"schema\.jsonl:2: .*conversations"):
-        SFTDataset(path, tok)
+        SFTDataset(path, tokenizer)
 
 
-def test_skip_bad_lines_counts_and_skips(tok, tmp_path):
+def test_skip_bad_lines_counts_and_skips(tokenizer, tmp_path):
     path = write_jsonl(tmp_path / "skip.jsonl", [{"text": "a"}, "not json", {"txt": "b"}, "", {"text": "c"}])
     f = JsonlFile(path, check_pretrain, skip_bad_lines=True, use_cache=False)
     assert len(f) == 2 and f.n_bad == 2
@@ -134,9 +129,9 @@ def test_skip_bad_lines_counts_and_skips(tok, tmp_path):
     assert f.location(1).endswith("skip.jsonl:5")
 
 
-def test_missing_file_is_clear(tok, tmp_path):
+def test_missing_file_is_clear(tokenizer, tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
-        PretrainDataset(tmp_path / "nope.jsonl", tok)
+        PretrainDataset(tmp_path / "nope.jsonl", tokenizer)
 
 
 def test_index_is_cached_and_invalidated_on_change(tmp_path, monkeypatch):
@@ -149,7 +144,7 @@ def test_index_is_cached_and_invalidated_on_change(tmp_path, monkeypatch):
     assert len(JsonlFile(path, check_pretrain)) == 3
 
 
-def test_byte_offsets_handle_multibyte_text(tok, tmp_path):
+def test_byte_offsets_handle_multibyte_text(tokenizer, tmp_path):
     recs = [{"text": "中文" * i + "😀"} for i in range(1, 50)]
     f = JsonlFile(write_jsonl(tmp_path / "m.jsonl", recs), check_pretrain, use_cache=False)
     assert [f[i] for i in (0, 17, 48)] == [recs[0], recs[17], recs[48]]
@@ -175,6 +170,7 @@ def test_dynamic_padding_loss_equals_unpadded():
             ids = torch.tensor([s["input_ids"]])
             ref = model(ids).logits
             assert torch.allclose(ref[0], logits[i, :len(s["input_ids"])], atol=1e-5)
+            assert torch.allclose(ref[0], logits_fixed[i, :len(s["input_ids"])], atol=1e-5)
             total += torch.nn.functional.cross_entropy(ref[0, :-1], ids[0, 1:], reduction="sum")
             count += len(s["input_ids"]) - 1
         padded_loss = model(batch["input_ids"], labels=batch["labels"]).loss
@@ -232,39 +228,39 @@ def test_length_grouped_batches_are_homogeneous_and_complete():
 
 
 # ------------------------------------------------------------------------------------------------ packing
-def test_token_cache_packs_blocks_without_padding(tok, tmp_path):
+def test_token_cache_packs_blocks_without_padding(tokenizer, tmp_path):
     from dataset.lm_dataset import PackedPretrainDataset
     texts = [f"Document {i}: " + "MiniMind 很小。" * (i % 7 + 1) for i in range(60)]
     path = write_jsonl(tmp_path / "p.jsonl", [{"text": t} for t in texts])
-    ds = PackedPretrainDataset(path, tok, max_length=32, cache_dir=tmp_path / "cache")
+    ds = PackedPretrainDataset(path, tokenizer, max_length=32, cache_dir=tmp_path / "cache")
     stream = []
     for t in texts:
-        stream += [tok.bos_token_id] + tok(t, add_special_tokens=False).input_ids + [tok.eos_token_id]
+        stream += [tokenizer.bos_token_id] + tokenizer(t, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
     assert len(ds) == len(stream) // 32
     got = torch.cat([ds[i]["input_ids"] for i in range(len(ds))]).tolist()
     assert got == stream[:len(ds) * 32], "blocks are the exact token stream"
     item = ds[0]
-    assert (item["labels"][item["input_ids"] == tok.bos_token_id] == -100).all(), "BOS is never a target"
-    assert (item["labels"] != -100).sum() == (item["input_ids"] != tok.bos_token_id).sum()
+    assert (item["labels"][item["input_ids"] == tokenizer.bos_token_id] == -100).all(), "BOS is never a target"
+    assert (item["labels"] != -100).sum() == (item["input_ids"] != tokenizer.bos_token_id).sum()
     # Cached: a second dataset reuses the files; editing the data rebuilds.
     bins = list((tmp_path / "cache").glob("*.bin"))
-    PackedPretrainDataset(path, tok, max_length=32, cache_dir=tmp_path / "cache")
+    PackedPretrainDataset(path, tokenizer, max_length=32, cache_dir=tmp_path / "cache")
     assert list((tmp_path / "cache").glob("*.bin")) == bins
     write_jsonl(path, [{"text": t} for t in texts[:30]])
-    small = PackedPretrainDataset(path, tok, max_length=32, cache_dir=tmp_path / "cache")
+    small = PackedPretrainDataset(path, tokenizer, max_length=32, cache_dir=tmp_path / "cache")
     assert len(list((tmp_path / "cache").glob("*.bin"))) == 2 and len(small) < len(ds)
 
 
-def test_document_aware_packing_equals_separate_documents(tok, tmp_path):
+def test_document_aware_packing_equals_separate_documents(tokenizer, tmp_path):
     """With doc_attention, a packed block's loss equals the loss of its documents trained one by one."""
     from dataset.lm_dataset import PackedPretrainDataset, stack_collate
     from model.model_minimind import MiniMindConfig, MiniMindForCausalLM
     from trainer.trainer_utils import lm_loss
     texts = ["short one", "a somewhat longer second document here", "三号文档", "the fourth and final"]
     path = write_jsonl(tmp_path / "d.jsonl", [{"text": t} for t in texts])
-    docs = [[tok.bos_token_id] + tok(t, add_special_tokens=False).input_ids + [tok.eos_token_id] for t in texts]
+    docs = [[tokenizer.bos_token_id] + tokenizer(t, add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for t in texts]
     total = sum(map(len, docs))
-    ds = PackedPretrainDataset(path, tok, max_length=total, doc_attention=True, cache_dir=tmp_path / "c")
+    ds = PackedPretrainDataset(path, tokenizer, max_length=total, doc_attention=True, cache_dir=tmp_path / "c")
     assert len(ds) == 1
     item = ds[0]
     assert item["position_ids"].tolist() == [i for d in docs for i in range(len(d))]
@@ -321,7 +317,7 @@ def test_iter_jsonl_numbers_lines_and_names_the_bad_one(tmp_path):
     path = tmp_path / "small.jsonl"
     path.write_text('{"a": 1}\n\n  \n[2]\n{"b": "x"}\n{"broken": \n', encoding="utf-8")
     got = []
-    with pytest.raises(DataFormatError, match=rf"small\.jsonl:6: invalid JSON \("):
+    with pytest.raises(DataFormatError, match=r"small\.jsonl:6: invalid JSON \("):
         for item in iter_jsonl(path):
             got.append(item)
     assert got == [(1, {"a": 1}), (4, [2]), (5, {"b": "x"})]  # blank lines skipped, numbering kept

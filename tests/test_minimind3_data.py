@@ -20,29 +20,16 @@ sys.path.insert(0, str(ROOT))
 
 from dataset.lm_dataset import (AgentRLDataset, DataFormatError, DPODataset, PackedPretrainDataset,  # noqa: E402
                                 RLAIFDataset, SFTDataset, chat_messages, collate_lists)
-from helpers import MINIMIND3_TOKENIZER, SAMPLE, write_jsonl  # noqa: E402
+from helpers import SAMPLE, write_jsonl  # noqa: E402
 from model.chat_template import ChatTemplateArgumentError, thinking_kwargs, thinking_switches  # noqa: E402
-from model.checkpoint import load_tokenizer  # noqa: E402
 from model.errors import UserError  # noqa: E402
 from model.tools import call_tool, parse_tool_calls, tool_schemas  # noqa: E402
 
 
 
-@pytest.fixture(scope="module")
-def ours():
-    return load_tokenizer(ROOT / "model")
-
-
-@pytest.fixture(scope="module")
-def mm3():
-    if not (MINIMIND3_TOKENIZER / "tokenizer.json").exists():
-        pytest.skip(f"upstream's minimind-3 tokenizer is not at {MINIMIND3_TOKENIZER} (../shared/data/reference)")
-    return load_tokenizer(MINIMIND3_TOKENIZER)
-
-
 @pytest.fixture(scope="module", params=["ours", "minimind3"])
 def tok(request):
-    return request.getfixturevalue("ours" if request.param == "ours" else "mm3")
+    return request.getfixturevalue("tokenizer" if request.param == "ours" else "mm3")  # conftest.py
 
 
 def is_mm3(tok):
@@ -271,8 +258,8 @@ def test_invalid_fields_in_dpo_rlaif_and_agent_files(tok, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ thinking switch
-def test_thinking_switches_are_read_from_the_template(ours, mm3):
-    assert thinking_switches(ours) == ("enable_thinking",)
+def test_thinking_switches_are_read_from_the_template(tokenizer, mm3):
+    assert thinking_switches(tokenizer) == ("enable_thinking",)
     assert thinking_switches(mm3) == ("open_thinking",)
     assert thinking_switches("{{ messages }}") == () and thinking_switches(None) == ()
     assert thinking_switches({"default": "{% if enable_thinking %}", "tool_use": "{{ open_thinking }}"}) \
@@ -291,14 +278,14 @@ def test_thinking_switches_are_read_from_the_template(ours, mm3):
      {"enable_thinking": True}, {"open_thinking": True}),
     ({"enable_thinking": None, "chat_template_kwargs": {"enable_thinking": None}}, {}, {}),
 ])
-def test_thinking_kwargs_map_a_request_to_the_template(ours, mm3, request_fields, ours_kwargs, mm3_kwargs):
-    assert thinking_kwargs(ours, **request_fields) == ours_kwargs
+def test_thinking_kwargs_map_a_request_to_the_template(tokenizer, mm3, request_fields, ours_kwargs, mm3_kwargs):
+    assert thinking_kwargs(tokenizer, **request_fields) == ours_kwargs
     assert thinking_kwargs(mm3, **request_fields) == mm3_kwargs
     assert thinking_kwargs("no switch here", **request_fields) == {
         k: v for k, v in ours_kwargs.items() if k != "enable_thinking"}
 
 
-def test_thinking_kwargs_render_the_same_intent_with_both_tokenizers(ours, mm3):
+def test_thinking_kwargs_render_the_same_intent_with_both_tokenizers(tokenizer, mm3):
     messages = [{"role": "user", "content": "hi"}]
 
     def tail(tok, **request):
@@ -307,10 +294,10 @@ def test_thinking_kwargs_render_the_same_intent_with_both_tokenizers(ours, mm3):
         return text.split("<|im_start|>assistant\n", 1)[1]
 
     # "answer directly": both pre-fill an empty think block
-    assert tail(ours, enable_thinking=False) == tail(mm3, enable_thinking=False) == "<think>\n\n</think>\n\n"
+    assert tail(tokenizer, enable_thinking=False) == tail(mm3, enable_thinking=False) == "<think>\n\n</think>\n\n"
     # "think": minimind-3 opens the block for the model; ours leaves the choice to the model
     assert tail(mm3, enable_thinking=True) == tail(mm3, chat_template_kwargs={"open_thinking": True}) == "<think>\n"
-    assert tail(ours, open_thinking=True) == ""
+    assert tail(tokenizer, open_thinking=True) == ""
 
 
 @pytest.mark.parametrize("request_fields, message", [
@@ -321,9 +308,9 @@ def test_thinking_kwargs_render_the_same_intent_with_both_tokenizers(ours, mm3):
     ({"chat_template_kwargs": {"add_generation_prompt": False}}, "may not set add_generation_prompt"),
     ({"chat_template_kwargs": ["enable_thinking"]}, "must be an object"),
 ])
-def test_thinking_kwargs_refuse_contradictions(ours, request_fields, message):
+def test_thinking_kwargs_refuse_contradictions(tokenizer, request_fields, message):
     with pytest.raises(ChatTemplateArgumentError, match=message) as e:
-        thinking_kwargs(ours, **request_fields)
+        thinking_kwargs(tokenizer, **request_fields)
     assert isinstance(e.value, UserError)
 
 
@@ -349,8 +336,8 @@ def test_sample_tool_conversations_mask_calls_not_results(tok):
     assert n_calls >= 50
 
 
-def test_sample_agent_rl_file_and_sample_validation(ours):
-    ds = AgentRLDataset(SAMPLE / "agent_rl.jsonl", ours)
+def test_sample_agent_rl_file_and_sample_validation(tokenizer):
+    ds = AgentRLDataset(SAMPLE / "agent_rl.jsonl", tokenizer)
     assert len(ds) >= 30
     item = ds[0]
     assert [m["role"] for m in item["messages"]] == ["system", "user"] and item["tools"] and item["gt"]
@@ -388,7 +375,7 @@ def test_download_knows_the_minimind3_files(tmp_path, monkeypatch, capsys):
     assert fetched == ["agent_rl.jsonl", "rlaif.jsonl"]
 
 
-def test_caches_are_written_atomically(ours, tmp_path, monkeypatch):
+def test_caches_are_written_atomically(tokenizer, tmp_path, monkeypatch):
     """The token cache, its index and the JSONL index go through model/atomic_io (no temp files left)."""
     import dataset.lm_dataset as lm
     written = []
@@ -397,6 +384,6 @@ def test_caches_are_written_atomically(ours, tmp_path, monkeypatch):
                         lambda path, *a, **k: written.append(Path(path).suffix) or real(path, *a, **k))
     monkeypatch.setattr(lm, "CACHE_DIR", tmp_path / "cache")
     path = write_jsonl(tmp_path / "p.jsonl", [{"text": f"document {i} " * 5} for i in range(20)])
-    PackedPretrainDataset(path, ours, max_length=16, cache_dir=tmp_path / "tokens")
+    PackedPretrainDataset(path, tokenizer, max_length=16, cache_dir=tmp_path / "tokens")
     assert written == [".npz", ".bin", ".npy"]
     assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]

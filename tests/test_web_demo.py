@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from helpers import MINIMIND3_TOKENIZER, free_port  # noqa: E402
+from helpers import free_port  # noqa: E402
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
 from model.atomic_io import atomic_save  # noqa: E402
 from model.checkpoint import half_state_dict, load_tokenizer  # noqa: E402
@@ -216,16 +216,13 @@ def calculator_agent(tokenizer, answer: str, no_tool_reply: str):
 
 
 @pytest.mark.parametrize("which", ["ours", "minimind3"])
-def test_page_runs_the_tool_loop_with_a_local_model(monkeypatch, tmp_path, tokenizer, which):
+def test_page_runs_the_tool_loop_with_a_local_model(monkeypatch, request, tmp_path, tokenizer, which):
     """Tool picker + a local model (a scripted one in place of the loaded weights): the call, its result and
     then the answer are shown in that order, while streaming and again when the history is redrawn. Also with
     upstream's minimind-3 tokenizer (its own template, special tokens and pre-filled <think> block)."""
     import scripts.model_loading as ml
     if which == "minimind3":
-        if not MINIMIND3_TOKENIZER.is_dir():
-            pytest.skip(f"upstream minimind-3 tokenizer not found at {MINIMIND3_TOKENIZER}")
-        from model.checkpoint import load_tokenizer
-        tokenizer = load_tokenizer(MINIMIND3_TOKENIZER)
+        tokenizer = request.getfixturevalue("mm3")  # skips without ../shared (conftest.py)
     lm = calculator_agent(tokenizer, "6*7 = 42。", "没有工具可用。")
     monkeypatch.setattr(ml, "load_model", lambda args, log=print: (lm, tokenizer, "scripted"))
     save_tiny(tmp_path)

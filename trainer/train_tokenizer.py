@@ -24,7 +24,9 @@ write_tokenizer_config, ...); argparse lives in main().
 
 import argparse
 import json
+import sys
 import time
+from itertools import islice
 from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -32,6 +34,10 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 # Defaults are resolved from the repository root, never from the current working
 # directory, so the script behaves the same wherever it is launched from.
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from dataset.lm_dataset import DataFormatError, iter_jsonl  # noqa: E402
+from model.errors import run_main  # noqa: E402
 DEFAULT_DATA_PATH = REPO_ROOT / "dataset" / "pretrain_hq.jsonl"
 DEFAULT_SAVE_DIR = REPO_ROOT / "model"
 
@@ -161,25 +167,14 @@ def iter_texts(data_path, max_lines=None):
     """Yield the "text" field of each record of a JSONL file.
 
     Blank lines are skipped. A line that is not valid JSON, or has no string
-    "text" field, raises ValueError naming "file:line" so it is easy to fix.
-    `max_lines` caps the number of records yielded (None = all).
+    "text" field, raises DataFormatError (a ValueError) naming "file:line" so it
+    is easy to fix. `max_lines` caps the number of records yielded (None = all).
     """
-    data_path = Path(data_path)
-    n_yielded = 0
-    with open(data_path, "r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if max_lines is not None and n_yielded >= max_lines:
-                return
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{data_path}:{lineno}: malformed JSON line ({e.msg})") from e
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise ValueError(f'{data_path}:{lineno}: expected an object with a string "text" field')
-            n_yielded += 1
-            yield record["text"]
+    records = iter_jsonl(data_path)  # the datasets' own reader: file:line errors, one line at a time
+    for lineno, record in islice(records, max_lines):
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise DataFormatError(f'{data_path}:{lineno}: expected an object with a string "text" field')
+        yield record["text"]
 
 
 # -----------------------------------------------------------------------------
@@ -330,4 +325,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)  # a bad corpus line: one `error: file:line: ...` line, no traceback
