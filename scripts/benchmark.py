@@ -38,7 +38,8 @@ Stages (one row per config x stage x mode):
 
 The optimised mode also uses the vectorised MoE dispatch, fused AdamW on CUDA and, with --compile,
 torch.compile for the training forward (SFT/DPO batches padded to multiples of 64 and every shape compiled
-before timing; GRPO compiled with dynamic shapes, so give it --warmup >= 2; decoding stays eager). The naive
+before timing; GRPO compiled with dynamic shapes, so give it --warmup >= 2; decoding stays eager). On a GPU,
+both modes also take one untimed step per padded length before timing (kernel choice, allocator). The naive
 mode is eager, calls torch.cuda.empty_cache() after every step (a no-op without CUDA, but called), uses the
 per-expert loop MoE (each naive model's MoE layers get `dispatch_reference` bound on the instance by
 `use_reference_dispatch`; the MOEFeedForward class is never changed) and non-fused AdamW. Both modes use the
@@ -548,11 +549,14 @@ class Bench:
                 loss = loss_fn(fwd, batch)
             self.optimizer_step(model, opt, scaler, loss, naive)
 
-        if fwd is not model:
-            # torch.compile specialises on shapes: compile every padded length the measured batches use (at most
-            # max_seq_len / 64 with pad_multiple=64) before timing, or recompilation lands inside the timing.
+        if fwd is not model or self.device.split(":")[0] in ("cuda", "npu"):
+            # A first-seen shape costs far more than a step: torch.compile compiles a graph for it, and on a GPU the
+            # BLAS / attention kernels are picked and the caching allocator grows (26M SFT on an H200: ~180 ms
+            # against 35 ms, twice inside a 10-step timing). Pay that once for every padded length the measured
+            # batches use (at most max_seq_len / 64 with pad_multiple=64), untimed and in both modes: the timing
+            # then shows the steady state that a long training run sees.
             firsts = {tuple(b["input_ids"].shape): i for i, b in reversed(list(enumerate(batches)))}
-            log(f"[bench] {label}: compiling {len(firsts)} shape(s) {sorted(firsts)} (untimed)")
+            log(f"[bench] {label}: one untimed step for each of {len(firsts)} shape(s) {sorted(firsts)}")
             for i in sorted(firsts.values()):
                 step(i)
         timed = self.timed(label, n_total, step)
