@@ -29,6 +29,12 @@ def default_device() -> str:
     return "cpu"
 
 
+def is_accelerator(device) -> bool:
+    """A CUDA GPU or an Ascend NPU ("cuda", "cuda:1", "npu:0"): one device per rank, and kernels chosen per input
+    shape. Apple MPS and the CPU are neither here."""
+    return str(device).split(":")[0] in ("cuda", "npu")  # a string test: "npu" parses only where torch_npu is loaded
+
+
 def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """True when the CPU multiplies bf16 in hardware: x86 AVX512-BF16 or AMX (Zen 4+, Sapphire Rapids+) or Arm
     BF16. There, oneDNN runs bf16 matmuls about 2x faster than fp32 and moves half the bytes, so CPU training

@@ -108,7 +108,7 @@ from model.checkpoint import load_tokenizer  # noqa: E402
 from model.generation import generate, left_pad, stream_generate  # noqa: E402
 from model.model_minimind import (PRESETS, MiniMindConfig, MiniMindForCausalLM, MOEFeedForward,  # noqa: E402
                                   StaticKVCache)
-from model.runtime import autocast_context, default_device, resolve_dtype, setup_seed  # noqa: E402
+from model.runtime import autocast_context, default_device, is_accelerator, resolve_dtype, setup_seed  # noqa: E402
 from scripts.script_utils import pyplot, save_figure, write_json  # noqa: E402
 from trainer.rl_utils import (aggregate_loss, clipped_policy_loss, format_reward, group_advantages,  # noqa: E402
                               kl_k3, position_ids_from_mask, rollout, step_generator, token_logps)
@@ -549,7 +549,7 @@ class Bench:
                 loss = loss_fn(fwd, batch)
             self.optimizer_step(model, opt, scaler, loss, naive)
 
-        if fwd is not model or self.device.split(":")[0] in ("cuda", "npu"):
+        if fwd is not model or is_accelerator(self.device):
             # A first-seen shape costs far more than a step: torch.compile compiles a graph for it, and on a GPU the
             # BLAS / attention kernels are picked and the caching allocator grows (26M SFT on an H200: ~180 ms
             # against 35 ms, twice inside a 10-step timing). Pay that once for every padded length the measured

@@ -21,6 +21,7 @@ from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E4
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
 
+
 def cuda_model(preset="minimind2-small", seed=0, **kw) -> MiniMindForCausalLM:
     torch.manual_seed(seed)
     config = MiniMindConfig.from_preset(preset, **{**TINY_CFG, "initializer_range": 0.2, **kw})

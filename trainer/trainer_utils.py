@@ -11,9 +11,9 @@ needs as parameters; `TrainRun.from_flags` is the one place that reads the commo
                wrap_model(model, dist_state, compile=False) -> torch.compile and/or DDP wrapper
                lm_loss(model, batch, doc_attention_impl) -> (loss, aux_loss): pretraining's forward + loss
   precision    mixed_precision(dtype_name, device) -> (dtype, autocast context, GradScaler)
-  data         dynamic_padding(dataset, pad_id, max_seq_len, pad_to_max, group_by_length, pad_multiple),
-               padding_multiple(device, compiled)
+  data         dynamic_padding(dataset, pad_id, max_seq_len, pad_to_max, group_by_length, pad_multiple)
                    -> (collate_fn, lengths)
+               padding_multiple(device, compiled) -> 64 on GPUs / NPUs and compiled, else 1
                Batches(dataset, collate_fn, dist_state, *, batch_size, epochs, seed, accumulation_steps=1,
                        lengths=None, shuffle=True, num_workers=0): iterate -> one list of device micro-batches
                    per optimizer step; .total_steps, .steps_per_epoch, .current_epoch, .describe(),
@@ -78,7 +78,8 @@ from model.checkpoint import (DEFAULT_CHECKPOINTS, DEFAULT_OUT, DEFAULT_TOKENIZE
                               model_config_from_args, resume_path, unwrap, weight_name, weight_path)
 from model.errors import run_main  # noqa: E402,F401
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
-from model.runtime import autocast_context, default_device, resolve_dtype, setup_seed  # noqa: E402,F401
+from model.runtime import (autocast_context, default_device, is_accelerator, resolve_dtype,  # noqa: E402,F401
+                           setup_seed)
 
 
 # ================================================================================================================
@@ -261,8 +262,8 @@ def wrap_model(model, dist_state: DistState, compile: bool = False):
         print0("torch.compile: the first steps compile the model and are slow")
         model = torch.compile(model)
     if dist_state.ddp:
-        kind = torch.device(dist_state.device).type
-        model = DistributedDataParallel(model, device_ids=[dist_state.local_rank] if kind in ("cuda", "npu") else None)
+        model = DistributedDataParallel(model, device_ids=[dist_state.local_rank] if is_accelerator(dist_state.device)
+                                        else None)
     return model
 
 
@@ -296,7 +297,7 @@ def padding_multiple(device: str, compiled: bool) -> int:
     row ran at 0.64x the speed of padding everything to 512, and rounding up to a multiple of 64 at 1.9x
     (scripts/benchmark.py --pad_multiple). torch.compile also sees at most max_seq_len / 64 shapes then. A CPU
     gains nothing from it and pays for the padding."""
-    return 64 if compiled or str(device).split(":")[0] in ("cuda", "npu") else 1
+    return 64 if compiled or is_accelerator(device) else 1
 
 
 def dynamic_padding(dataset, pad_id: int, max_seq_len: int, pad_to_max: bool = False, group_by_length: bool = True,
