@@ -18,9 +18,14 @@ Files may be far larger than RAM, so nothing is `json.load`-ed into a list: `Jso
 once, keeps only the byte offset of each good line (8 bytes per record, cached on disk next to a hash of the
 file), and each `__getitem__` seeks to its line. A malformed line stops with `file:line: reason`, or is
 skipped and counted with `skip_bad_lines=True` (`--skip_bad_lines`).
+
+Truncation can leave a sample nothing to learn from (a system prompt longer than --max_seq_len): the trainers call
+`check_trainable` once before training, which stops a run where most samples are in that state and warns where
+some are.
 """
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Callable, Optional
@@ -41,6 +46,10 @@ CHECKS_VERSION = 2  # bump when a record validator gets stricter (cached indexes
 
 class DataFormatError(UserError, ValueError):
     """A record that does not match its dataset's format; the message names file:line."""
+
+
+class DataLengthError(UserError, ValueError):
+    """Cut to --max_seq_len / --max_prompt_len, most samples keep nothing to train on (see `check_trainable`)."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -187,6 +196,9 @@ def check_agent_rl(rec):
         return reason
     if not any(t["role"] == "user" for t in rec["conversations"]):
         return "conversation has no user turn to answer"
+    n = rec.get("n_calls")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+        return '"n_calls" (the number of tool calls the task needs) must be a whole number >= 0'
     return None
 
 
@@ -362,6 +374,10 @@ def assistant_mask(input_ids, bos_id: int, eos_id: int, header_ids, last_only: b
 
 class _ChatDataset(Dataset):
     check = staticmethod(check_sft)
+    # How `check_trainable` names the samples that truncation leaves with nothing to learn from.
+    fit_unit = "samples"
+    fit_problem = "have no trainable token after truncation to"
+    fit_effect = "they contribute nothing to the loss"
 
     def __init__(self, data_path, tokenizer, max_length: int = 512, skip_bad_lines: bool = False,
                  enable_thinking: Optional[bool] = None):
@@ -389,6 +405,17 @@ class _ChatDataset(Dataset):
         mask = assistant_mask(ids, self.bos_id, self.eos_id, self.header_ids, last_only)
         labels = [t if m else IGNORE_INDEX for t, m in zip(ids, mask)]
         return ids, labels
+
+    def label_lengths(self, i, turns, tools=None, last_only=False):
+        """(the shortest max_length that keeps a labelled token, the length that keeps them all) of one
+        conversation of record i, from its untruncated tokens (a conversation labels no token at all only if the
+        template hides the assistant header from `assistant_mask`: an error naming file:line)."""
+        ids = self.tokenizer(self.render(turns, tools), add_special_tokens=False).input_ids
+        mask = assistant_mask(ids, self.bos_id, self.eos_id, self.header_ids, last_only)
+        if 1 not in mask:
+            raise DataFormatError(f"{self.data.location(i)}: no assistant token is labelled even untruncated "
+                                  f"(the chat template must render assistant turns after <|im_start|>assistant\\n)")
+        return mask.index(1) + 1, len(mask) - mask[::-1].index(1)
 
 
 class PretrainDataset(Dataset):
@@ -419,10 +446,17 @@ class SFTDataset(_ChatDataset):
         ids, labels = self.encode_chat(rec["conversations"], rec.get("tools"))
         return {"input_ids": ids, "labels": labels}
 
+    def fit_lengths(self, i):
+        """(shortest length that keeps a token to learn from, length that keeps all): see `check_trainable`."""
+        rec = self.data[i]
+        return self.label_lengths(i, rec["conversations"], rec.get("tools"))
+
 
 class DPODataset(_ChatDataset):
     """Preference pairs; only the final assistant turn (the response) carries labels."""
     check = staticmethod(check_dpo)
+    fit_unit = "pairs"
+    fit_problem = "lose their chosen or rejected response to truncation at"
 
     def __getitem__(self, i):
         rec = self.data[i]
@@ -430,6 +464,15 @@ class DPODataset(_ChatDataset):
         r_ids, r_labels = self.encode_chat(rec["rejected"], rec.get("tools"), last_only=True)
         return {"chosen_input_ids": c_ids, "chosen_labels": c_labels,
                 "rejected_input_ids": r_ids, "rejected_labels": r_labels}
+
+    def fit_lengths(self, i):
+        """A pair teaches only while BOTH responses keep a token: the loss compares the two sides. Lengths come
+        from the untruncated response (the last assistant turn): cut before it, `last_only` would label an
+        earlier assistant turn of the shared prompt, the same on both sides, which teaches nothing either."""
+        rec = self.data[i]
+        chosen = self.label_lengths(i, rec["chosen"], rec.get("tools"), last_only=True)
+        rejected = self.label_lengths(i, rec["rejected"], rec.get("tools"), last_only=True)
+        return max(chosen[0], rejected[0]), max(chosen[1], rejected[1])
 
 
 class RLAIFDataset(_ChatDataset):
@@ -441,8 +484,12 @@ class RLAIFDataset(_ChatDataset):
     its LAST `max_length` tokens: the question and the assistant header the response must follow; 0 = keep
     all) and "answer"."""
     check = staticmethod(check_rlaif)
+    fit_unit = "prompts"
+    fit_problem = "are longer than"
+    fit_effect = "each is cut to its last {max_len} tokens and loses its beginning (system prompt, tools, question)"
 
-    def __getitem__(self, i):
+    def encode_prompt(self, i):
+        """(rendered prompt, its untruncated token ids, reference answer) of record i."""
         rec = self.data[i]
         if "question" in rec:
             turns, answer = [{"role": "user", "content": rec["question"]}], str(rec.get("answer", ""))
@@ -453,8 +500,16 @@ class RLAIFDataset(_ChatDataset):
                 answer = turns[-1].get("content") or ""
                 turns = turns[:-1]
         prompt = self.render(turns, rec.get("tools"), add_generation_prompt=True)
-        ids = self.tokenizer(prompt, add_special_tokens=False).input_ids
+        return prompt, self.tokenizer(prompt, add_special_tokens=False).input_ids, answer
+
+    def __getitem__(self, i):
+        prompt, ids, answer = self.encode_prompt(i)
         return {"prompt": prompt, "prompt_ids": ids[-self.max_length:] if self.max_length else ids, "answer": answer}
+
+    def fit_lengths(self, i):
+        """A prompt fits whole from its own length on (see `check_trainable`)."""
+        n = len(self.encode_prompt(i)[1])
+        return n, n
 
 
 def collate_lists(batch: list) -> dict:
@@ -468,14 +523,18 @@ class AgentRLDataset(_ChatDataset):
         {"conversations": [{"role": "system", "content": "", "tools": "[...schemas...]"},
                            {"role": "user", "content": "算算7109*2920"},
                            {"role": "assistant", "content": ""}],          <- placeholder, dropped
-         "gt": ["20758280"]}
+         "gt": ["20758280"], "n_calls": 1}                                  <- optional: calls the task needs
 
     Each item: "messages" (the conversation without its final assistant turn, normalised by `chat_messages`:
-    tools and tool_calls parsed), "tools" (the schemas, or None), "gt" (the answers, as strings), "prompt" (the
+    tools and tool_calls parsed), "tools" (the schemas, or None), "gt" (the answers, as strings), "n_calls" (or
+    None: the reward then assumes one call when tools are offered), "prompt" (the
     rendered text with the generation prompt), "prompt_ids" (its tokens, never cut: cutting from the left would
     drop the tool schemas, so a trainer filters long prompts itself) and "index". Batch with `collate_lists`.
     """
     check = staticmethod(check_agent_rl)
+    fit_unit = "episodes"
+    fit_problem = "have a prompt longer than"
+    fit_effect = "they are left out (an agent prompt is never cut: its start holds the tool schemas)"
 
     def __getitem__(self, i):
         rec = self.data[i]
@@ -483,8 +542,65 @@ class AgentRLDataset(_ChatDataset):
         if messages[-1]["role"] == "assistant":
             messages = messages[:-1]
         prompt = self.render(messages, tools, add_generation_prompt=True)
-        return {"messages": messages, "tools": tools, "gt": [str(g) for g in rec["gt"]], "prompt": prompt,
+        return {"messages": messages, "tools": tools, "gt": [str(g) for g in rec["gt"]], "n_calls": rec.get("n_calls"),
+                "prompt": prompt,
                 "prompt_ids": self.tokenizer(prompt, add_special_tokens=False).input_ids, "index": i}
+
+    def fit_lengths(self, i):
+        """A prompt fits from its own length on (see `check_trainable`)."""
+        n = len(self[i]["prompt_ids"])
+        return n, n
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Truncation check: samples that --max_seq_len leaves with nothing to learn from
+# ----------------------------------------------------------------------------------------------------------------
+MAX_CHECKED = 2_000  # a larger file is checked on this many records spread evenly over it (0.5-3 ms each):
+# enough to tell "most" from "some" (a 2,000-record sample puts a 50% share within +-2.2%), and seconds, not a minute
+
+
+def check_trainable(dataset, max_len: int, flag: str = "--max_seq_len", verbose: bool = True,
+                    max_checked: int = MAX_CHECKED) -> int:
+    """Count the samples of `dataset` that keep nothing to learn from when cut to `max_len` tokens (the value of
+    `flag`), and stop a run that would train on (almost) nothing. Returns that count.
+
+    Why: a system prompt with tool schemas can be longer than --max_seq_len; every such sample is then cut
+    before its first assistant token, its labels are all -100 and its loss 0. A run of such samples logs
+    `loss: 0.0000 grad_norm: 0.000`, finishes and saves weights it never trained. So before training:
+      - more than half of the samples keep nothing (all, in that example) -> DataLengthError naming the file,
+        the count and the `flag` value that fits 90% of the samples whole;
+      - some do -> one warning line (only where `verbose`: rank 0), and training goes on without them;
+      - none do -> nothing.
+    `dataset.fit_lengths(i)` gives (the shortest length at which record i keeps something to learn from, the
+    length that keeps all of it), from its untruncated tokens; each dataset says what "nothing" means: no
+    assistant token (SFT, LoRA, distillation), a chosen or rejected response cut away (DPO), a prompt longer
+    than --max_prompt_len (RL). `max_len` 0 means no limit. A file of more than `max_checked` records is checked
+    on that many, spread evenly over it. The check is deterministic, so every DDP rank raises the same way.
+    """
+    if max_len <= 0:
+        return 0
+    from tqdm import tqdm
+    n = len(dataset)
+    k = min(n, max_checked)
+    records = np.arange(k) * n // k  # every record, or k of them spread evenly (the same ones on every rank)
+    bar = tqdm(records, desc=f"checking {flag} {max_len}", unit="record", mininterval=2,
+               disable=not verbose or k < 1000)  # a bar only where the pass takes seconds
+    lengths = np.array([dataset.fit_lengths(int(i)) for i in bar], dtype=np.int64)
+    first, whole = lengths[:, 0], lengths[:, 1]
+    n_bad = int((first > max_len).sum())
+    if n_bad == 0:
+        return 0
+    checked = "" if k == n else f" ({k} checked, spread over its {n})"
+    problem = (f"{n_bad} of {k} {dataset.fit_unit} in {dataset.data.path}{checked} {dataset.fit_problem} "
+               f"{flag} {max_len}: {dataset.fit_effect.format(max_len=max_len)}")
+    # The 90th percentile of the whole lengths: a longer limit mostly buys room for a few outliers.
+    fit90 = int(np.sort(whole)[math.ceil(0.9 * k) - 1])
+    hint = f"{flag} {fit90} fits 90% of them whole, {flag} {int(whole.max())} all of them"
+    if 2 * n_bad > k:
+        raise DataLengthError(f"{problem}. {hint}")
+    if verbose:
+        print(f"[data] warning: {problem}; training goes on with the others. {hint}", flush=True)
+    return n_bad
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ A request (OpenAI-style server, web demo, dataset flag) says what it wants with 
     thinking_kwargs(tokenizer_or_template, enable_thinking=None, open_thinking=None, chat_template_kwargs=None)
         -> dict for apply_chat_template(..., **kwargs)
     thinking_switches(tokenizer_or_template) -> tuple of the switch names the template reads
+    split_thinking(text) -> (reasoning, answer): a reply's <think> block split off
 
 Standard library only: the server and light tools import it without torch.
 """
@@ -92,3 +93,21 @@ def thinking_kwargs(tokenizer_or_template, enable_thinking: Optional[bool] = Non
     if choice is not None:
         extra.update({name: choice for name in thinking_switches(tokenizer_or_template)})
     return extra
+
+
+def _strip_answer_tags(text: str) -> str:
+    return text.replace("<answer>", "").replace("</answer>", "")
+
+
+def split_thinking(text: str) -> Tuple[str, str]:
+    """'<think>\\nR\\n</think>\\n\\nA' -> ('R', 'A'). Also handles a think block opened by the prompt (only
+    '</think>' in the text), an unfinished one (only '<think>': all reasoning so far, no answer yet) and
+    MiniMind2's <answer></answer> wrapper. Text without tags is all answer."""
+    if "</think>" in text:
+        head, _, tail = text.partition("</think>")
+        reasoning = head.split("<think>", 1)[1] if "<think>" in head else head
+        return reasoning.strip(), _strip_answer_tags(tail).strip()
+    if "<think>" in text:
+        before, _, reasoning = text.partition("<think>")
+        return reasoning.strip(), _strip_answer_tags(before).strip()
+    return "", _strip_answer_tags(text)

@@ -7,7 +7,8 @@ decode through `BatchDecoder`, so a fix to sampling or caching is made once.
         .admit(prompts, sampling, max_new_tokens)       prefill new rows (they may join a running batch)
         .sample()                                       the next token of every row (one tensor, no host sync)
         .keep(rows)                                     rows that go on; the others leave the batch
-        .advance(tokens)                                feed the sampled tokens: one batched forward
+        .advance(tokens, suffixes, budgets)             feed the sampled tokens: one batched forward; rows given a
+                                                        suffix (a tool result) also get it, and a new turn
     decode_steps(model, prompts, ...)                   that loop for a fixed set of prompts: yields per step
     generate(model, prompts, ...) -> GenerationOutput   whole responses (+ log-probs and masks for RL)
     stream_generate(model, prompt, ...)                 one prompt's token ids as they come
@@ -109,7 +110,7 @@ class Sampling:
 @dataclass(eq=False)
 class Row:
     """One sequence in a BatchDecoder. `tag` is the caller's (the server keeps its job there)."""
-    prompt_len: int
+    prompt_len: int     # tokens before this turn: the prompt, or the whole context when advance() began a turn
     max_new_tokens: int
     sampling: Sampling
     tag: Any = None
@@ -128,7 +129,9 @@ class BatchDecoder:
         pos     (B, 1) the position id of each row's next token (real tokens only, so padding shifts nothing)
         logits  (B, vocab) each row's next-token logits (fp32)
         seen    (B, L) each row's tokens so far, for the repetition penalty (None when no row uses one)
-    One step: `tok, _ = sample()`, look at the tokens, `keep(rows that go on)`, `advance(tok[kept])`.
+    One step: `tok, _ = sample()`, look at the tokens, `keep(rows that go on)`, `advance(tok[kept])`. A row whose
+    turn ended may go on with a suffix instead of leaving: `advance(tok[kept], suffixes, budgets)` appends the
+    suffix to its cache (multi-turn tool use, without prefilling its whole context again).
     Nothing here reads a value back from the device; the caller chooses when to (once per step at most).
 
     stop_token_ids: what `is_stop` tests for (EOS and friends).
@@ -168,18 +171,11 @@ class BatchDecoder:
         ids, mask = left_pad(prompts, self.pad_id, self.device)
         width = ids.shape[1]
         new = [Row(len(p), b, s, t, pad=width - len(p)) for p, s, b, t in zip(prompts, sampling, budgets, tags)]
-        old_width = self.cache.seen if self.rows else 0
-        right = max(width, old_width)  # the common right edge after the merge
-        for r in self.rows:
-            r.pad += right - old_width
-        for r in new:
-            r.pad += right - width
         direct = not self.rows  # nothing running: prefill straight into the full-size cache
-        self.rows = self.rows + new
-        capacity = right + self._room(right)
-        # Positions are per row (real tokens only), so the cache may be wider than the context limit: a short
-        # prompt right-aligned next to a long one just has more padding columns in front of it.
-        cache = StaticKVCache(self.config, n, capacity if direct else width, device=self.device, dtype=self.dtype)
+        if direct:
+            self.rows = new
+        cache = StaticKVCache(self.config, n, width + self._room(width) if direct else width, device=self.device,
+                              dtype=self.dtype)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         padded = any(len(p) < width for p in prompts)
         out = self.model(input_ids=ids, attention_mask=mask if padded else None, position_ids=positions,
@@ -194,21 +190,58 @@ class BatchDecoder:
         if direct:
             self.cache, self.pos, self.logits, self.seen = cache, pos, logits, seen
         else:
-            merged = StaticKVCache(self.config, len(self.rows), capacity, device=self.device, dtype=self.dtype)
-            b = len(self.rows) - n
-            for layer in range(len(merged.k)):
-                for dst, old, add in ((merged.k[layer], self.cache.k[layer], cache.k[layer]),
-                                      (merged.v[layer], self.cache.v[layer], cache.v[layer])):
-                    dst[:b, :, right - old_width:right] = old[:, :, :old_width]
-                    dst[b:, :, right - width:right] = add[:, :, :width]
-            merged.seen = right
-            self.cache = merged
-            self.pos, self.logits = torch.cat([self.pos, pos]), torch.cat([self.logits, logits])
-            if seen is not None:
-                # Running rows without a history have no penalty, so its contents never matter for them.
-                old = self.seen if self.seen is not None else torch.full((b, 1), self.pad_id, device=self.device)
-                self.seen = torch.cat([_left_extend(old, right - old.shape[1]), _left_extend(seen, right - width)])
+            self._merge(new, cache, width, pos, logits, seen)
         self._rows_changed()
+
+    def _merge(self, rows: List[Row], cache: StaticKVCache, width: int, pos, logits, seen, at=None):
+        """Join a sub-batch to the running batch in one new cache: `rows`, right-aligned in the first `width`
+        columns of `cache`, with their next positions (n, 1), logits (n, V) and histories (n, width) or None.
+        at=None appends the rows (admit); a list of indices puts them in place of the running rows there (advance
+        with suffixes: the same Row objects, their order kept). Each row's `pad` must be its padding inside the
+        sub-batch; here it becomes its padding in the joined cache."""
+        b = len(self.rows)
+        if at is None:
+            running, self.rows = self.rows, self.rows + rows
+            at = slice(b, b + len(rows))
+        else:
+            replaced = set(at)
+            running = [r for i, r in enumerate(self.rows) if i not in replaced]
+            at = torch.tensor(at, device=self.device)
+        # Every row is right-aligned to the longest one: columns that are padding in every row of a part are left
+        # out (after long rows left the batch, in front of a short sub-batch), else each new turn appended to one
+        # row would widen the cache, and every later step's attention, for all rows.
+        old_lo, new_lo = min((r.pad for r in running), default=self.cache.seen), min(r.pad for r in rows)
+        old_width, width = self.cache.seen - old_lo, width - new_lo
+        right = max(old_width, width)  # the common right edge after the merge
+        for r in running:
+            r.pad += right - old_width - old_lo
+        for r in rows:
+            r.pad += right - width - new_lo
+        # Positions are per row (real tokens only), so the cache may be wider than the context limit: a short
+        # prompt right-aligned next to a long one just has more padding columns in front of it.
+        merged = StaticKVCache(self.config, len(self.rows), right + self._room(right), device=self.device,
+                               dtype=self.dtype)
+        for layer in range(len(merged.k)):
+            for dst, old, add in ((merged.k[layer], self.cache.k[layer], cache.k[layer]),
+                                  (merged.v[layer], self.cache.v[layer], cache.v[layer])):
+                dst[:b, :, right - old_width:right] = old[:, :, old_lo:old_lo + old_width]  # replaced: overwritten
+                dst[at, :, right - width:right] = add[:, :, new_lo:new_lo + width]
+        merged.seen = right
+        self.cache = merged
+        appended = isinstance(at, slice)
+        if appended:
+            self.pos, self.logits = torch.cat([self.pos, pos]), torch.cat([self.logits, logits])
+        else:
+            self.pos[at], self.logits[at] = pos, logits
+        if seen is not None:
+            # Running rows without a history have no penalty, so its contents never matter for them.
+            old = self.seen if self.seen is not None else torch.full((b, 1), self.pad_id, device=self.device)
+            old, seen = _right_align(old, right), _right_align(seen, right)
+            if appended:
+                self.seen = torch.cat([old, seen])
+            else:
+                old[at] = seen
+                self.seen = old
 
     @torch.inference_mode()
     def keep(self, rows: Sequence[int]):
@@ -281,8 +314,15 @@ class BatchDecoder:
         return (tok[:, None] == self.stop_ids[None]).any(1)
 
     @torch.inference_mode()
-    def advance(self, tok: torch.Tensor):
-        """Append `tok` (one per row, after `keep`) to every row: one batched forward -> the next logits."""
+    def advance(self, tok: torch.Tensor, suffixes: Optional[Sequence[Optional[Sequence[int]]]] = None,
+                budgets: Optional[Sequence[Optional[int]]] = None):
+        """Append `tok` (one per row, after `keep`) to every row: one batched forward -> the next logits.
+
+        suffixes: one entry per row, None for a row that just goes on, or token ids to append after its token (a
+        new turn: the tool results and the next assistant header). Such a row starts a new turn as if its whole
+        context had been admitted as a prompt, without recomputing that context: its logits become those after
+        the suffix, `generated` restarts at 0 and `max_new_tokens` becomes budgets[i] (budgets None: unchanged).
+        Its tag, sampling and place in `rows` stay."""
         if self.cache.seen + 1 > self.cache.max_len:
             self._grow()
         if self.seen is not None:
@@ -294,11 +334,61 @@ class BatchDecoder:
                          use_cache=True)
         self.logits = out.logits[:, -1].float()
         self.pos = self.pos + 1
+        if suffixes is not None and any(s is not None for s in suffixes):
+            self._append(suffixes, budgets)
+
+    def _append(self, suffixes, budgets):
+        """advance()'s new turns, once every row has its token: prefill the suffixes of those rows as a sub-batch
+        against a copy of their cache rows, then merge it back in their places."""
+        turns = [i for i, s in enumerate(suffixes) if s is not None]
+        for i in turns:
+            r = self.rows[i]
+            r.prompt_len += r.generated + len(suffixes[i])  # the context before the new turn, as admit counts it
+            r.generated = 0
+            if budgets is not None and budgets[i] is not None:
+                r.max_new_tokens = budgets[i]
+        rows = [i for i in turns if len(suffixes[i])]  # an empty suffix: a new budget, the logits are already right
+        if not rows:
+            return
+        ix = torch.tensor(rows, device=self.device)
+        ids, real = left_pad([suffixes[i] for i in rows], self.pad_id, self.device)
+        lo = min(self.rows[i].pad for i in rows)  # columns that are padding in all these rows are left out
+        n, old_width = len(rows), self.cache.seen - lo
+        width = old_width + ids.shape[1]
+        sub = StaticKVCache(self.config, n, width, device=self.device, dtype=self.dtype)
+        for layer in range(len(sub.k)):
+            sub.k[layer][:, :, :old_width] = self.cache.k[layer][ix, :, lo:lo + old_width]
+            sub.v[layer][:, :, :old_width] = self.cache.v[layer][ix, :, lo:lo + old_width]
+        sub.seen = old_width
+        # Keys: the rows' own columns (their padding masked as in a step), then the suffixes' (left padding masked).
+        old = torch.ones(n, old_width, dtype=torch.bool, device=self.device) if self.pads is None else \
+            torch.arange(lo, lo + old_width, device=self.device)[None] >= self.pads[ix]
+        positions = self.pos[ix] + (real.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=torch.cat([old, real.bool()], 1), position_ids=positions,
+                         cache=sub, use_cache=True, logits_to_keep=1)
+        logits, pos = out.logits[:, -1].float(), positions[:, -1:] + 1
+        # A shorter suffix leaves a gap (its left padding) between the row's tokens and its suffix. Move the row's
+        # tokens right over it, so that each row is contiguous and right-aligned again (what the mask
+        # `column >= pad` needs). RoPE was applied before caching and attention does not care where a key sits
+        # once masked right, so moving cached columns changes nothing. Column c takes column c - gap up to the
+        # suffix (clamped at 0: new padding in front, masked) and itself from the suffix on.
+        gap = (width - old_width) - real.sum(1, keepdim=True)
+        col = torch.arange(width, device=self.device)[None]
+        src = torch.where(col < old_width + gap, col - gap, col).clamp(min=0)  # (n, width)
+        cols = src[:, None, :, None].expand(-1, sub.k[0].shape[1], -1, sub.k[0].shape[3])
+        sub.k, sub.v = [k.gather(2, cols) for k in sub.k], [v.gather(2, cols) for v in sub.v]
+        seen = None if self.seen is None else torch.cat([self.seen[ix, lo:], ids], 1).gather(1, src)  # same columns
+        for i in rows:
+            self.rows[i].pad += width - old_width - len(suffixes[i]) - lo
+        self._merge([self.rows[i] for i in rows], sub, width, pos, logits, seen, at=rows)
+        self._rows_changed()
 
 
-def _left_extend(t: torch.Tensor, n: int) -> torch.Tensor:
-    """Repeat each row's first column n times in front (a history padded by its own first token)."""
-    return torch.cat([t[:, :1].expand(-1, n), t], 1) if n > 0 else t
+def _right_align(t: torch.Tensor, width: int) -> torch.Tensor:
+    """A history (B, L) as its last `width` columns: the first ones dropped (the caller knows they are padding in
+    every row), or each row's first column repeated in front (a history padded by its own first token)."""
+    n = width - t.shape[1]
+    return torch.cat([t[:, :1].expand(-1, n), t], 1) if n > 0 else t[:, -n:]
 
 
 # ================================================================================================================
@@ -532,7 +622,3 @@ class StopMatcher:
     def flush(self) -> str:
         out, self.buf = self.buf, ""
         return out
-
-
-def batch_texts(tokenizer, texts: List[str]) -> List[List[int]]:
-    return [tokenizer(t, add_special_tokens=False).input_ids for t in texts]

@@ -14,6 +14,10 @@
                                        calls [{"name": str, "arguments": str (JSON)}] in order
     parse_tool_call_json(raw) -> dict | None
                                        one block's JSON -> {"name", "arguments"}, None if it is not a valid call
+    normalize_arguments(name, arguments) -> dict | None
+                                       a call's arguments as the tool interprets them (aliases resolved, numbers
+                                       as floats, defaults filled in), None if the call would fail: "公里" and
+                                       "km", "8" and 8 are the same call when a reward or an eval compares calls
 
 The tools (names and arguments as in the original MiniMind's agent data, so its data and prompts work):
 
@@ -24,10 +28,14 @@ The tools (names and arguments as in the original MiniMind's agent data, so its 
                                                     a fixed table of rates
     get_current_weather(location)                   a fixed table of made-up weather
     translate_text(text, target_language)           a fixed phrase book
+    random_number(min=0, max=100)                   a whole number from min to max, DERIVED FROM THE ARGUMENTS:
+                                                    the same call gives the same number (see _draw)
+    text_length(text)                               characters and words (each Chinese character is a word)
 
 Why fixed tables and a fixed clock: a tool result must be the same on every run and every machine, so that
 rewards against a `gt` list are reproducible, resumed runs see the same episodes, and tests can assert exact
-strings. Nothing here touches the network, the file system, the real clock or `eval`.
+strings. For the same reason random_number is not random: its number is a hash of (min, max). Nothing here
+touches the network, the file system, the real clock, a random generator or `eval`.
 
 Why the calculator is not `eval` (not even with empty builtins): `eval` of model output can reach any object
 through attribute access (`().__class__.__base__.__subclasses__()`), and `9**9**9` hangs the process while
@@ -37,16 +45,18 @@ input length, parenthesis depth, tree size and depth, the size of every intermed
 power or product is computed), float overflow, and a wall-clock budget.
 """
 import ast
+import hashlib
 import json
 import math
 import re
 import time
 from datetime import datetime, timedelta, timezone as _tz
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from model.errors import UserError
 
 MAX_RESULT_CHARS = 2048  # a tool result lands in the model's context: keep it small whatever the tool returns
+MAX_QUANTITY = 1e15      # the largest value, amount or random bound a tool takes: floats are still exact there
 
 
 class UnknownToolError(UserError, ValueError):
@@ -79,6 +89,11 @@ TIME_BUDGET_S = 1.0       # generous: every step is already bounded, so this nev
 # Characters people (and models) write for the ASCII operators.
 _OPERATOR_SPELLINGS = {"^": "**", "×": "*", "✕": "*", "·": "*", "÷": "/", "−": "-", "–": "-", "＋": "+",
                        "－": "-", "＊": "*", "／": "/", "（": "(", "）": ")", "，": ","}
+# Superscript exponents: 3² is 3**2, (2+1)³ is (2+1)**3, 10⁻³ is 10**(-3), 2¹⁰ is 2**(10) (a run of superscript
+# digits is ONE exponent). Only after a number or a closing parenthesis: elsewhere (x², +²) the character is left
+# alone and the parser names it ("invalid character '²'"), which says more than the syntax error of a stray **.
+_SUPERSCRIPT_RE = re.compile(r"(?<=[0-9.)])\s*(⁻?[⁰¹²³⁴⁵⁶⁷⁸⁹]+)")
+_SUPERSCRIPT_DIGITS = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻", "0123456789-")
 
 
 def _check_real(x):
@@ -277,16 +292,23 @@ def format_number(x) -> str:
     return str(clean_number(x))
 
 
-def evaluate_expression(expression: str):
-    """The value of an arithmetic expression, or ToolError saying why it is refused."""
+def _expression(expression) -> str:
+    """The expression as the calculator reads it: a string (a bare number is accepted too), stripped."""
     if not isinstance(expression, str):
         if isinstance(expression, bool) or not isinstance(expression, (int, float)):
             raise ToolError("expression must be a string such as \"(3 + 4) * 5\"")
         expression = str(expression)
+    return expression.strip()
+
+
+def evaluate_expression(expression: str):
+    """The value of an arithmetic expression, or ToolError saying why it is refused."""
+    expression = _expression(expression)
     if len(expression) > MAX_EXPRESSION_CHARS:
         raise ToolError(f"the expression is too long ({len(expression)} characters, at most {MAX_EXPRESSION_CHARS})")
     for spelled, op in _OPERATOR_SPELLINGS.items():
         expression = expression.replace(spelled, op)
+    expression = _SUPERSCRIPT_RE.sub(lambda m: f"**({m.group(1).translate(_SUPERSCRIPT_DIGITS)})", expression)
     expression = expression.strip().rstrip("=").strip()
     if not expression:
         raise ToolError("the expression is empty")
@@ -330,42 +352,51 @@ UNITS: Dict[str, Tuple[str, float]] = {
 }
 UNIT_ALIASES: Dict[str, str] = {
     "meter": "m", "meters": "m", "metre": "m", "metres": "m", "米": "m",
-    "kilometer": "km", "kilometers": "km", "kilometre": "km", "kilometres": "km", "公里": "km", "千米": "km",
-    "centimeter": "cm", "centimeters": "cm", "厘米": "cm", "millimeter": "mm", "millimeters": "mm", "毫米": "mm",
+    "kilometer": "km", "kilometers": "km", "kilometre": "km", "kilometres": "km", "kms": "km", "公里": "km",
+    "千米": "km",
+    "centimeter": "cm", "centimeters": "cm", "centimetre": "cm", "centimetres": "cm", "厘米": "cm", "公分": "cm",
+    "millimeter": "mm", "millimeters": "mm", "millimetre": "mm", "millimetres": "mm", "毫米": "mm",
     "mi": "mile", "miles": "mile", "英里": "mile", "yd": "yard", "yards": "yard", "码": "yard",
-    "ft": "foot", "feet": "foot", "英尺": "foot", "in": "inch", "inches": "inch", "英寸": "inch",
+    "yds": "yard", "ft": "foot", "feet": "foot", "英尺": "foot", "in": "inch", "inches": "inch", "英寸": "inch",
     "nmi": "nautical_mile", "nautical mile": "nautical_mile", "nautical miles": "nautical_mile", "海里": "nautical_mile",
     "里": "li",
-    "kilogram": "kg", "kilograms": "kg", "千克": "kg", "公斤": "kg", "gram": "g", "grams": "g", "克": "g",
-    "milligram": "mg", "milligrams": "mg", "毫克": "mg", "ton": "t", "tons": "t", "tonne": "t", "tonnes": "t",
-    "吨": "t", "lb": "pound", "lbs": "pound", "pounds": "pound", "磅": "pound", "oz": "ounce", "ounces": "ounce",
+    "kilogram": "kg", "kilograms": "kg", "kgs": "kg", "kilo": "kg", "kilos": "kg", "千克": "kg", "公斤": "kg",
+    "gram": "g", "grams": "g", "克": "g", "milligram": "mg", "milligrams": "mg", "毫克": "mg",
+    "ton": "t", "tons": "t", "tonne": "t", "tonnes": "t", "metric ton": "t", "metric tons": "t", "吨": "t",
+    "lb": "pound", "lbs": "pound", "pounds": "pound", "磅": "pound", "oz": "ounce", "ounces": "ounce",
     "盎司": "ounce", "斤": "jin",
-    "liter": "l", "liters": "l", "litre": "l", "litres": "l", "升": "l", "milliliter": "ml", "milliliters": "ml",
-    "毫升": "ml", "cubic meter": "m3", "cubic meters": "m3", "立方米": "m3", "gallons": "gallon", "加仑": "gallon",
+    "liter": "l", "liters": "l", "litre": "l", "litres": "l", "升": "l", "公升": "l", "milliliter": "ml",
+    "milliliters": "ml", "millilitre": "ml", "millilitres": "ml", "毫升": "ml", "cubic meter": "m3",
+    "cubic meters": "m3", "立方米": "m3", "gallons": "gallon", "加仑": "gallon",
     "cups": "cup", "杯": "cup",
-    "sec": "s", "second": "s", "seconds": "s", "秒": "s", "minute": "min", "minutes": "min", "分钟": "min",
-    "hour": "h", "hours": "h", "hr": "h", "小时": "h", "days": "day", "天": "day", "weeks": "week", "周": "week",
-    "星期": "week",
-    "meters per second": "m/s", "米/秒": "m/s", "kph": "km/h", "kmh": "km/h", "公里/小时": "km/h",
-    "千米/小时": "km/h", "miles per hour": "mph", "英里/小时": "mph", "knots": "knot", "节": "knot",
-    "c": "celsius", "°c": "celsius", "℃": "celsius", "摄氏度": "celsius", "degrees celsius": "celsius",
-    "f": "fahrenheit", "°f": "fahrenheit", "℉": "fahrenheit", "华氏度": "fahrenheit",
-    "degrees fahrenheit": "fahrenheit", "k": "kelvin", "开尔文": "kelvin", "开": "kelvin",
+    "sec": "s", "secs": "s", "second": "s", "seconds": "s", "秒": "s", "minute": "min", "minutes": "min",
+    "mins": "min", "分钟": "min", "hour": "h", "hours": "h", "hr": "h", "hrs": "h", "小时": "h", "钟头": "h",
+    "days": "day", "天": "day", "weeks": "week", "周": "week", "星期": "week",
+    "meters per second": "m/s", "米/秒": "m/s", "米每秒": "m/s", "kph": "km/h", "kmh": "km/h", "kmph": "km/h",
+    "km/hr": "km/h", "公里/小时": "km/h", "千米/小时": "km/h", "公里每小时": "km/h", "千米每小时": "km/h",
+    "miles per hour": "mph", "英里/小时": "mph", "knots": "knot", "节": "knot",
+    "c": "celsius", "°c": "celsius", "℃": "celsius", "摄氏度": "celsius", "degree celsius": "celsius",
+    "degrees celsius": "celsius", "f": "fahrenheit", "°f": "fahrenheit", "℉": "fahrenheit", "华氏度": "fahrenheit",
+    "degree fahrenheit": "fahrenheit", "degrees fahrenheit": "fahrenheit", "k": "kelvin", "kelvins": "kelvin",
+    "开尔文": "kelvin", "开": "kelvin",
 }
 
 
 def _unit(name) -> str:
+    """A unit name or alias -> its canonical name in UNITS ("公里", "Kilometres", "kms" -> "km")."""
     if not isinstance(name, str) or not name.strip():
         raise ToolError("units must be non-empty strings such as \"km\" or \"mile\"")
-    key = name.strip().lower()
+    # Case and spacing never change a unit here; a final full stop is an abbreviation mark ("lb.", "ft.", "oz.").
+    key = " ".join(name.split()).lower().rstrip(".")
     key = UNIT_ALIASES.get(key, key)
     if key not in UNITS:
-        raise ToolError(f"unknown unit {name!r}; known units: {', '.join(UNITS)}")
+        raise ToolError(f"unknown unit {name[:40]!r}; known units: {', '.join(UNITS)}")
     return key
 
 
 def _number(value, what: str) -> float:
-    """A finite number from a number or a numeric string ("5", "2.5"); refuses bools, NaN and infinities."""
+    """A finite number from a number or a numeric string ("5", "2.5", "1,000"), at most MAX_QUANTITY in size;
+    refuses bools, NaN and infinities."""
     if isinstance(value, str):
         try:
             value = float(value.strip().replace(",", ""))
@@ -373,9 +404,19 @@ def _number(value, what: str) -> float:
             raise ToolError(f"{what} must be a number, got {value[:40]!r}") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ToolError(f"{what} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value) or abs(value) > 1e15:
+    # The size check comes first and works on ints as they are: Python compares an int with a float exactly,
+    # while math.isfinite(10**400) would raise OverflowError converting the int to a float.
+    if abs(value) > MAX_QUANTITY or (isinstance(value, float) and not math.isfinite(value)):
         raise ToolError(f"{what} must be a finite number below 1e15")
     return float(value)
+
+
+def _whole_number(value, what: str) -> int:
+    """An integer from an int, a whole float (5.0) or a numeric string ("5"), at most MAX_QUANTITY in size."""
+    number = _number(value, what)
+    if not number.is_integer():
+        raise ToolError(f"{what} must be a whole number, got {str(value)[:40]}")
+    return int(number)  # exact: every float up to 1e15 that is whole is an exact integer
 
 
 def _to_celsius(v, unit):
@@ -413,22 +454,42 @@ TIMEZONES: Dict[str, float] = {
     "Europe/Berlin": 1, "Europe/Moscow": 3, "America/New_York": -5, "America/Chicago": -6,
     "America/Los_Angeles": -8, "America/Sao_Paulo": -3, "Australia/Sydney": 11, "Pacific/Auckland": 13,
 }
-TIMEZONE_ALIASES: Dict[str, str] = {
-    "gmt": "UTC", "utc": "UTC", "beijing": "Asia/Shanghai", "shanghai": "Asia/Shanghai", "china": "Asia/Shanghai",
-    "北京": "Asia/Shanghai", "上海": "Asia/Shanghai", "中国": "Asia/Shanghai", "hong kong": "Asia/Hong_Kong",
-    "香港": "Asia/Hong_Kong", "taipei": "Asia/Taipei", "台北": "Asia/Taipei", "singapore": "Asia/Singapore",
-    "新加坡": "Asia/Singapore", "tokyo": "Asia/Tokyo", "japan": "Asia/Tokyo", "东京": "Asia/Tokyo",
-    "日本": "Asia/Tokyo", "seoul": "Asia/Seoul", "首尔": "Asia/Seoul", "india": "Asia/Kolkata",
-    "mumbai": "Asia/Kolkata", "new delhi": "Asia/Kolkata", "孟买": "Asia/Kolkata", "dubai": "Asia/Dubai",
-    "迪拜": "Asia/Dubai", "london": "Europe/London", "伦敦": "Europe/London", "paris": "Europe/Paris",
-    "巴黎": "Europe/Paris", "berlin": "Europe/Berlin", "柏林": "Europe/Berlin", "moscow": "Europe/Moscow",
-    "莫斯科": "Europe/Moscow", "new york": "America/New_York", "纽约": "America/New_York",
+TIMEZONE_ALIASES: Dict[str, str] = {  # keys as _place_key writes them: lower case, no 市 / city / 时间 / time
+    "gmt": "UTC", "utc": "UTC", "格林尼治": "UTC", "协调世界时": "UTC",
+    "china": "Asia/Shanghai", "中国": "Asia/Shanghai",
+    # every Chinese city of WEATHER shares Beijing's time
+    "beijing": "Asia/Shanghai", "北京": "Asia/Shanghai", "shanghai": "Asia/Shanghai", "上海": "Asia/Shanghai",
+    "guangzhou": "Asia/Shanghai", "广州": "Asia/Shanghai", "shenzhen": "Asia/Shanghai", "深圳": "Asia/Shanghai",
+    "hangzhou": "Asia/Shanghai", "杭州": "Asia/Shanghai", "chengdu": "Asia/Shanghai", "成都": "Asia/Shanghai",
+    "wuhan": "Asia/Shanghai", "武汉": "Asia/Shanghai", "nanjing": "Asia/Shanghai", "南京": "Asia/Shanghai",
+    "xi'an": "Asia/Shanghai", "xian": "Asia/Shanghai", "西安": "Asia/Shanghai", "chongqing": "Asia/Shanghai",
+    "重庆": "Asia/Shanghai",
+    "hong kong": "Asia/Hong_Kong", "hongkong": "Asia/Hong_Kong", "香港": "Asia/Hong_Kong", "taipei": "Asia/Taipei",
+    "台北": "Asia/Taipei", "singapore": "Asia/Singapore", "新加坡": "Asia/Singapore", "tokyo": "Asia/Tokyo",
+    "japan": "Asia/Tokyo", "东京": "Asia/Tokyo", "日本": "Asia/Tokyo", "seoul": "Asia/Seoul", "首尔": "Asia/Seoul",
+    "india": "Asia/Kolkata", "印度": "Asia/Kolkata", "kolkata": "Asia/Kolkata", "calcutta": "Asia/Kolkata",
+    "加尔各答": "Asia/Kolkata", "mumbai": "Asia/Kolkata", "孟买": "Asia/Kolkata", "new delhi": "Asia/Kolkata",
+    "delhi": "Asia/Kolkata", "新德里": "Asia/Kolkata", "dubai": "Asia/Dubai", "迪拜": "Asia/Dubai",
+    "london": "Europe/London", "伦敦": "Europe/London", "paris": "Europe/Paris", "巴黎": "Europe/Paris",
+    "berlin": "Europe/Berlin", "柏林": "Europe/Berlin", "moscow": "Europe/Moscow", "莫斯科": "Europe/Moscow",
+    "new york": "America/New_York", "nyc": "America/New_York", "纽约": "America/New_York",
     "chicago": "America/Chicago", "芝加哥": "America/Chicago", "los angeles": "America/Los_Angeles",
-    "洛杉矶": "America/Los_Angeles", "sao paulo": "America/Sao_Paulo", "圣保罗": "America/Sao_Paulo",
-    "sydney": "Australia/Sydney", "悉尼": "Australia/Sydney", "auckland": "Pacific/Auckland",
-    "奥克兰": "Pacific/Auckland",
+    "洛杉矶": "America/Los_Angeles", "sao paulo": "America/Sao_Paulo", "são paulo": "America/Sao_Paulo",
+    "圣保罗": "America/Sao_Paulo", "sydney": "Australia/Sydney", "悉尼": "Australia/Sydney",
+    "auckland": "Pacific/Auckland", "奥克兰": "Pacific/Auckland",
 }
+_TIMEZONE_NAMES = {name.lower(): name for name in TIMEZONES}  # "asia/tokyo" -> "Asia/Tokyo"
 _OFFSET_RE = re.compile(r"^(?:utc|gmt)\s*([+-])\s*(\d{1,2})(?::?(\d{2}))?$", re.I)
+# What people add to a place name without changing the place: "北京市", "Beijing City", "北京时间", "Tokyo time".
+_PLACE_SUFFIXES = ("时间", " time", "市", " city")
+
+
+def _place_key(name: str) -> str:
+    """A city or time-zone name as the alias tables spell it: single spaces, lower case, no suffix above."""
+    key = " ".join(name.split()).lower()
+    for suffix in _PLACE_SUFFIXES:
+        key = key.removesuffix(suffix)
+    return key.strip()
 
 
 def _offset_text(hours: float) -> str:
@@ -437,22 +498,27 @@ def _offset_text(hours: float) -> str:
     return f"{sign}{minutes // 60:02d}:{minutes % 60:02d}"
 
 
-def get_current_time(timezone: str = "Asia/Shanghai") -> str:
+def _timezone(timezone) -> Tuple[str, float]:
+    """A time zone as written -> (its canonical name, its UTC offset in hours). The name is an IANA name of
+    TIMEZONES ("东京", "tokyo time" -> "Asia/Tokyo") or, for an offset, "UTC+HH:MM" ("utc+8" -> "UTC+08:00")."""
     if not isinstance(timezone, str) or not timezone.strip():
         raise ToolError("timezone must be a string such as \"Asia/Shanghai\", \"Tokyo\" or \"UTC+8\"")
-    key = timezone.strip()
-    name = next((z for z in TIMEZONES if z.lower() == key.lower()), None) or TIMEZONE_ALIASES.get(key.lower())
+    key = _place_key(timezone)
+    name = _TIMEZONE_NAMES.get(key) or TIMEZONE_ALIASES.get(key)
     if name is not None:
-        hours = TIMEZONES[name]
-    else:
-        m = _OFFSET_RE.match(key)
-        if not m:
-            raise ToolError(f"unknown timezone {timezone[:40]!r}; use an IANA name ({', '.join(TIMEZONES)}), "
-                            f"a city, or an offset such as UTC+8")
-        hours = (int(m.group(2)) + int(m.group(3) or 0) / 60) * (1 if m.group(1) == "+" else -1)
-        if not -12 <= hours <= 14:
-            raise ToolError("UTC offsets range from -12 to +14")
-        name = f"UTC{_offset_text(hours)}"
+        return name, TIMEZONES[name]
+    m = _OFFSET_RE.match(timezone.strip())
+    if not m:
+        raise ToolError(f"unknown timezone {timezone[:40]!r}; use an IANA name ({', '.join(TIMEZONES)}), "
+                        f"a city, or an offset such as UTC+8")
+    hours = (int(m.group(2)) + int(m.group(3) or 0) / 60) * (1 if m.group(1) == "+" else -1)
+    if not -12 <= hours <= 14:
+        raise ToolError("UTC offsets range from -12 to +14")
+    return f"UTC{_offset_text(hours)}", hours
+
+
+def get_current_time(timezone: str = "Asia/Shanghai") -> str:
+    name, hours = _timezone(timezone)
     local = CLOCK_UTC + timedelta(hours=hours)
     return _result({"timezone": name, "datetime": local.strftime("%Y-%m-%d %H:%M:%S"),
                     "weekday": local.strftime("%A"), "utc_offset": _offset_text(hours)})
@@ -463,19 +529,33 @@ CNY_PER_UNIT: Dict[str, float] = {
     "CNY": 1.0, "USD": 7.21, "EUR": 7.85, "GBP": 9.12, "JPY": 0.048, "AUD": 4.72, "CAD": 5.32, "HKD": 0.925,
     "KRW": 0.0054, "SGD": 5.38, "CHF": 8.18, "RUB": 0.079, "INR": 0.087,
 }
-CURRENCY_ALIASES: Dict[str, str] = {
-    "RMB": "CNY", "人民币": "CNY", "元": "CNY", "美元": "USD", "美金": "USD", "DOLLAR": "USD", "欧元": "EUR",
-    "EURO": "EUR", "英镑": "GBP", "POUND": "GBP", "日元": "JPY", "YEN": "JPY", "澳元": "AUD", "加元": "CAD",
-    "港币": "HKD", "港元": "HKD", "韩元": "KRW", "WON": "KRW", "新加坡元": "SGD", "瑞士法郎": "CHF", "卢布": "RUB",
-    "卢比": "INR",
+CURRENCY_ALIASES: Dict[str, str] = {  # keys as _currency writes them: upper case, single spaces
+    "RMB": "CNY", "YUAN": "CNY", "CHINESE YUAN": "CNY", "RENMINBI": "CNY", "人民币": "CNY", "元": "CNY", "块": "CNY",
+    "块钱": "CNY",
+    "DOLLAR": "USD", "DOLLARS": "USD", "US DOLLAR": "USD", "US DOLLARS": "USD", "U.S. DOLLAR": "USD",
+    "U.S. DOLLARS": "USD", "US$": "USD", "$": "USD", "美元": "USD", "美金": "USD",
+    "EURO": "EUR", "EUROS": "EUR", "€": "EUR", "欧元": "EUR", "欧": "EUR",
+    "POUND": "GBP", "POUNDS": "GBP", "BRITISH POUND": "GBP", "BRITISH POUNDS": "GBP", "POUND STERLING": "GBP",
+    "STERLING": "GBP", "£": "GBP", "英镑": "GBP",
+    "YEN": "JPY", "JAPANESE YEN": "JPY", "日元": "JPY", "日币": "JPY", "日圆": "JPY",
+    "AUSTRALIAN DOLLAR": "AUD", "AUSTRALIAN DOLLARS": "AUD", "澳元": "AUD", "澳币": "AUD", "澳大利亚元": "AUD",
+    "CANADIAN DOLLAR": "CAD", "CANADIAN DOLLARS": "CAD", "加元": "CAD", "加币": "CAD", "加拿大元": "CAD",
+    "HONG KONG DOLLAR": "HKD", "HONG KONG DOLLARS": "HKD", "港币": "HKD", "港元": "HKD",
+    "WON": "KRW", "KOREAN WON": "KRW", "SOUTH KOREAN WON": "KRW", "韩元": "KRW", "韩币": "KRW",
+    "SINGAPORE DOLLAR": "SGD", "SINGAPORE DOLLARS": "SGD", "新加坡元": "SGD", "新币": "SGD",
+    "SWISS FRANC": "CHF", "SWISS FRANCS": "CHF", "FRANC": "CHF", "FRANCS": "CHF", "瑞士法郎": "CHF", "法郎": "CHF",
+    "RUBLE": "RUB", "RUBLES": "RUB", "ROUBLE": "RUB", "ROUBLES": "RUB", "RUSSIAN RUBLE": "RUB",
+    "RUSSIAN RUBLES": "RUB", "卢布": "RUB", "俄罗斯卢布": "RUB",
+    "RUPEE": "INR", "RUPEES": "INR", "INDIAN RUPEE": "INR", "INDIAN RUPEES": "INR", "卢比": "INR", "印度卢比": "INR",
 }
 
 
 def _currency(code, what: str) -> str:
+    """A currency code, name or sign -> its ISO code in CNY_PER_UNIT ("usd", "US dollars", "美元" -> "USD")."""
     if not isinstance(code, str) or not code.strip():
         raise ToolError(f"{what} must be a currency code such as \"USD\"")
-    key = code.strip().upper()
-    key = CURRENCY_ALIASES.get(key, CURRENCY_ALIASES.get(code.strip(), key))
+    key = " ".join(code.split()).upper()  # upper() leaves Chinese as it is
+    key = CURRENCY_ALIASES.get(key, key)
     if key not in CNY_PER_UNIT:
         raise ToolError(f"unknown currency {code[:20]!r}; known: {', '.join(CNY_PER_UNIT)}")
     return key
@@ -499,29 +579,45 @@ WEATHER: Dict[str, Tuple[int, str, str, int]] = {  # city -> (°C, 中文, Engli
     "重庆": (26, "阴", "overcast", 72), "Tokyo": (12, "晴", "sunny", 50), "New York": (8, "多云", "cloudy", 55),
     "London": (5, "小雨", "light rain", 85), "Paris": (10, "阴", "overcast", 70), "Sydney": (25, "晴朗", "clear", 60),
 }
-WEATHER_ALIASES: Dict[str, str] = {
+WEATHER_ALIASES: Dict[str, str] = {  # keys as _place_key writes them; the English WEATHER keys match as they are
     "beijing": "北京", "shanghai": "上海", "guangzhou": "广州", "shenzhen": "深圳", "hangzhou": "杭州",
     "chengdu": "成都", "wuhan": "武汉", "nanjing": "南京", "xi'an": "西安", "xian": "西安", "chongqing": "重庆",
-    "东京": "Tokyo", "tokyo": "Tokyo", "纽约": "New York", "new york": "New York", "伦敦": "London",
-    "london": "London", "巴黎": "Paris", "paris": "Paris", "悉尼": "Sydney", "sydney": "Sydney",
+    "东京": "Tokyo", "纽约": "New York", "nyc": "New York", "伦敦": "London", "巴黎": "Paris", "悉尼": "Sydney",
 }
+_WEATHER_CITIES = {city.lower(): city for city in WEATHER}  # "new york" -> "New York"
+
+
+def _city(location) -> str:
+    """A city as written -> its key in WEATHER ("Beijing City", "北京市" -> "北京"; "new york" -> "New York")."""
+    if not isinstance(location, str) or not location.strip():
+        raise ToolError("location must be a city name such as \"北京\" or \"London\"")
+    key = _place_key(location)
+    city = _WEATHER_CITIES.get(key) or WEATHER_ALIASES.get(key)
+    if city is None:
+        raise ToolError(f"no weather data for {location[:40]!r}; known cities: {', '.join(WEATHER)}")
+    return city
 
 
 def get_current_weather(location: str) -> str:
-    if not isinstance(location, str) or not location.strip():
-        raise ToolError("location must be a city name such as \"北京\" or \"London\"")
-    key = location.strip().removesuffix("市")
-    city = key if key in WEATHER else WEATHER_ALIASES.get(key.lower())
-    if city is None:
-        raise ToolError(f"no weather data for {location[:40]!r}; known cities: {', '.join(WEATHER)}")
-    temp, zh, en, humidity = WEATHER[city]
+    temp, zh, en, humidity = WEATHER[_city(location)]
     # The reply speaks the language the city was asked in ("北京" -> 晴, "Beijing" -> sunny).
     return _result({"city": location.strip(), "temperature": f"{temp}°C",
                     "condition": zh if _has_cjk(location) else en, "humidity": f"{humidity}%"})
 
 
+def _is_cjk(ch: str) -> bool:
+    return "\u4e00" <= ch <= "\u9fff"  # the CJK Unified Ideographs block: the common Chinese characters
+
+
 def _has_cjk(s: str) -> bool:
-    return any("\u4e00" <= ch <= "\u9fff" for ch in s)
+    return any(_is_cjk(ch) for ch in s)
+
+
+def _text(text, what: str = "text") -> str:
+    """A non-empty text, stripped: whitespace around it is never part of what the user asked about."""
+    if not isinstance(text, str) or not text.strip():
+        raise ToolError(f"{what} must be a non-empty string")
+    return text.strip()
 
 
 PHRASES: Dict[str, str] = {  # a small phrase book: Chinese -> English
@@ -530,8 +626,18 @@ PHRASES: Dict[str, str] = {  # a small phrase book: Chinese -> English
     "机器学习很有趣": "Machine learning is interesting", "生日快乐": "Happy birthday", "新年快乐": "Happy New Year",
     "我是一个小型语言模型": "I am a small language model",
 }
-LANGUAGE_ALIASES = {"chinese": "chinese", "zh": "chinese", "中文": "chinese", "汉语": "chinese",
-                    "english": "english", "en": "english", "英文": "english", "英语": "english"}
+LANGUAGE_ALIASES = {"chinese": "chinese", "zh": "chinese", "zh-cn": "chinese", "zh_cn": "chinese", "cn": "chinese",
+                    "mandarin": "chinese", "中文": "chinese", "汉语": "chinese", "简体中文": "chinese",
+                    "普通话": "chinese", "english": "english", "en": "english", "en-us": "english",
+                    "en_us": "english", "en-gb": "english", "英文": "english", "英语": "english"}
+
+
+def _language(target_language) -> str:
+    """A language as written -> "chinese" or "english" ("中文", "zh", "English" ...)."""
+    key = " ".join(target_language.split()).lower() if isinstance(target_language, str) else None
+    if key not in LANGUAGE_ALIASES:
+        raise ToolError("target_language must be \"chinese\" or \"english\"")
+    return LANGUAGE_ALIASES[key]
 
 
 def _norm_phrase(s: str) -> str:
@@ -539,12 +645,7 @@ def _norm_phrase(s: str) -> str:
 
 
 def translate_text(text: str, target_language: str) -> str:
-    if not isinstance(text, str) or not text.strip():
-        raise ToolError("text must be a non-empty string")
-    if not isinstance(target_language, str) or target_language.strip().lower() not in LANGUAGE_ALIASES:
-        raise ToolError("target_language must be \"chinese\" or \"english\"")
-    lang = LANGUAGE_ALIASES[target_language.strip().lower()]
-    key = _norm_phrase(text)
+    key, lang = _norm_phrase(_text(text)), _language(target_language)
     for chinese, english in PHRASES.items():
         if key in (_norm_phrase(chinese), _norm_phrase(english)):
             return _result({"translated_text": chinese if lang == "chinese" else english, "target_language": lang})
@@ -552,8 +653,50 @@ def translate_text(text: str, target_language: str) -> str:
 
 
 # ================================================================================================================
+# Computed from the arguments alone
+# ================================================================================================================
+def _draw(lo: int, hi: int) -> int:
+    """The "random" number of random_number(lo, hi): a SHA-256 hash of the bounds, reduced to lo..hi.
+
+    Why not the `random` module: a tool result must be the same on every run and machine (rewards against a
+    `gt` list, resumed runs, exact tests), so the number has to be a function of the call. A hash of the
+    arguments is one, fixed by the SHA-256 standard rather than by a Python version's generator, and from one call
+    the model cannot tell it from a real draw. 128 bits modulo a span of at most 1e15 + 1 leave a bias below
+    1e-23: every number of the range is as likely as the others across different calls."""
+    digest = hashlib.sha256(f"random_number:{lo}:{hi}".encode()).digest()
+    return lo + int.from_bytes(digest[:16], "big") % (hi - lo + 1)
+
+
+def random_number(min=0, max=100) -> str:
+    # The parameters are named as upstream's schema names them (its data calls random_number with min and max);
+    # they shadow the builtins min() and max() inside this function only, which does not call them.
+    lo, hi = _whole_number(min, "min"), _whole_number(max, "max")
+    if lo > hi:
+        raise ToolError(f"min ({lo}) must not be larger than max ({hi})")
+    if hi - lo > MAX_QUANTITY:
+        raise ToolError("the range is too large (max - min must be at most 1e15)")
+    return _result({"result": _draw(lo, hi), "min": lo, "max": hi})
+
+
+def _count_words(text: str) -> int:
+    """Every Chinese character is a word (Chinese puts no spaces between words, and word processors count it
+    this way); other words are the space-separated pieces holding a letter or a digit, so "Hello, world!" is 2
+    and a lone "," or "-" is not a word."""
+    chinese = sum(1 for ch in text if _is_cjk(ch))
+    rest = "".join(" " if _is_cjk(ch) else ch for ch in text)
+    return chinese + sum(1 for piece in rest.split() if any(ch.isalnum() for ch in piece))
+
+
+def text_length(text: str) -> str:
+    text = _text(text)
+    return _result({"characters": len(text), "words": _count_words(text)})
+
+
+# ================================================================================================================
 # Registry, schemas, calls
 # ================================================================================================================
+# Descriptions are short on purpose: every offered tool's description is in the prompt of every turn, and a small
+# model pays for each token (our tokenizer spends ~40 tokens on one long English sentence).
 def _schema(name: str, description: str, properties: dict, required: List[str]) -> dict:
     return {"type": "function", "function": {"name": name, "description": description, "parameters": {
         "type": "object", "properties": properties, "required": required}}}
@@ -561,30 +704,34 @@ def _schema(name: str, description: str, properties: dict, required: List[str]) 
 
 _REGISTRY: Dict[str, Tuple[Callable[..., str], dict]] = {
     "calculate_math": (calculate_math, _schema(
-        "calculate_math", "Evaluate an arithmetic expression exactly (+ - * / // % **, parentheses, sqrt, log, "
-        "sin, cos, round, min, max, pi, e). 计算数学表达式",
+        "calculate_math", "计算数学表达式 arithmetic (+ - * / ** sqrt round)",
         {"expression": {"type": "string", "description": "e.g. (3 + 4) * 5 / 2"}}, ["expression"])),
     "unit_converter": (unit_converter, _schema(
-        "unit_converter", "Convert a value between units of length, mass, volume, time, speed or temperature. "
-        "单位换算",
+        "unit_converter", "单位换算 unit conversion",
         {"value": {"type": "number"}, "from_unit": {"type": "string", "description": "e.g. km, mile, kg, celsius"},
          "to_unit": {"type": "string"}}, ["value", "from_unit", "to_unit"])),
     "get_current_time": (get_current_time, _schema(
-        "get_current_time", "Get the current date and time in a time zone. 获取时间",
+        "get_current_time", "获取时间 current time",
         {"timezone": {"type": "string", "description": "IANA name, city or UTC offset, e.g. Asia/Tokyo",
                       "default": "Asia/Shanghai"}}, [])),
     "get_exchange_rate": (get_exchange_rate, _schema(
-        "get_exchange_rate", "Get the exchange rate between two currencies, optionally converting an amount. "
-        "查询汇率",
+        "get_exchange_rate", "查询汇率 exchange rate",
         {"from_currency": {"type": "string", "description": "e.g. USD"}, "to_currency": {"type": "string"},
          "amount": {"type": "number", "default": 1}}, ["from_currency", "to_currency"])),
     "get_current_weather": (get_current_weather, _schema(
-        "get_current_weather", "Get the current weather of a city. 获取天气",
+        "get_current_weather", "获取天气 weather",
         {"location": {"type": "string", "description": "city name, e.g. 北京 or London"}}, ["location"])),
     "translate_text": (translate_text, _schema(
-        "translate_text", "Translate a short phrase between Chinese and English. 翻译文本",
+        "translate_text", "翻译文本 translate Chinese/English",
         {"text": {"type": "string"}, "target_language": {"type": "string", "enum": ["chinese", "english"]}},
         ["text", "target_language"])),
+    "random_number": (random_number, _schema(
+        "random_number", "生成随机数 random integer",
+        {"min": {"type": "integer", "description": "the smallest allowed number", "default": 0},
+         "max": {"type": "integer", "description": "the largest allowed number", "default": 100}}, [])),
+    "text_length": (text_length, _schema(
+        "text_length", "统计文本长度 text length",
+        {"text": {"type": "string", "description": "the text to count"}}, ["text"])),
 }
 
 TOOL_NAMES: List[str] = list(_REGISTRY)
@@ -647,10 +794,43 @@ def call_tool(name, arguments=None) -> str:
     return run_tool(name, arguments)[0]
 
 
+# How each tool reads each of its arguments: the very functions the tools call, so that normalize_arguments
+# cannot disagree with a tool about what an argument means.
+_READ_ARGUMENT: Dict[str, Dict[str, Callable[[Any], Any]]] = {
+    "calculate_math": {"expression": _expression},
+    "unit_converter": {"value": lambda v: _number(v, "value"), "from_unit": _unit, "to_unit": _unit},
+    "get_current_time": {"timezone": lambda tz: _timezone(tz)[0]},
+    "get_exchange_rate": {"from_currency": lambda c: _currency(c, "from_currency"),
+                          "to_currency": lambda c: _currency(c, "to_currency"),
+                          "amount": lambda n: _number(n, "amount")},
+    "get_current_weather": {"location": _city},
+    "translate_text": {"text": _text, "target_language": _language},
+    "random_number": {"min": lambda n: _whole_number(n, "min"), "max": lambda n: _whole_number(n, "max")},
+    "text_length": {"text": _text},
+}
+
+
+def normalize_arguments(name: str, arguments) -> Optional[dict]:
+    """A call's arguments as the tool interprets them, or None if the call fails (run_tool's verdict).
+
+    Units, currencies, time zones, cities and languages become the canonical names the tool uses ("公里" -> "km",
+    "US dollars" -> "USD", "东京" -> "Asia/Tokyo", "Beijing City" -> "北京", "中文" -> "chinese"), numbers become
+    floats (random_number's bounds: ints), texts and expressions are stripped, and the schema's defaults are
+    filled in (get_exchange_rate without an amount is the call with amount=1.0). Two calls with equal
+    normalised arguments ask the same thing and get the same result (get_current_weather's reply still echoes the
+    city as written, in its language), so a reward or an eval can compare calls fairly."""
+    if not run_tool(name, arguments)[1]:  # checks everything, including what no single argument shows (kg -> km)
+        return None
+    properties = _REGISTRY[name][1]["function"]["parameters"]["properties"]
+    given = _arguments(arguments)  # cannot fail: run_tool has just read the same arguments
+    args = {**{k: p["default"] for k, p in properties.items() if "default" in p}, **given}
+    return {k: _READ_ARGUMENT[name][k](args[k]) for k in properties}
+
+
 # ================================================================================================================
 # Parsing the model's calls
 # ================================================================================================================
-TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>", re.S)
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
 
 
 def parse_tool_call_json(raw: str) -> Optional[dict]:
@@ -677,14 +857,28 @@ def parse_tool_calls(text: str) -> Tuple[str, List[dict]]:
     `calls` are the well-formed <tool_call>{json}</tool_call> blocks in order, each {"name", "arguments" (JSON
     text)}; `content` is the text with those blocks removed, stripped. A block whose JSON is not a call stays in
     `content` verbatim (the model's mistake stays visible), so `text.count("<tool_call>") - len(calls)` counts
-    malformed or unclosed calls. <think> blocks are not touched (split them off first if needed)."""
-    calls, kept, pos = [], [], 0
-    for m in TOOL_CALL_RE.finditer(text):
-        call = parse_tool_call_json(m.group(1).strip())
+    malformed or unclosed calls. <think> blocks are not touched (split them off first if needed).
+
+    A block runs from a <tool_call> to the FIRST </tool_call> after it (a <tool_call> inside is part of its
+    text). The scan only moves forward, so the time is linear in the length of the text: a lazy regex
+    (`<tool_call>(.*?)</tool_call>`) rescans the rest of the text from every unclosed tag, and a degenerate
+    reply with thousands of them would stall a rollout for seconds."""
+    calls, kept = [], []
+    pos = 0     # the start of the text not yet copied to `kept`
+    search = 0  # where the next <tool_call> may start
+    while True:
+        start = text.find(TOOL_CALL_OPEN, search)
+        if start < 0:
+            break
+        end = text.find(TOOL_CALL_CLOSE, start + len(TOOL_CALL_OPEN))
+        if end < 0:
+            break  # no </tool_call> after this tag, so none after any later tag either: no more blocks
+        search = end + len(TOOL_CALL_CLOSE)
+        call = parse_tool_call_json(text[start + len(TOOL_CALL_OPEN):end].strip())
         if call is None:
-            continue
-        kept.append(text[pos:m.start()])
-        pos = m.end()
+            continue  # a malformed block stays in the content
+        kept.append(text[pos:start])
+        pos = search
         calls.append(call)
     kept.append(text[pos:])
     content = "\n".join(part.strip() for part in kept if part.strip())

@@ -28,6 +28,11 @@ Stages (one row per config x stage x mode):
             optimised: trainer/rl_utils.rollout (model/generation.generate: preallocated KV cache, last-position
                        logits) and rl_utils.token_logps (only response logits, no materialised log-softmax).
             naive:     the decoding loop below (DynamicCache, full logits) and upstream's per-row log_softmax.
+  rollout   (only when named in --stages) multi-turn tool episodes through model/tool_loop.run_episodes, the
+            rollout of agent RL and the tool eval: --rollout_tasks x --num_generations episodes, --rollout_turns
+            turns of up to --max_gen_len tokens, a tool result inserted after each turn but the last.
+            optimised: every episode in one running batch, tool results appended to the live KV cache.
+            naive:     one episode at a time (upstream's agent rollout). Real tokens = the sampled ones.
   decode    decode_b1: model/generation.stream_generate, one prompt; decode_b8: generation.generate, 8 prompts;
             prefill:   latency of one forward over a --prefill_len-token prompt (batch 1).
             naive:     transformers' DynamicCache (torch.cat per token and layer), logits for every position of
@@ -102,13 +107,15 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dataset.lm_dataset import (IGNORE_INDEX, DPODataset, PackedPretrainDataset, PadCollator,  # noqa: E402
+from dataset.lm_dataset import (IGNORE_INDEX, DPODataset, iter_jsonl, PackedPretrainDataset, PadCollator,  # noqa: E402
                                 PretrainDataset, RLAIFDataset, SFTDataset, stack_collate)
 from model.checkpoint import load_tokenizer  # noqa: E402
-from model.generation import generate, left_pad, stream_generate  # noqa: E402
+from model.generation import Sampling, generate, left_pad, stream_generate  # noqa: E402
 from model.model_minimind import (PRESETS, MiniMindConfig, MiniMindForCausalLM, MOEFeedForward,  # noqa: E402
                                   StaticKVCache)
 from model.runtime import autocast_context, default_device, is_accelerator, resolve_dtype, setup_seed  # noqa: E402
+from model.tool_loop import Turn, new_episodes, run_episodes  # noqa: E402
+from model.tools import tool_schemas  # noqa: E402
 from scripts.script_utils import pyplot, save_figure, write_json  # noqa: E402
 from trainer.rl_utils import (aggregate_loss, clipped_policy_loss, format_reward, group_advantages,  # noqa: E402
                               kl_k3, position_ids_from_mask, rollout, step_generator, token_logps)
@@ -127,7 +134,8 @@ CONFIGS = {
     "moe": ("minimind2-moe", {}),
     **{name: (name, {}) for name in PRESETS},
 }
-STAGES = ("pretrain", "sft", "dpo", "grpo", "decode")
+STAGES = ("pretrain", "sft", "dpo", "grpo", "decode", "rollout")
+DEFAULT_STAGES = STAGES[:-1]  # the multi-turn tool rollout is asked for by name: --stages rollout
 BENCH_DIR = ROOT.parent / "shared" / "data" / "bench"
 SAMPLE_DIR = ROOT / "dataset" / "sample"
 DATA_FILES = {"pretrain": "pretrain.jsonl", "sft": "sft.jsonl", "dpo": "dpo.jsonl", "rlaif": "rlaif.jsonl"}
@@ -357,6 +365,12 @@ class Data:
         order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(self.args.seed)).tolist()
         return [ds[order[(offset + i) % len(order)]]["prompt"] for i in range(n)]
 
+    def questions(self, n):
+        """`n` user questions of the bundled agent-RL tasks (dataset/sample/agent_rl.jsonl), cycled."""
+        tasks = self.get(("agent",), lambda: [r for _, r in iter_jsonl(ROOT / "dataset" / "sample" / "agent_rl.jsonl")])
+        users = [next(m["content"] for m in t["conversations"] if m["role"] == "user") for t in tasks]
+        return [users[i % len(users)] for i in range(n)]
+
     def prefill_ids(self, length):
         """`length` real tokens: pretraining documents back to back."""
         ds = self.get(("pretrain", self.args.max_seq_len),
@@ -422,6 +436,23 @@ def naive_token_logps(model, sequences, attention_mask, position_ids, n_response
     rows = [torch.gather(lr.float().log_softmax(-1), 1, ids[:, None]).squeeze(1)
             for lr, ids in zip(logits, sequences[:, -n_response:])]
     return torch.stack(rows), out.aux_loss
+
+
+class _EndsTurns(torch.nn.Module):
+    """A model whose EOS has probability `p` at every step (the rollout benchmark: random weights would never end a
+    turn): the EOS logit is set to log(p / (1 - p)) + logsumexp(the other logits)."""
+
+    def __init__(self, model, eos_id: int, p: float):
+        super().__init__()
+        self.model, self.config, self.eos, self.bias = model, model.config, eos_id, math.log(p / (1 - p))
+
+    def forward(self, **kwargs):
+        out = self.model(**kwargs)
+        logits = out.logits
+        others = logits.clone()
+        others[..., self.eos] = float("-inf")
+        logits[..., self.eos] = torch.logsumexp(others.float(), -1).to(logits.dtype) + self.bias
+        return out
 
 
 # ================================================================================================================
@@ -641,6 +672,41 @@ class Bench:
                      max_gen_len=a.max_gen_len,
                      mean_response_len=float(np.mean([float(r[1].sum(1).mean()) for _, r in timed])))
 
+    # ------------------------------------------------------------------ rollout
+    def rollout_row(self, cfg_name, naive):
+        """Multi-turn tool rollouts through model/tool_loop.run_episodes (agent RL's, the tool eval's).
+        optimised: every episode in one running batch, a turn's tool results appended to its live KV cache.
+        naive:     one episode at a time (upstream's agent rollout), the same code otherwise.
+        Random weights never write a call, so each reply is READ as one calculator call (parse=) and the EOS
+        probability is set to 1/24 per token, so turns end at varied lengths as a trained model's do; a tool
+        result is inserted after every turn but the last (--rollout_turns turns per episode)."""
+        a, tok = self.args, self.tok
+        label = f"{cfg_name}/rollout/{'naive' if naive else 'optimised'}"
+        model = _EndsTurns(self.inference_model(cfg_name, naive), tok.eos_token_id, 1 / 24)
+        call = [{"name": "calculate_math", "arguments": '{"expression": "6*7"}'}]
+        tools = tool_schemas(["calculate_math"])
+        questions = self.data.questions(a.rollout_tasks)
+        convs = [[{"role": "user", "content": q}] for q in questions for _ in range(a.num_generations)]
+
+        def run(i):
+            gen = step_generator(a.seed, 0, i, self.device)
+            eps = new_episodes(tok, convs, [tools] * len(convs), [None] * len(convs))
+            kw = dict(max_turns=a.rollout_turns, max_new_tokens=a.max_gen_len, max_total_len=4096,
+                      sampling=Sampling(1.0, generator=gen), run=lambda name, args: ('{"result": "42"}', True),
+                      parse=lambda text: Turn("", call))
+            for part in ([[e] for e in eps] if naive else [eps]):
+                run_episodes(model, tok, part, **kw)
+            return sum(sum(e.mask) for e in eps), sum(len(e.mask) - sum(e.mask) for e in eps), \
+                sum(len(e.turns) for e in eps) / len(eps)
+
+        timed = self.timed(label, a.warmup + a.decode_runs, run)
+        sampled = sum(r[0] for _, r in timed)
+        inserted = sum(r[1] for _, r in timed)
+        flops = forward_flops(flops_params(model.model)["flops_n"], model.config, sampled + inserted, 256)
+        self.add_row(cfg_name, "rollout", naive, model.model, timed, sampled, sampled, flops, len(convs), 4096,
+                     episodes=len(convs), turns_per_episode=float(np.mean([r[2] for _, r in timed])),
+                     inserted_tokens=inserted)
+
     # ------------------------------------------------------------------ decode
     def inference_model(self, cfg_name, naive):
         """A fresh model per row, built after the memory meter starts: peak memory includes the weights, as in
@@ -785,7 +851,8 @@ def parse_args(argv=None):
     p.add_argument("--preset", type=str, default=None,
                    help=f"comma list of released shapes to benchmark: {', '.join(PRESETS)} (rows named after "
                         f"them; added to --configs)")
-    p.add_argument("--stages", type=str, default=",".join(STAGES), help=f"comma list of {', '.join(STAGES)}")
+    p.add_argument("--stages", type=str, default=",".join(DEFAULT_STAGES),
+                   help=f"comma list of {', '.join(STAGES)} (default: all but rollout)")
     p.add_argument("--steps", type=int, default=None, help="measured steps per row (default 10)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2)")
     p.add_argument("--batch_size", type=int, default=None,
@@ -794,6 +861,8 @@ def parse_args(argv=None):
     p.add_argument("--max_gen_len", type=int, default=None, help="GRPO response length (default 128)")
     p.add_argument("--num_generations", type=int, default=None, help="GRPO responses per prompt (default 4)")
     p.add_argument("--decode_tokens", type=int, default=None, help="new tokens per decode run (default 128)")
+    p.add_argument("--rollout_tasks", type=int, default=8, help="rollout: tasks (x --num_generations episodes)")
+    p.add_argument("--rollout_turns", type=int, default=3, help="rollout: turns per episode")
     p.add_argument("--decode_runs", type=int, default=None, help="measured decode runs (default 3)")
     p.add_argument("--prefill_len", type=int, default=None, help="prompt tokens for the prefill latency (256)")
     p.add_argument("--device", type=str, default=None, help="default: model.runtime.default_device()")
@@ -895,6 +964,8 @@ def main(argv=None):
                     bench.train_row(cfg, stage, naive)
                 elif stage == "grpo":
                     bench.grpo_row(cfg, naive)
+                elif stage == "rollout":
+                    bench.rollout_row(cfg, naive)
                 else:
                     bench.decode_rows(cfg, naive)
     ratios = compare(bench.rows)

@@ -74,6 +74,7 @@ from tqdm import tqdm  # noqa: E402
 
 from dataset.lm_dataset import DataFormatError, JsonlFile, check_pretrain, iter_jsonl  # noqa: E402
 from model.errors import USER_ERRORS, UserError, report_user_error  # noqa: E402
+from model.scoring import final_number, same_number  # noqa: E402
 from scripts.script_utils import pyplot, save_figure, write_json  # noqa: E402
 
 LETTERS = "ABCDEFGHIJ"
@@ -579,35 +580,12 @@ def evaluate_mc(model, tokenizer, subjects: List[MCSubject], shots: int = 0, cha
 # ================================================================================================================
 # GSM8K
 # ================================================================================================================
-_NUM = r"-?[\d,]*\.?\d+"
-
-
-def parse_number(s: Optional[str]) -> Optional[float]:
-    if s is None:
-        return None
-    s = s.strip().replace(",", "").replace("$", "").rstrip(".")
-    try:
-        return float(s)
-    except ValueError:
-        return None
-
-
-def extract_answer(text: str) -> Optional[float]:
-    """The final numeric answer of a solution: `#### N`, else the last number inside <answer>..</answer>, else the
-    last number in the text. None if there is no number at all."""
-    m = re.findall(r"####\s*\$?\s*(" + _NUM + ")", text)
-    if m:
-        return parse_number(m[-1])
-    for block in reversed(re.findall(r"<answer>(.*?)(?:</answer>|$)", text, flags=re.S)):
-        nums = re.findall(_NUM, block)
-        if nums:
-            return parse_number(nums[-1])
-    nums = re.findall(_NUM, text)
-    return parse_number(nums[-1]) if nums else None
-
-
-def numbers_match(pred: Optional[float], ref: Optional[float]) -> bool:
-    return pred is not None and ref is not None and abs(pred - ref) <= 1e-6 * max(1.0, abs(ref))
+# Answers are read and compared by model/scoring.py, the rules the RL reward uses too (trainer/rl_utils.py
+# gsm8k_reward): a reply counted correct here is one the reward pays for. Under their names in this script:
+#   extract_answer(text)  '#### N', else the last number inside <answer>..</answer>, else the last number; None
+#   numbers_match(p, r)   p equals the reference r (model/scoring.py same_number's tolerance); False for None
+extract_answer = final_number
+numbers_match = same_number
 
 
 def check_gsm8k(rec):

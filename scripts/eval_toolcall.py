@@ -6,11 +6,13 @@ right? Local weights (our batched decoding engine) or any OpenAI-compatible endp
     python scripts/eval_toolcall.py --base_url http://127.0.0.1:8998/v1          # scripts/serve_openai_api.py
     python scripts/eval_toolcall.py --base_url http://127.0.0.1:11434/v1 --model qwen3:0.6b     # ollama
 
-Each task is one episode, up to --max_turns model turns: the model replies; its calls (<tool_call> blocks, or an
-endpoint's `tool_calls`) run through model/tools.py's call_tool and go back as `tool` messages; a reply without
-calls is the final answer. Tasks run together: every turn is one batch over the episodes still going.
+Each task is one episode of model/tool_loop.py (the same loop as agent RL and the web demo), up to --max_turns
+model turns: the model replies; its calls (<tool_call> blocks, or an endpoint's `tool_calls`) run through
+model/tools.py and go back as `tool` messages; a reply without calls is the final answer. Local weights play all
+episodes in one running batch, each episode's tool results appended to its live KV cache.
+    python scripts/eval_toolcall.py --weight tool_sft --interactive --tools all   # ask your own questions
 
-Tasks (JSONL, one per line; dataset/sample/toolcall_eval.jsonl holds 43 of ours, written for this eval and
+Tasks (JSONL, one per line; dataset/sample/toolcall_eval.jsonl holds 47 of ours, written for this eval and
 kept out of the SFT and agent-RL sample data):
     {"id": "calc-01", "question": "What is 23*47?", "tools": ["calculate_math", "unit_converter"],
      "calls": [{"name": "calculate_math", "arguments": {"expression": "23*47"}}], "answer": ["1081"]}
@@ -18,17 +20,20 @@ kept out of the SFT and agent-RL sample data):
     tools      names from model/tools.py offered to the model (default: all of them)
     calls      the gold calls, in any order; [] means the model should answer without a tool
     answer     acceptable final answers (any one will do), or null: any non-empty reply. An answer that reads as
-               a number matches any number in the reply numerically (relative tolerance 1e-6; "1,081" is 1081);
-               other text matches as a substring (case and whitespace ignored); a list inside the list needs all
-               of its parts (two lookups, both results in the reply).
+               a number matches any number in the reply numerically ("1,081" is 1081; model/scoring.py
+               same_number's tolerance); other text matches as a substring (case and whitespace ignored); a list
+               inside the list needs all of its parts (two lookups, both results in the reply). The rules are
+               model/scoring.py's answer_matches, shared with the agent reward (trainer/train_agent.py).
 
 Metrics (tasks with gold calls, unless said otherwise)
     valid_json     call attempts that parse as {"name", "arguments": {...}} / all call attempts (<tool_call> blocks
                    or API tool_calls), over every turn of every task
     right_tool     the set of tools called equals the gold set
-    args_exact     the calls equal the gold calls as a multiset, arguments compared as normalised JSON: key order
-                   ignored, schema defaults filled in, numbers numerically (3 == 3.0 == "3"), strings without
-                   case or whitespace. A retry after a failed call counts against it.
+    args_exact     the calls equal the gold calls as a multiset, arguments compared as the tool reads them
+                   (model/tools.normalize_arguments: schema defaults filled in, "公里" == "kilometers" == "km",
+                   "美元" == "USD", "纽约" == "America/New_York"), then numbers numerically (3 == 3.0 == "3") and
+                   strings without case or whitespace ("23 * 47" == "23*47"; "47*23" is another call).
+                   A retry after a failed call counts against it.
     result_match   every gold call's result was obtained by some successful call (a lenient args_exact: "7*6" or
                    "kilogram" give the same result as "6*7" or "kg")
     no_tool_ok     tasks without gold calls where the model made no call attempt
@@ -41,15 +46,13 @@ every task's turns, calls, results and scores.
 """
 import argparse
 import json
-import math
-import re
 import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import List, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -60,9 +63,11 @@ import torch  # noqa: E402
 
 from dataset.lm_dataset import iter_jsonl  # noqa: E402
 from model.errors import UserError, run_main  # noqa: E402
-from model.generation import generate, is_minimind, stream_tokens  # noqa: E402
-from model.tools import TOOL_NAMES, parse_tool_calls, run_tool, tool_schemas  # noqa: E402
-from scripts.model_loading import add_model_args, chat_prompt, load_model, split_thinking  # noqa: E402
+from model.generation import Sampling, is_minimind, stream_tokens  # noqa: E402
+from model.scoring import answer_matches, as_number, squash  # noqa: E402
+from model.tool_loop import Episode, Turn, new_episodes, run_episodes, run_turns, split_valid, turn_from_text  # noqa
+from model.tools import TOOL_NAMES, normalize_arguments, run_tool, tool_schemas  # noqa: E402
+from scripts.model_loading import add_model_args, chat_prompt, load_model  # noqa: E402
 from scripts.script_utils import write_json  # noqa: E402
 
 DEFAULT_TASKS = ROOT / "dataset" / "sample" / "toolcall_eval.jsonl"
@@ -147,26 +152,9 @@ def load_tasks(path) -> List[Task]:
 # ================================================================================================================
 # Scoring
 # ================================================================================================================
-NUMBER_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
-
-
-def as_number(x) -> Optional[float]:
-    """A number, or a string that is exactly one ("1,081" too); else None."""
-    if isinstance(x, bool):
-        return None
-    if isinstance(x, (int, float)):
-        return float(x) if math.isfinite(x) else None
-    if isinstance(x, str) and NUMBER_RE.fullmatch(x.strip()):
-        return float(x.strip().replace(",", ""))
-    return None
-
-
-def same_number(a: float, b: float) -> bool:
-    return abs(a - b) <= 1e-6 * max(1.0, abs(b))
-
-
-def _squash(s: str) -> str:
-    return re.sub(r"\s+", "", s).casefold()
+# Final answers are checked by model/scoring.py answer_matches: the same `found` rule as the agent reward's answer
+# term (trainer/train_agent.py), so a reply this eval counts as right is one that term pays 1 for. Argument
+# normalisation below reads numbers with the same as_number.
 
 
 def canonical(value):
@@ -176,7 +164,7 @@ def canonical(value):
     if n is not None:
         return ["num", float(f"{n:.9g}")]
     if isinstance(value, str):
-        return _squash(value)
+        return squash(value)
     if isinstance(value, dict):
         return {k: canonical(value[k]) for k in sorted(value)}
     if isinstance(value, list):
@@ -184,68 +172,12 @@ def canonical(value):
     return value
 
 
-def _with_defaults(name: str, args: dict) -> dict:
-    """The call's arguments with the schema's defaults filled in (amount=1 written or not is the same call)."""
-    try:
-        props = tool_schemas([name])[0]["function"]["parameters"]["properties"]
-    except (ValueError, KeyError, IndexError):  # an unknown tool: nothing to fill
-        return args
-    return {**{k: p["default"] for k, p in props.items() if "default" in p}, **args}
-
-
 def call_key(name: str, args: dict) -> str:
-    return json.dumps([name, canonical(_with_defaults(name, args))], ensure_ascii=False, sort_keys=True)
-
-
-def answer_matches(reply: str, answer: Optional[list]) -> bool:
-    """Whether the final reply holds one of the acceptable answers (see the module docstring)."""
-    if answer is None:
-        return bool(reply.strip())
-    numbers = [float(m.replace(",", "")) for m in NUMBER_RE.findall(reply)]
-    text = _squash(reply)
-
-    def part_ok(part) -> bool:
-        n = as_number(part)
-        if n is not None:
-            return any(same_number(x, n) for x in numbers)
-        return _squash(str(part)) in text
-
-    return any(all(part_ok(p) for p in (alt if isinstance(alt, list) else [alt])) for alt in answer)
-
-
-@dataclass
-class Turn:
-    """One model reply: its text, its valid calls ({"name", "arguments" (JSON text of an object)}), the number
-    of call attempts that were not valid calls, and what running the calls gave."""
-    content: str
-    calls: List[dict] = field(default_factory=list)
-    invalid: int = 0
-    reasoning: str = ""
-    results: List[dict] = field(default_factory=list)  # [{"name", "arguments", "result", "ok"}]
-    error: Optional[str] = None  # the endpoint refused this turn (e.g. the conversation outgrew its context)
-
-
-def split_valid(calls: Sequence[dict]):
-    """Parsed calls -> (valid calls, number invalid): a valid call's arguments are a JSON object."""
-    valid, invalid = [], 0
-    for c in calls:
-        try:
-            ok = isinstance(json.loads(c["arguments"] or "{}"), dict)
-        except (ValueError, TypeError, RecursionError):
-            ok = False
-        if ok:
-            valid.append({"name": c["name"], "arguments": c["arguments"] or "{}"})
-        else:
-            invalid += 1
-    return valid, invalid
-
-
-def turn_from_text(text: str) -> Turn:
-    """A raw completion (local model, or an endpoint without a tool parser) -> Turn."""
-    reasoning, answer = split_thinking(text)
-    content, calls = parse_tool_calls(answer)
-    valid, invalid = split_valid(calls)
-    return Turn(content, valid, invalid + answer.count("<tool_call>") - len(calls), reasoning)
+    """Two calls are the same call when the tool reads their arguments the same way (model/tools.py
+    normalize_arguments: schema defaults filled in, "公里" and "kilometers" both km, "美元" USD, "纽约"
+    America/New_York); a call the tool refuses is compared as written."""
+    normal = normalize_arguments(name, args)
+    return json.dumps([name, canonical(args if normal is None else normal)], ensure_ascii=False, sort_keys=True)
 
 
 def score_task(task: Task, turns: List[Turn]) -> dict:
@@ -283,51 +215,23 @@ def summarize(scored: List[dict]) -> dict:
 
 
 # ================================================================================================================
-# Episodes
+# Episodes: model/tool_loop.py plays them (the same loop as agent RL and the web demo)
 # ================================================================================================================
-# A policy takes the conversations still going and the tool schemas offered in each, and returns one Turn each.
-Policy = Callable[[List[List[dict]], List[List[dict]]], List[Turn]]
-
-
-def run_episodes(tasks: List[Task], policy: Policy, max_turns: int, log=print) -> List[List[Turn]]:
-    """Play every task to its final answer or max_turns; each turn is one policy call over all open episodes."""
-    convs = [t.messages() for t in tasks]
-    schemas = [tool_schemas(t.tools) for t in tasks]
-    turns: List[List[Turn]] = [[] for _ in tasks]
-    open_ = list(range(len(tasks)))
-    for turn_no in range(max_turns):
-        if not open_:
-            break
-        t0 = time.perf_counter()
-        replies = policy([convs[i] for i in open_], [schemas[i] for i in open_])
-        still = []
-        for i, reply in zip(open_, replies):
-            turns[i].append(reply)
-            if reply.error is not None or not reply.calls:
-                continue  # a final answer (or a refused turn): the episode is over
-            ids = [f"call_{turn_no}_{k}" for k in range(len(reply.calls))]
-            convs[i].append({"role": "assistant", "content": reply.content, "tool_calls": [
-                {"id": cid, "type": "function", "function": c} for cid, c in zip(ids, reply.calls)]})
-            for cid, c in zip(ids, reply.calls):
-                result, ok = run_tool(c["name"], c["arguments"])
-                reply.results.append({**c, "result": result, "ok": ok})
-                convs[i].append({"role": "tool", "tool_call_id": cid, "content": result})
-            still.append(i)
-        log(f"turn {turn_no + 1}: {len(open_)} episodes, {len(open_) - len(still)} finished "
-            f"({time.perf_counter() - t0:.1f}s)")
-        open_ = still
-    return turns
-
-
-def evaluate(tasks: List[Task], policy: Policy, max_turns: int, log=print) -> dict:
-    """Run and score: {"metrics": ..., "tasks": [per-task record]}."""
-    episodes = run_episodes(tasks, policy, max_turns, log)
+def evaluate(tasks: List[Task], policy, max_turns: int, log=print) -> dict:
+    """Play and score every task: {"metrics": ..., "tasks": [per-task record]}. `policy` is a LocalPolicy (our
+    model: one running batch, tool results appended to the live KV cache) or any tool_loop.Policy."""
+    episodes = [Episode(messages=t.messages(), tools=tool_schemas(t.tools), thinking=policy.thinking)
+                for t in tasks]
+    if isinstance(policy, LocalPolicy) and is_minimind(policy.model):
+        policy.play(episodes, max_turns)
+    else:
+        run_turns(episodes, policy, max_turns, log=log)
     records = []
-    for task, turns in zip(tasks, episodes):
+    for task, ep in zip(tasks, episodes):
         records.append({"id": task.id, "where": task.where, "question": task.question,
                         "gold_calls": task.calls, "answer": task.answer,
-                        "final": turns[-1].content if turns else "",
-                        "scores": score_task(task, turns), "turns": [asdict(t) for t in turns]})
+                        "final": ep.turns[-1].content if ep.turns else "",
+                        "scores": score_task(task, ep.turns), "turns": [asdict(t) for t in ep.turns]})
     return {"metrics": summarize([r["scores"] for r in records]), "tasks": records}
 
 
@@ -335,33 +239,38 @@ def evaluate(tasks: List[Task], policy: Policy, max_turns: int, log=print) -> di
 # Policies: local weights, an OpenAI-compatible endpoint
 # ================================================================================================================
 class LocalPolicy:
-    """Our model through model/generation.py: the prompts of a turn are generated as batches of --batch_size
-    (MiniMind: one batched, KV-cached decode; other transformers models: one prompt at a time)."""
+    """Local weights. Our model plays every episode in one running batch (tool_loop.run_episodes: greedy or
+    sampled, tool results appended to the live KV cache); another transformers model generates a turn at a time
+    (model/generation.stream_tokens), one conversation after the other."""
 
     def __init__(self, model, tokenizer, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-                 batch_size: int = 16, thinking: Optional[dict] = None):
-        self.model, self.tokenizer = model, tokenizer
-        self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
-        self.batch_size, self.thinking = max(1, batch_size), thinking or {}
+                 batch_size: int = 64, thinking: Optional[bool] = None, seed: int = 0):
+        self.model, self.tokenizer, self.thinking = model, tokenizer, thinking
+        self.max_new_tokens, self.temperature, self.top_p, self.seed = max_new_tokens, temperature, top_p, seed
+        self.batch_size = max(1, batch_size)
 
-    def __call__(self, conversations, tools):
+    def play(self, episodes: List[Episode], max_turns: int):
+        """Our model: --batch_size episodes at a time in one running batch, to their ends."""
+        tok, limit = self.tokenizer, self.model.config.max_position_embeddings
+        gen = torch.Generator(device=next(self.model.parameters()).device).manual_seed(self.seed)
+        for s in range(0, len(episodes), self.batch_size):
+            part = episodes[s:s + self.batch_size]
+            fresh = new_episodes(tok, [e.messages for e in part], [e.tools for e in part], [e.thinking for e in part])
+            run_episodes(self.model, tok, fresh, max_turns=max_turns, max_new_tokens=self.max_new_tokens,
+                         max_total_len=limit, sampling=Sampling(self.temperature, self.top_p, generator=gen))
+            for e, f in zip(part, fresh):
+                e.__dict__.update(f.__dict__)
+
+    def __call__(self, episodes: List[Episode]) -> List[Turn]:
         tok = self.tokenizer
         eos, pad = tok.eos_token_id, tok.pad_token_id if tok.pad_token_id is not None else 0
-        texts = [chat_prompt(tok, msgs, schemas, **self.thinking) for msgs, schemas in zip(conversations, tools)]
-        prompts = [tok(t, add_special_tokens=False).input_ids for t in texts]
-        outs: List[List[int]] = []
-        for s in range(0, len(prompts), self.batch_size):
-            batch = prompts[s:s + self.batch_size]
-            if is_minimind(self.model):
-                gen = generate(self.model, batch, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                               top_p=self.top_p, eos_token_id=eos, pad_token_id=pad)
-                outs += [r[m.bool()].tolist() for r, m in zip(gen.responses, gen.response_mask)]
-            else:
-                with torch.inference_mode():
-                    outs += [list(stream_tokens(self.model, p, self.max_new_tokens, self.temperature, self.top_p,
-                                                eos_token_id=eos, pad_token_id=pad)) for p in batch]
         turns = []
-        for text, ids in zip(texts, outs):
+        for e in episodes:
+            text = chat_prompt(tok, e.messages, e.tools, enable_thinking=e.thinking)
+            with torch.inference_mode():
+                ids = list(stream_tokens(self.model, tok(text, add_special_tokens=False).input_ids,
+                                         self.max_new_tokens, self.temperature, self.top_p, eos_token_id=eos,
+                                         pad_token_id=pad))
             reply = tok.decode([t for t in ids if t != eos], skip_special_tokens=True)
             # A template that opens <think> for the model: the reply is reasoning until </think>.
             turns.append(turn_from_text(("<think>" if text.rstrip().endswith("<think>") else "") + reply))
@@ -374,17 +283,20 @@ class APIPolicy:
     The conversations of a turn are sent --concurrency at a time (a batching server decodes them together)."""
 
     def __init__(self, base_url: str, api_key: str, model: str, max_tokens: int = 256, temperature: float = 0.0,
-                 top_p: float = 1.0, concurrency: int = 8, extra_body: Optional[dict] = None, timeout: float = 300):
+                 top_p: float = 1.0, concurrency: int = 8, thinking: Optional[bool] = None, timeout: float = 300):
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "none", max_retries=2, timeout=timeout)
         self.base_url, self.model, self.max_tokens = base_url, model, max_tokens
         self.temperature, self.top_p, self.concurrency = temperature, top_p, max(1, concurrency)
-        self.extra_body = extra_body or None
+        self.thinking = thinking
+        # vLLM's field, which our server reads too: the server maps it to its template's switch
+        self.extra_body = None if thinking is None else {"chat_template_kwargs": {"enable_thinking": thinking}}
 
-    def one(self, messages, tools) -> Turn:
+    def one(self, episode: Episode) -> Turn:
         try:
             r = self.client.chat.completions.create(
-                model=self.model, messages=messages, temperature=self.temperature, top_p=self.top_p,
-                max_tokens=self.max_tokens, extra_body=self.extra_body, **({"tools": tools} if tools else {}))
+                model=self.model, messages=episode.messages, temperature=self.temperature, top_p=self.top_p,
+                max_tokens=self.max_tokens, extra_body=self.extra_body,
+                **({"tools": episode.tools} if episode.tools else {}))
         except openai.BadRequestError as e:  # this conversation only (e.g. it outgrew the context): a lost turn
             return Turn("", error=str(e))
         except openai.APIError as e:  # unreachable, wrong key, server error: nothing to evaluate
@@ -395,11 +307,12 @@ class APIPolicy:
         calls = [{"name": c.function.name, "arguments": c.function.arguments} for c in msg.tool_calls or []]
         valid, invalid = split_valid(calls)
         return Turn(text.content, valid + text.calls, invalid + text.invalid,
-                    extra.get("reasoning_content") or extra.get("reasoning") or text.reasoning)
+                    extra.get("reasoning_content") or extra.get("reasoning") or text.reasoning, text=msg.content or "",
+                    finished=r.choices[0].finish_reason != "length")
 
-    def __call__(self, conversations, tools):
+    def __call__(self, episodes: List[Episode]) -> List[Turn]:
         with ThreadPoolExecutor(self.concurrency) as pool:
-            return list(pool.map(self.one, conversations, tools))
+            return list(pool.map(self.one, episodes))
 
 
 # ================================================================================================================
@@ -425,6 +338,35 @@ def table(metrics: dict) -> str:
                      [f"{a:<{w}}  {b:>7}  {c}" for a, b, c in rows])
 
 
+def show_episode(ep: Episode, out=print):
+    for turn in ep.turns:
+        if turn.reasoning:
+            out(f"  [thinking] {turn.reasoning}")
+        for r in turn.results:
+            out(f"  [call] {r['name']}({r['arguments']}) -> {r['result']}")
+        if turn.invalid:
+            out(f"  [{turn.invalid} malformed call(s)] {turn.text}")
+    out(f"assistant: {ep.answer if ep.answer is not None else '(no final answer within --max_turns)'}")
+
+
+def interactive(policy, tools: List[dict], max_turns: int, read=input, out=print):
+    """Upstream's interactive mode: type a question, watch the calls, the results and the answer."""
+    out(f"tools offered: {', '.join(t['function']['name'] for t in tools)}. Empty line or Ctrl-D to quit.")
+    while True:
+        try:
+            question = read("you: ").strip()
+        except EOFError:
+            return
+        if not question:
+            return
+        ep = Episode(messages=[{"role": "user", "content": question}], tools=tools, thinking=policy.thinking)
+        if isinstance(policy, LocalPolicy) and is_minimind(policy.model):
+            policy.play([ep], max_turns)
+        else:
+            run_turns([ep], policy, max_turns)
+        show_episode(ep, out)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Scored tool-call evaluation (local weights or an OpenAI endpoint)")
     add_model_args(p)
@@ -434,7 +376,7 @@ def main(argv=None):
     p.add_argument("--max_new_tokens", type=int, default=256, help="per turn")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (reproducible scores)")
     p.add_argument("--top_p", type=float, default=1.0)
-    p.add_argument("--batch_size", type=int, default=16, help="local weights: episodes decoded together")
+    p.add_argument("--batch_size", type=int, default=64, help="local weights: episodes decoded together")
     p.add_argument("--limit", type=int, default=None, help="only the first N tasks")
     p.add_argument("--enable_thinking", type=int, default=None, choices=[0, 1],
                    help="the chat template's thinking switch (mapped to open_thinking for minimind-3's tokenizer)")
@@ -443,21 +385,25 @@ def main(argv=None):
     p.add_argument("--api_key", type=str, default="none")
     p.add_argument("--model", type=str, default="minimind", help="the endpoint's model name")
     p.add_argument("--concurrency", type=int, default=8, help="endpoint: requests in flight")
+    p.add_argument("--interactive", action="store_true",
+                   help="ask your own questions instead of scoring tasks: each is one episode with --tools offered; "
+                        "its calls, their results and the answer are printed")
+    p.add_argument("--tools", type=str, default="all", help="--interactive: the tools offered (comma-separated)")
     args = p.parse_args(argv)
     if args.max_turns < 1:
         p.error("--max_turns must be >= 1")
-    tasks = load_tasks(args.tasks)[:args.limit]
     thinking = None if args.enable_thinking is None else bool(args.enable_thinking)
+    tasks = [] if args.interactive else load_tasks(args.tasks)[:args.limit]
     if args.base_url:
         name = f"{args.model} @ {args.base_url}"
         policy = APIPolicy(args.base_url, args.api_key, args.model, args.max_new_tokens, args.temperature,
-                           args.top_p, args.concurrency,
-                           # vLLM's field, which our server reads too: the server maps it to its template's switch
-                           None if thinking is None else {"chat_template_kwargs": {"enable_thinking": thinking}})
+                           args.top_p, args.concurrency, thinking)
     else:
         model, tokenizer, name = load_model(args)
         policy = LocalPolicy(model, tokenizer, args.max_new_tokens, args.temperature, args.top_p, args.batch_size,
-                             None if thinking is None else {"enable_thinking": thinking})
+                             thinking)
+    if args.interactive:
+        return interactive(policy, tool_schemas(args.tools), args.max_turns)
     print(f"tool-call eval: {len(tasks)} tasks from {args.tasks}, model {name}, max_turns {args.max_turns}")
     t0 = time.perf_counter()
     result = evaluate(tasks, policy, args.max_turns)

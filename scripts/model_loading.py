@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from model.chat_template import thinking_kwargs  # noqa: E402
+from model.chat_template import split_thinking, thinking_kwargs  # noqa: E402,F401 (split_thinking: re-exported)
 from model.errors import UserError  # noqa: E402
 from model.generation import IncrementalDecoder, StopMatcher  # noqa: E402
 from model.model_minimind import MiniMindForCausalLM  # noqa: E402
@@ -221,24 +221,6 @@ def chat_prompt(tokenizer, messages: List[dict], tools: Optional[list] = None,
     kwargs = thinking_kwargs(tokenizer, enable_thinking, open_thinking, chat_template_kwargs)
     return tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False,
                                          add_generation_prompt=add_generation_prompt, **kwargs)
-
-
-def _strip_answer_tags(text: str) -> str:
-    return text.replace("<answer>", "").replace("</answer>", "")
-
-
-def split_thinking(text: str) -> Tuple[str, str]:
-    """'<think>\\nR\\n</think>\\n\\nA' -> ('R', 'A'). Also handles a think block opened by the prompt (only
-    '</think>' in the text), an unfinished one (only '<think>': all reasoning so far, no answer yet) and
-    MiniMind2's <answer></answer> wrapper. Text without tags is all answer."""
-    if "</think>" in text:
-        head, _, tail = text.partition("</think>")
-        reasoning = head.split("<think>", 1)[1] if "<think>" in head else head
-        return reasoning.strip(), _strip_answer_tags(tail).strip()
-    if "<think>" in text:
-        before, _, reasoning = text.partition("<think>")
-        return reasoning.strip(), _strip_answer_tags(before).strip()
-    return "", _strip_answer_tags(text)
 
 
 class ChatStreamParser:

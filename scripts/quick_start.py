@@ -8,7 +8,7 @@
   4. chat       eval_llm.py answers a few prompts with the fine-tuned model
   5. tool SFT   trainer/train_full_sft.py  on dataset/sample/sft_tool.jsonl (tool schemas, <tool_call>s, results,
                 answers), starting from step 3's weights               -> out/quickstart/tool_sft_128.pth
-  6. tools      scripts/eval_toolcall.py scores its tool calls on the 43 held-out tasks of
+  6. tools      scripts/eval_toolcall.py scores its tool calls on the 47 held-out tasks of
                 dataset/sample/toolcall_eval.jsonl (calculator, units, time zones, exchange rates, weather, ...)
 
 Each step runs the real script as a subprocess and prints its command, so you can copy it and scale it up
@@ -18,7 +18,8 @@ Tool use is its own SFT step because of its cost: a tool conversation is ~700 to
 system prompt) of which only ~80 are learned, and the model has seen nothing longer than 256 tokens before. So it
 trains with batch size 1 (many small steps beat a few big ones here) on 180 short conversations; the tiny model
 then writes well-formed calls but rarely the right arguments, and it no longer chats well (a 1.6M model does not
-hold both): chat with full_sft, call tools with tool_sft. README "Tool use" has the numbers and the agent-RL step.
+hold both): chat with full_sft, call tools with tool_sft. This step shows the format only; for a model that gets
+its arguments right, and agent RL that improves it, run scripts/tool_recipe.py (README "Tool use").
 """
 import argparse
 import shlex
@@ -87,10 +88,8 @@ def main():
     print(f"\nQuick start finished in {time.time() - t0:.0f}s. Weights: {args.save_dir}. "
           f"Chat with it: python eval_llm.py --save_dir {args.save_dir} --hidden_size 128 --num_hidden_layers 4 "
           f"--num_attention_heads 4 --mode interactive"
-          f"\nAgentic RL from its tool SFT (README \"Tool use\"): python trainer/train_agent.py --from_weight tool_sft "
-          f"--save_dir {args.save_dir} --hidden_size 128 --num_hidden_layers 4 --num_attention_heads 4 "
-          f"--num_key_value_heads 2 --data_path dataset/sample/agent_rl.jsonl --epochs 3 --learning_rate 1e-4 "
-          f"--max_gen_len 96")
+          f"\nTool use that gets its arguments right, then agent RL (README \"Tool use\"): "
+          f"python scripts/tool_recipe.py")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,8 @@ from openai import APIError  # noqa: E402
 from model.checkpoint import model_config_from_args  # noqa: E402
 from model.errors import USER_ERRORS  # noqa: E402
 from model.generation import IncrementalDecoder, stream_tokens  # noqa: E402
-from model.tools import TOOL_NAMES, run_tool, tool_schemas  # noqa: E402
+from model.tool_loop import Episode, Turn, run_turns, split_valid  # noqa: E402
+from model.tools import TOOL_NAMES, tool_schemas  # noqa: E402
 from scripts.model_loading import ChatStreamParser, add_model_args, chat_prompt, load_model  # noqa: E402
 
 DEFAULT_SAVE_DIR = ROOT / "out"
@@ -462,31 +463,34 @@ def stream_into_message(events: Iterator[Tuple[str, object]], show_thinking: boo
 
 def answer_with_tools(stream_round, conversation: List[dict], tools: List[str], show_thinking: bool,
                       reply: dict):
-    """The call -> result -> answer loop inside the assistant message: stream a turn; while it is tool calls,
-    show each call, run it (model/tools.call_tool), show its result, add the calls and results to the
-    conversation and stream the next turn. `stream_round(conversation, schemas)` yields reply_events' events.
-    Finished rounds go to reply["steps"], the last turn's text to reply["content"]."""
-    schemas = tool_schemas(tools) if tools else None
-    conversation = list(conversation)
-    for round_no in range(MAX_TOOL_ROUNDS + 1):
-        calls = stream_into_message(stream_round(conversation, schemas), show_thinking, reply)
-        if not calls or round_no == MAX_TOOL_ROUNDS:
-            if calls:
-                st.warning(f"Still calling tools after {MAX_TOOL_ROUNDS} rounds; stopped here.")
-            return
+    """The call -> result -> answer loop inside the assistant message, played by model/tool_loop.py (the same loop
+    as agent RL and the tool eval): each turn streams into the message; a turn of tool calls is shown call by call
+    with its result (run by the loop, model/tools.py), and the next turn streams after it.
+    `stream_round(messages, schemas)` yields reply_events' events. Finished rounds go to reply["steps"], the last
+    turn's text to reply["content"]."""
+    episode = Episode(messages=list(conversation), tools=tool_schemas(tools) if tools else None)
+
+    def show_calls(turn):  # a finished round of calls: into reply["steps"], shown with their results
         step = {"thinking": reply["thinking"], "text": reply["content"], "calls": []}
         reply["steps"].append(step)
         reply["thinking"] = reply["content"] = ""
-        ids = [c.get("id") or f"call_{round_no}_{i}" for i, c in enumerate(calls)]
-        conversation.append({"role": "assistant", "content": step["text"], "tool_calls": [
-            {"id": cid, "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
-            for cid, c in zip(ids, calls)]})
-        for cid, c in zip(ids, calls):
-            result, ok = run_tool(c["name"], c["arguments"])  # never raises: an error is text for the model
-            call = {"name": c["name"], "arguments": c["arguments"], "result": result, "ok": ok}
-            step["calls"].append(call)
-            show_tool_call(call)
-            conversation.append({"role": "tool", "tool_call_id": cid, "content": result})
+        for r in turn.results:
+            step["calls"].append(r)
+            show_tool_call(r)
+
+    def policy(episodes):  # one streamed turn
+        if episode.turns:
+            show_calls(episode.turns[-1])
+        calls = stream_into_message(stream_round(episode.messages, episode.tools), show_thinking, reply)
+        valid, invalid = split_valid([{"name": c["name"], "arguments": c["arguments"] if isinstance(
+            c["arguments"], str) else json.dumps(c["arguments"], ensure_ascii=False)} for c in calls])
+        return [Turn(reply["content"], valid, invalid, reply["thinking"])]
+
+    run_turns([episode], policy, MAX_TOOL_ROUNDS + 1)
+    last = episode.turns[-1]
+    if last.calls:  # still calling tools after the last round: show them, say so
+        show_calls(last)
+        st.warning(f"Still calling tools after {MAX_TOOL_ROUNDS} rounds; stopped here.")
 
 
 def main():

@@ -220,3 +220,19 @@ def test_naive_rows_leave_the_moe_class_untouched(monkeypatch):
     rows = {(r["stage"], r["mode"]): r for r in bench.rows}
     assert {s for s, _ in rows} == {"dpo", "grpo", "decode_b1", "decode_b8", "prefill_64"}
     assert all(r["qk_norm"] and r["use_moe"] and r["config"] == "tiny3-moe" for r in bench.rows)
+
+
+def test_rollout_stage_times_batched_multi_turn_episodes_against_one_at_a_time(tmp_path):
+    """--stages rollout: both modes play the same multi-turn tool episodes (a tool result after every turn but the
+    last), the report says how many turns and inserted tokens they had. Speed claims are the README's, not here."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--smoke", "--stages", "rollout",
+                           "--rollout_tasks", "2", "--num_generations", "2", "--rollout_turns", "3",
+                           "--max_gen_len", "64", "--decode_runs", "1", "--warmup", "0", "--output", str(out)],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["mode"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"optimised", "naive"}
+    for r in rows.values():
+        assert r["stage"] == "rollout" and r["episodes"] == 4 and r["real_tokens_per_s"] > 0
+        assert 1 < r["turns_per_episode"] <= 3 and r["inserted_tokens"] > 0  # tool results were appended

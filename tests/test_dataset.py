@@ -1,4 +1,6 @@
-"""Datasets: formats, token-by-token SFT masks, bad-line errors, dynamic padding, resumable sampling."""
+"""Datasets: formats, token-by-token SFT masks, bad-line errors, the truncation check (check_trainable), dynamic
+padding, resumable sampling."""
+import re
 import sys
 from pathlib import Path
 
@@ -8,8 +10,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dataset.lm_dataset import (DataFormatError, DPODataset, JsonlFile, PadCollator, PretrainDataset,  # noqa: E402
-                                RLAIFDataset, SFTDataset, check_pretrain, iter_jsonl)
+from dataset.lm_dataset import (DataFormatError, DataLengthError, DPODataset, JsonlFile, PadCollator,  # noqa: E402
+                                PretrainDataset, RLAIFDataset, SFTDataset, check_pretrain, check_trainable,
+                                iter_jsonl)
 from helpers import write_jsonl  # noqa: E402
 from trainer.trainer_utils import ResumableSampler  # noqa: E402
 
@@ -148,6 +151,67 @@ def test_byte_offsets_handle_multibyte_text(tokenizer, tmp_path):
     recs = [{"text": "中文" * i + "😀"} for i in range(1, 50)]
     f = JsonlFile(write_jsonl(tmp_path / "m.jsonl", recs), check_pretrain, use_cache=False)
     assert [f[i] for i in (0, 17, 48)] == [recs[0], recs[17], recs[48]]
+
+
+# ------------------------------------------------------------------------------------------------ truncation
+# A system prompt of ~200 tokens: under --max_seq_len 64 the sample is cut before its reply (all labels -100).
+LONG_SYSTEM = {"role": "system", "content": "You are MiniMind, a small and helpful assistant. " * 20}
+
+
+def chat(user, reply, system=None):
+    return {"conversations": ([system] if system else []) + [{"role": "user", "content": user},
+                                                             {"role": "assistant", "content": reply}]}
+
+
+def test_check_trainable_stops_when_most_sft_samples_keep_no_label(tokenizer, tmp_path):
+    """All, or more than half, of the samples cut before their reply: an error with the file, the count and a
+    --max_seq_len that fits (checked: at that length nothing is cut)."""
+    for n_cut, n_short in [(4, 0), (3, 2)]:
+        path = write_jsonl(tmp_path / f"cut{n_cut}.jsonl", [chat(f"q{i}", f"a{i}", LONG_SYSTEM) for i in range(n_cut)]
+                           + [chat(f"hi {i}", f"hello {i}") for i in range(n_short)])
+        ds = SFTDataset(path, tokenizer, max_length=64)
+        assert all(set(ds[i]["labels"]) == {-100} for i in range(n_cut))  # the silent failure being caught
+        with pytest.raises(DataLengthError) as e:
+            check_trainable(ds, 64)
+        msg = str(e.value)
+        assert msg.startswith(f"{n_cut} of {n_cut + n_short} samples in {path} have no trainable token after "
+                              f"truncation to --max_seq_len 64: they contribute nothing to the loss."), msg
+        fitting = int(re.search(r"--max_seq_len (\d+) fits 90% of them whole", msg).group(1))
+        assert fitting > 64 and check_trainable(SFTDataset(path, tokenizer, fitting), fitting) == 0
+
+
+def test_check_trainable_warns_about_a_minority_and_counts_from_the_first_reply(tokenizer, tmp_path, capsys):
+    """One cut sample of four: a warning line, and training goes on (the count is returned). A multi-turn sample
+    whose first reply fits but whose later turns are cut still has labels: it counts as trainable."""
+    multi = {"conversations": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                               {"role": "user", "content": "more " * 100}, {"role": "assistant", "content": "ok"}]}
+    path = write_jsonl(tmp_path / "some.jsonl", [chat("q", "a", LONG_SYSTEM), chat("hi", "hello"), multi, multi])
+    ds = SFTDataset(path, tokenizer, max_length=64)
+    assert check_trainable(ds, 64) == 1
+    out = capsys.readouterr().out
+    assert out.startswith(f"[data] warning: 1 of 4 samples in {path} have no trainable token after truncation to "
+                          f"--max_seq_len 64: they contribute nothing to the loss; training goes on"), out
+    assert check_trainable(ds, 64, verbose=False) == 1 and capsys.readouterr().out == ""  # ranks > 0: silent
+    assert check_trainable(ds, 4096) == 0 and capsys.readouterr().out == ""  # nothing cut: nothing printed
+
+
+def test_check_trainable_on_a_large_file_checks_an_even_spread(tokenizer, tmp_path):
+    """Past `max_checked` records the check reads that many, spread over the file, and says so."""
+    path = write_jsonl(tmp_path / "big.jsonl", [chat(f"q{i}", "a", LONG_SYSTEM) for i in range(10)])
+    with pytest.raises(DataLengthError, match=r"^4 of 4 samples in .*big\.jsonl \(4 checked, spread over its 10\) "):
+        check_trainable(SFTDataset(path, tokenizer, 64), 64, max_checked=4)
+
+
+def test_check_trainable_stops_on_rl_prompts_longer_than_the_limit(tokenizer, tmp_path):
+    """RL prompts are cut to their last --max_prompt_len tokens: when most are longer, they lose their start."""
+    path = write_jsonl(tmp_path / "p.jsonl", [{"question": "word " * 50 + f"question {i}"} for i in range(3)]
+                       + [{"question": "short"}])
+    ds = RLAIFDataset(path, tokenizer, 32)
+    with pytest.raises(DataLengthError, match=rf"^3 of 4 prompts in {re.escape(str(path))} are longer than "
+                                              r"--max_prompt_len 32: each is cut to its last 32 tokens .*"
+                                              r"--max_prompt_len \d+ fits 90% of them whole"):
+        check_trainable(ds, 32, "--max_prompt_len")
+    assert check_trainable(RLAIFDataset(path, tokenizer, 0), 0, "--max_prompt_len") == 0  # 0: prompts kept whole
 
 
 # ------------------------------------------------------------------------------------------------ batching

@@ -1,6 +1,7 @@
 """DPO: the loss (trainer/train_dpo.py dpo_loss / sequence_logps), learning on real preference pairs, and the
 script end to end (2-process gloo run, then a resumed single-process run)."""
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -10,8 +11,9 @@ sys.path.insert(0, str(ROOT))
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from dataset.lm_dataset import DPODataset, PadCollator  # noqa: E402
-from helpers import SAMPLE, SHARED, run_script, save_tiny, tiny_cpu_flags, tiny_model, train_log  # noqa: E402
+from dataset.lm_dataset import DataLengthError, DPODataset, PadCollator, check_trainable  # noqa: E402
+from helpers import (SAMPLE, SHARED, run_script, save_tiny, tiny_cpu_flags, tiny_model, train_log,  # noqa: E402
+                     write_jsonl)
 from trainer.train_dpo import dpo_loss, make_reference, sequence_logps  # noqa: E402
 from trainer.trainer_utils import half_state_dict, load_tokenizer  # noqa: E402
 
@@ -114,6 +116,28 @@ def test_dpo_on_real_pairs_learns_the_preference():
     # the reference did not move
     ref_again = make_reference(tiny_model())
     assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), ref_again.state_dict().values()))
+
+
+def test_pairs_cut_before_their_response_stop_the_run(tmp_path):
+    """A long shared prompt cuts both responses away under --max_seq_len: the pair compares nothing. With an earlier
+    assistant turn in the prompt, `last_only` then labels THAT turn, identically on both sides (labels exist, yet
+    the pair teaches nothing): the check counts from the untruncated response, so it catches this case too."""
+    tok = load_tokenizer()
+    prompt = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+              {"role": "user", "content": "Tell me about Paris. " * 30}]
+    pairs = [{"chosen": prompt + [{"role": "assistant", "content": f"Paris is the capital of France ({i})."}],
+              "rejected": prompt + [{"role": "assistant", "content": f"London ({i})."}]} for i in range(3)]
+    short = {side: prompt[:1] + [{"role": "assistant", "content": side}] for side in ("chosen", "rejected")}
+    path = write_jsonl(tmp_path / "d.jsonl", pairs + [short])
+    ds = DPODataset(path, tok, max_length=64)
+    item = ds[0]
+    assert item["chosen_labels"] == item["rejected_labels"] and set(item["chosen_labels"]) != {-100}
+    with pytest.raises(DataLengthError, match=r"^3 of 4 pairs in .*d\.jsonl lose their chosen or rejected response "
+                                              r"to truncation at --max_seq_len 64: they contribute nothing to the "
+                                              r"loss\. --max_seq_len (\d+) fits 90% of them whole") as e:
+        check_trainable(ds, 64)
+    fitting = int(re.search(r"--max_seq_len (\d+) fits", str(e.value)).group(1))
+    assert check_trainable(DPODataset(path, tok, max_length=fitting), fitting) == 0
 
 
 # ----------------------------------------------------------------------------------------------------------------

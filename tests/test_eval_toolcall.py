@@ -25,10 +25,12 @@ def call(name, args):
 
 
 def fixed_policy(first, then="The answer is 42."):
-    """A model with fixed outputs: `first` until a tool result is in the conversation, then `then`."""
-    def policy(conversations, tools):
-        return [ev.turn_from_text(then if any(m["role"] == "tool" for m in conv) else first)
-                for conv in conversations]
+    """A model with fixed outputs (a model/tool_loop.py Policy: open episodes -> one Turn each): `first` until a
+    tool result is in the episode's conversation, then `then`."""
+    def policy(episodes):
+        return [ev.turn_from_text(then if any(m["role"] == "tool" for m in ep.messages) else first)
+                for ep in episodes]
+    policy.thinking = None  # evaluate() passes a policy's thinking switch to its episodes
     return policy
 
 
@@ -236,6 +238,9 @@ def test_tool_sft_teaches_a_tiny_model_to_call_tools(tmp_path):
         if isinstance(system["tools"], str) or len(steps) != 1 or isinstance(steps[0], str) or len(steps[0]) != 1:
             continue  # single-call conversations (the JSON-string spelling is covered by the dataset tests)
         fn = steps[0][0]["function"]
+        # The eval offers model/tools.py's schemas: train on the same ones, so that the prompts it memorises are
+        # the prompts it is asked (the sample file may carry older descriptions of the same tools).
+        system["tools"] = ev.tool_schemas([t["function"]["name"] for t in system["tools"]])
         records.append(rec)
         tasks.append({"id": f"t{len(tasks)}", "question": user["content"], "system": system["content"],
                       "tools": [t["function"]["name"] for t in system["tools"]],

@@ -132,6 +132,132 @@ def test_decoder_admits_rows_mid_batch_with_their_own_sampling(model):
     assert dec.grows >= 1
 
 
+def greedy_turns(model, prompt, turns, penalty=1.0):
+    """The reference of a multi-turn episode: greedy_no_cache over the whole context, turn after turn."""
+    context, out = list(prompt), []
+    for n, suffix in turns:
+        out.append(greedy_no_cache(model, context, n, penalty))
+        context += out[-1] + list(suffix or [])
+    return out
+
+
+def run_turns(model, episodes, sampling, readmit, chunk=None, late=()):
+    """Multi-turn episodes in one BatchDecoder. An episode is (prompt, [(tokens to sample, suffix), ...]): a turn
+    ends after its tokens, then its suffix is appended and the next turn starts (None: the episode ends).
+    readmit=False continues a row in place, `advance(tok, suffixes, budgets)`; readmit=True is the old way, the
+    row leaves (`keep`) and its whole context is admitted again. The episodes in `late` join at the third step.
+    -> (tokens per episode and turn, [(context, logits right after its suffix)] of the in-place rows)."""
+    dec = BatchDecoder(model, stop_token_ids=-1, chunk=chunk)
+    got = {e: [[]] for e in range(len(episodes))}
+    after_suffix = []
+
+    def context(e):  # the prompt and the finished turns with their suffixes
+        prompt, turns = episodes[e]
+        return list(prompt) + [t for toks, (_, suffix) in zip(got[e][:-1], turns) for t in toks + suffix]
+
+    def admit(es):
+        if es:
+            dec.admit([context(e) for e in es], sampling, [episodes[e][1][len(got[e]) - 1][0] for e in es], tags=es)
+
+    admit([e for e in range(len(episodes)) if e not in late])
+    step = 0
+    while len(dec):
+        tok, _ = dec.sample()
+        kept, suffixes, budgets, rejoin = [], [], [], []
+        for i, (row, t) in enumerate(zip(dec.rows, tok.tolist())):
+            e = row.tag
+            got[e][-1].append(t)
+            if row.generated < row.max_new_tokens:
+                kept.append(i), suffixes.append(None), budgets.append(None)
+                continue
+            turns = episodes[e][1]
+            suffix = turns[len(got[e]) - 1][1]
+            if suffix is None:  # the episode is over: its row leaves
+                continue
+            got[e].append([])
+            if readmit:
+                rejoin.append(e)
+            else:
+                kept.append(i), suffixes.append(suffix), budgets.append(turns[len(got[e]) - 1][0])
+        dec.keep(kept)
+        if kept:
+            dec.advance(tok[kept], suffixes, budgets)
+        if any(suffixes):  # a merge: the cache is no wider than its longest row (else every turn would widen it)
+            assert min(row.pad for row in dec.rows) == 0
+        for i, suffix in enumerate(suffixes):
+            if suffix is not None:
+                row = dec.rows[i]
+                ctx = context(row.tag)
+                assert (row.generated, row.max_new_tokens, row.prompt_len) == (0, budgets[i], len(ctx))
+                # The penalty's history: the whole context, right-aligned like the cache, padded by its first token.
+                assert dec.seen is None or dec.seen[i].tolist() == [ctx[0]] * row.pad + ctx
+                after_suffix.append((context(row.tag), dec.logits[i].clone()))
+        admit(rejoin)
+        step += 1
+        if step == 2:
+            admit(list(late))
+    return [got[e] for e in range(len(episodes))], after_suffix
+
+
+# Turns that end at different steps with suffixes of different lengths (an empty one too), some on the same step
+# (sampled tokens 3: episodes 0 and 2; 7: 0, 2 and 3), so that shorter suffixes are padded; episode 1 is a plain
+# single-turn row alongside, the longest, so the rows that take a suffix have padding in common (left out of their
+# sub-batch); episode 3 joins the running batch at the third step.
+EPISODES = [(PROMPTS[0], [(3, [7, 8, 9]), (4, [5]), (2, None)]),
+            ([1] + list(range(1000, 1030)), [(14, None)]),
+            (PROMPTS[2], [(3, list(range(100, 111))), (4, [42, 43]), (1, []), (2, None)]),
+            (PROMPTS[3], [(5, [600, 601, 602, 603, 604, 605]), (3, None)])]
+
+
+@pytest.mark.parametrize("penalty, chunk", [(1.0, None), (1.3, 2)])
+def test_turns_continued_in_the_cache_equal_a_prefill_of_the_whole_context(model, penalty, chunk):
+    """advance() with suffixes: each row appends its tool results in place. The tokens equal the old way
+    (leave, admit the whole context) and every episode run alone, and the logits after a suffix equal a fresh
+    prefill's, with a repetition penalty (its history holds the suffixes) and a cache that grows too."""
+    sampling = Sampling(temperature=0, repetition_penalty=penalty)
+    want = [greedy_turns(model, p, turns, penalty) for p, turns in EPISODES]
+    forwards = []
+    real_forward = model.forward
+
+    def counting(*args, **kwargs):
+        forwards.append(kwargs["input_ids"].numel())
+        return real_forward(*args, **kwargs)
+
+    model.forward = counting
+    try:
+        in_place, after_suffix = run_turns(model, EPISODES, sampling, readmit=False, chunk=chunk, late=[3])
+        cost = sum(forwards)
+        forwards.clear()
+        readmitted, _ = run_turns(model, EPISODES, sampling, readmit=True, chunk=chunk, late=[3])
+    finally:
+        del model.forward
+    assert in_place == readmitted == want
+    assert cost < sum(forwards)  # the contexts are not computed again
+    assert len(after_suffix) == 6
+    with torch.no_grad():
+        for context, logits in after_suffix:
+            torch.testing.assert_close(logits, model(torch.tensor([context])).logits[0, -1].float(),
+                                       atol=1e-4, rtol=1e-4)
+
+
+def test_a_suffix_leaves_the_other_rows_and_the_fast_path_alone(model):
+    """Rows that only advance get exactly what they get alone; suffixes of all None is a plain step."""
+    dec = BatchDecoder(model, stop_token_ids=-1)
+    dec.admit(PROMPTS, Sampling(temperature=0), 6, tags=[0, 1, 2, 3])
+    out = {i: [] for i in range(4)}
+    for step in range(6):
+        tok, _ = dec.sample()
+        for row, t in zip(dec.rows, tok.tolist()):
+            out[row.tag].append(t)
+        suffixes = [[9, 10, 11] if step == 1 and row.tag == 2 else None for row in dec.rows]
+        dec.advance(tok, suffixes, [6] * 4)
+    assert [row.tag for row in dec.rows] == [0, 1, 2, 3]
+    for i in (0, 1, 3):
+        assert out[i] == greedy_no_cache(model, PROMPTS[i], 6)
+    first = greedy_no_cache(model, PROMPTS[2], 2)
+    assert out[2] == first + greedy_no_cache(model, PROMPTS[2] + first + [9, 10, 11], 4)
+
+
 def test_ignore_eos_never_samples_a_stop_token(model):
     want = greedy_no_cache(model, PROMPTS[0], 6)
     dec = BatchDecoder(model, stop_token_ids=[want[0], want[1]])

@@ -36,6 +36,12 @@ def is_mm3(tok):
     return "open_thinking" in (tok.chat_template or "")
 
 
+def tool_listing(tok, name):
+    """How the system prompt lists tool `name`: our template one compact line `name(args): description`,
+    minimind-3's the JSON schema."""
+    return f'"name": "{name}", "description"' if is_mm3(tok) else f"\n{name}(expression): "
+
+
 # Think block every assistant turn gets from minimind-3's template (its template always renders one).
 def think(tok, reasoning=""):
     if reasoning:
@@ -99,7 +105,7 @@ def test_tool_call_sft_mask_token_by_token(tok, tmp_path):
     # Not learned: the tool results, the user question, the system prompt and the tool schemas.
     hidden = tok.decode([t for t, m in zip(ids, learn) if not m], skip_special_tokens=False)
     for part in (CALC_RESULT, TIME_RESULT, "12*7 是多少？东京几点？", "You are MiniMind.",
-                 '"name": "calculate_math", "description"'):
+                 tool_listing(tok, "calculate_math")):
         assert part in hidden
     assert "<tool_response>" in hidden and "<tool_response>" not in learned_text(tok, item)
     # The learned calls parse back into calls our tools run.
@@ -172,15 +178,17 @@ def test_agent_rl_layout(tok, tmp_path):
                              {"role": "user", "content": "算算7109*2920"},
                              {"role": "assistant", "content": ""}],
            "gt": ["20758280"]}
-    path = write_jsonl(tmp_path / "agent.jsonl", [rec, dict(rec, gt=[42, "x"])])
+    path = write_jsonl(tmp_path / "agent.jsonl", [rec, dict(rec, gt=[42, "x"], n_calls=2)])
     ds = AgentRLDataset(path, tok)
     item = ds[0]
     assert item["messages"] == [{"role": "system", "content": ""}, {"role": "user", "content": "算算7109*2920"}]
     assert item["tools"] == tool_schemas(["calculate_math"]) and item["gt"] == ["20758280"]
     assert ds[1]["gt"] == ["42", "x"] and item["index"] == 0
+    # "n_calls" (optional): how many calls the task needs (the agent reward's `calls` term); None when absent
+    assert item["n_calls"] is None and ds[1]["n_calls"] == 2
     assert item["prompt"].endswith("<|im_start|>user\n算算7109*2920<|im_end|>\n<|im_start|>assistant\n"
                                    + ("<think>\n\n</think>\n\n" if is_mm3(tok) else ""))
-    assert '"name": "calculate_math"' in item["prompt"]
+    assert tool_listing(tok, "calculate_math") in item["prompt"]
     assert item["prompt_ids"] == tok(item["prompt"], add_special_tokens=False).input_ids
     batch = collate_lists([ds[0], ds[1]])
     assert batch["gt"] == [["20758280"], ["42", "x"]] and len(batch["messages"]) == 2
@@ -249,6 +257,10 @@ def test_invalid_fields_in_dpo_rlaif_and_agent_files(tok, tmp_path):
         rec = {"conversations": ok_turns} if gt is None else {"conversations": ok_turns, "gt": gt}
         with pytest.raises(DataFormatError, match=rf'{name}\.jsonl:1: "gt" must be a non-empty list'):
             AgentRLDataset(write_jsonl(tmp_path / f"{name}.jsonl", [rec]), tok)
+    for n, name in ((-1, "n1"), (1.5, "n2"), (True, "n3"), ("2", "n4")):
+        with pytest.raises(DataFormatError, match=rf'{name}\.jsonl:1: "n_calls" .* must be a whole number >= 0'):
+            AgentRLDataset(write_jsonl(tmp_path / f"{name}.jsonl", [{"conversations": ok_turns, "gt": ["1"],
+                                                                     "n_calls": n}]), tok)
     with pytest.raises(DataFormatError, match=r"r2\.jsonl:1: .*gt"):
         RLAIFDataset(write_jsonl(tmp_path / "r2.jsonl", [{"conversations": ok_turns, "gt": "20"}]), tok)
     twice = {"tools": tool_schemas(["calculate_math"]),

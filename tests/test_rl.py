@@ -15,10 +15,10 @@ from dataset.lm_dataset import DataFormatError  # noqa: E402
 from helpers import (SAMPLE, SHARED, run_trainer, straight_and_resumed, tiny_model, train_log,  # noqa: E402
                      write_jsonl)
 from trainer.rl_utils import (RewardFunction, RewardModelScorer, RLPromptDataset, add_rl_args,  # noqa: E402
-                              aggregate_loss, chatml_messages, check_rl_args, clipped_policy_loss,
-                              clipped_value_loss, collate_prompts, extract_gold_answer, extract_predicted_answer,
-                              format_reward, gae, group_advantages, gsm8k_reward, kl_k1, kl_k3, length_reward,
-                              parse_reward_spec, rollout, token_logps)
+                              aggregate_loss, build_reward_function, chatml_messages, check_rl_args,
+                              clipped_policy_loss, clipped_value_loss, collate_prompts, extract_gold_answer,
+                              extract_predicted_answer, format_reward, gae, group_advantages, gsm8k_reward, kl_k1,
+                              kl_k3, length_reward, parse_reward_spec, rollout, token_logps)
 from trainer.train_ppo import CriticModel  # noqa: E402
 from trainer.train_spo import SPOValueTracker  # noqa: E402
 from trainer.trainer_utils import (Batches, DistState, add_common_args, load_checkpoint,  # noqa: E402
@@ -266,6 +266,19 @@ def test_reward_model_get_score_and_weighted_sum():
     assert torch.allclose(total, torch.tensor([3.0 + 0.5 + 2.0, -1.0]))
     with pytest.raises(ValueError):
         RewardFunction([("model", 1.0)], None)
+    # A stage's own rules fn(response, answer, extra) (agent RL: AGENT_RULES), per-row extras, the weighted sum
+    # clipped to +-total_clip, and a None response (an unfinished episode) scored by the reward model as "".
+    seen = []
+    fn = RewardFunction([("model", 1.0), ("echo", 2.0)], scorer, reward_clip=3.0, total_clip=4.0,
+                        rules={"echo": lambda r, a, x: seen.append((r, a)) or x})
+    total, parts = fn(messages, [responses[0], None], ["a", "b"], extras=[1.0, -3.0])
+    assert seen == [(responses[0], "a"), (None, "b")]
+    assert torch.allclose(parts["echo"], torch.tensor([1.0, -3.0]))
+    assert torch.allclose(parts["model"], torch.tensor([3.0, -1.0]))
+    assert torch.allclose(total, torch.tensor([4.0, -4.0]))  # 3 + 2 = 5 and -1 - 6 = -7, clipped to +-4
+    fn = build_reward_function([("echo", 1.0)], "cpu", rules={"echo": lambda r, a, x: x}, total_clip=0.5,
+                               log=lambda *a: None)
+    assert torch.allclose(fn(messages, responses, ["a", "b"], [2.0, 0.25])[0], torch.tensor([0.5, 0.25]))
 
 
 def test_chatml_messages_roundtrip(tokenizer):
@@ -428,8 +441,10 @@ def test_grpo_gsm8k_reward_variance_and_resume(tmp_path, base_weights):
     if not data.exists():
         pytest.skip(f"{data} not found: the shared real-data folder sits beside the repo only in CI/dev setups")
     # A random tiny model never solves GSM8K; the character-length shaping term gives rewards a spread.
+    # --max_prompt_len 192: whole GSM8K prompts (at FAST's 64 most would be cut, and the run refuses to start)
     common = [*FAST, "--from_weight", base_weights, "--data_path", data, "--num_generations", 3,
-              "--reward", "gsm8k:1.0,format:0.5,length:0.1", "--length_target", 50, "--loss_type", "dapo"]
+              "--reward", "gsm8k:1.0,format:0.5,length:0.1", "--length_target", 50, "--loss_type", "dapo",
+              "--max_prompt_len", 192]
     straight, resumed, stopped = straight_and_resumed("train_grpo.py", common, [], ["--max_steps", 1], tmp_path)
     assert stopped == {"grpo_64_resume.pth": (1, 2)}
     rows = train_log(resumed / "out", "grpo_64")

@@ -186,12 +186,10 @@ WEATHER_TOOL = {
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
     },
 }
+# Tools are listed compactly, one line per tool (full JSON schemas cost a small model ~10x the prompt tokens).
 TOOLS_SUFFIX = (
-    "# Tools\n\nYou can call the functions below to help answer the user. "
-    "Their JSON schemas are listed inside <tools></tools>:\n<tools>\n"
-    + json.dumps(WEATHER_TOOL, ensure_ascii=False)
-    + "\n</tools>\n\nTo call a function, reply with one block per call in this exact format:\n"
-    '<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call><|im_end|>\n'
+    "# Tools\n<tools>\nget_weather(city): 查询天气\n</tools>\nCall a tool with:\n"
+    '<tool_call>\n{"name": <tool>, "arguments": {<args>}}\n</tool_call><|im_end|>\n'
 )
 
 
@@ -202,6 +200,22 @@ def test_template_tools_in_system(tok):
     # with a system message: user's system text first, then the tools
     out = render(tok, [{"role": "system", "content": "Be brief."}] + user, tools=[WEATHER_TOOL])
     assert out == "<|im_start|>system\nBe brief.\n\n" + TOOLS_SUFFIX + "<|im_start|>user\n北京天气？<|im_end|>\n"
+
+
+def test_template_tool_lines_are_compact(tok):
+    """name(arg, num: number, optional?, choice: a|b): description; strings untyped, argument descriptions left
+    out; a schema without the {"type": "function"} wrapper and one without arguments or a description work too."""
+    convert = {"type": "function", "function": {
+        "name": "convert", "description": "单位换算", "parameters": {"type": "object", "properties": {
+            "value": {"type": "number"}, "unit": {"type": "string", "description": "e.g. km"},
+            "to": {"type": "string", "enum": ["km", "mile"]}, "digits": {"type": ["integer", "null"]}},
+            "required": ["value", "unit", "to"]}}}
+    bare = {"name": "now", "parameters": {"type": "object", "properties": {}}}
+    out = render(tok, [{"role": "user", "content": "hi"}], tools=[convert, bare])
+    assert out.startswith("<|im_start|>system\n# Tools\n<tools>\n"
+                          "convert(value: number, unit, to: km|mile, digits?: integer|null): 单位换算\n"
+                          "now()\n</tools>\n")
+    assert "e.g. km" not in out and '"parameters"' not in out
 
 
 def test_template_assistant_tool_calls(tok):

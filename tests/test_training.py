@@ -11,7 +11,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from helpers import SAMPLE, SHARED, TINY, run_script, run_trainer, train_log  # noqa: E402
+from helpers import (SAMPLE, SHARED, TINY, run_script, run_trainer, tiny_cpu_flags, train_log,  # noqa: E402
+                     write_jsonl)
 from model.atomic_io import atomic_save  # noqa: E402
 from model.model_minimind import MiniMindConfig  # noqa: E402
 from model.runtime import resolve_dtype  # noqa: E402
@@ -167,6 +168,38 @@ def test_document_aware_packing_trains_and_flex_on_cpu_is_refused(tmp_path):
     doc = [r["loss"] for r in train_log(tmp_path / "doc" / "out", "pretrain_64")]
     plain = [r["loss"] for r in train_log(tmp_path / "plain" / "out", "pretrain_64")]
     assert len(doc) == len(plain) >= 1 and doc[0] != pytest.approx(plain[0], abs=1e-6), "the mask changed nothing"
+
+
+def test_sft_whose_samples_are_cut_before_their_replies_stops_before_training(tmp_path, tokenizer, run_in_process,
+                                                                               capsys):
+    """A system prompt longer than --max_seq_len cuts every sample before its reply: all labels -100, so the run
+    used to log `loss: 0.0000 grad_norm: 0.000` and save untrained weights. It must stop (exit status 2) with one
+    error line that names the file, the count and a --max_seq_len that fits, and write no weights; with only a
+    minority cut, it warns and trains. Run in-process through the script's real CLI (run_in_process)."""
+    from dataset.lm_dataset import SFTDataset, check_trainable
+    script = ROOT / "trainer" / "train_full_sft.py"
+    system = {"role": "system", "content": "You are MiniMind, a small and helpful assistant. " * 20}  # ~200 tokens
+    cut = [{"conversations": [system, {"role": "user", "content": f"Question {i}?"},
+                              {"role": "assistant", "content": f"Answer {i}."}]} for i in range(6)]
+    data = write_jsonl(tmp_path / "long_system.jsonl", cut)
+    common = ["--from_weight", "none", "--max_seq_len", 64, "--batch_size", 2, "--max_steps", 2, "--log_interval", 1]
+    with pytest.raises(SystemExit) as exit_:
+        run_in_process(script, *tiny_cpu_flags(tmp_path / "all", tmp_path / "all"), "--data_path", data, *common)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err, err
+    assert f"error: 6 of 6 samples in {data} have no trainable token after truncation to --max_seq_len 64" in err, err
+    assert not list((tmp_path / "all").rglob("*.pth")), "no weights, no checkpoint"
+    fitting = int(re.search(r"--max_seq_len (\d+) fits 90% of them whole", err).group(1))
+    assert check_trainable(SFTDataset(data, tokenizer, fitting), fitting) == 0  # the suggestion does fit
+
+    short = [{"conversations": [{"role": "user", "content": f"Hi {i}"}, {"role": "assistant", "content": f"Hi {i}!"}]}
+             for i in range(5)]
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", short + cut[:1])
+    out = run_in_process(script, *tiny_cpu_flags(tmp_path / "some", tmp_path / "some"), "--data_path", mixed, *common)
+    assert (f"[data] warning: 1 of 6 samples in {mixed} have no trainable token after truncation to --max_seq_len 64"
+            in out and "training goes on with the others" in out), out
+    assert (tmp_path / "some" / "full_sft_64.pth").exists()
+    assert all(r["loss"] > 0 for r in train_log(tmp_path / "some", "full_sft_64"))
 
 
 def test_missing_from_weight_is_clear(tmp_path):

@@ -19,7 +19,6 @@ Every function here is plain tensor code with the shapes in its docstring, so te
 one on hand values.
 """
 import argparse
-import math
 import re
 import sys
 from contextlib import nullcontext
@@ -37,6 +36,7 @@ if str(ROOT) not in sys.path:
 from dataset.lm_dataset import DataFormatError, RLAIFDataset  # noqa: E402
 from model.checkpoint import WeightLoadError, unwrap  # noqa: E402
 from model.generation import generate  # noqa: E402
+from model.scoring import answer_fraction, final_number, gold_number, same_number  # noqa: E402
 
 # Upstream keeps the InternLM2 reward model as a sibling of the repository (../internlm2-1_8b-reward).
 DEFAULT_REWARD_MODEL = ROOT.parent / "internlm2-1_8b-reward"
@@ -50,7 +50,7 @@ CISPO_EPS_HIGH = 4.0
 # Arguments
 # ================================================================================================================
 def add_rl_args(parser, *, max_prompt_len=256, max_gen_len=1536, temperature=0.8, reward="model",
-                reward_help: Optional[str] = None, kl_beta: Optional[float] = None):
+                reward_help: Optional[str] = None, kl_beta: Optional[float] = None, total_clip: float = 0.0):
     """Rollout and reward flags shared by ppo / grpo / spo / agent (the algorithm's own flags stay in its script).
     `reward_help` replaces the --reward help for a stage with other reward terms (train_agent.py); `kl_beta`
     adds --beta with that default (the stages with a k3 KL penalty to the reference: grpo, spo, agent)."""
@@ -73,6 +73,8 @@ def add_rl_args(parser, *, max_prompt_len=256, max_gen_len=1536, temperature=0.8
                    help="reward model folder: InternLM2-style (get_score, trust_remote_code) or any "
                         "AutoModelForSequenceClassification")
     p.add_argument("--reward_clip", type=float, default=3.0, help="reward-model scores are clipped to +-this")
+    p.add_argument("--reward_total_clip", type=float, default=total_clip,
+                   help="the weighted sum of the terms is clipped to +-this (0 = no clip)")
     p.add_argument("--reward_batch_size", type=int, default=8, help="conversations per reward-model forward")
     p.add_argument("--length_target", type=int, default=512,
                    help="length term: 0 up to this many characters, falling linearly to -1 at twice as many")
@@ -262,44 +264,20 @@ def length_reward(response: str, target_chars: int) -> float:
     return -min(1.0, over / max(1, target_chars))
 
 
-NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
-ANSWER_SPAN = re.compile(r"<answer>(.*?)</answer>", re.S)
-GOLD = re.compile(r"####\s*(.+)")
-
-
-def _to_number(text: str) -> Optional[float]:
-    text = text.replace(",", "").rstrip(".")
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
-def extract_gold_answer(answer: str) -> Optional[float]:
-    """GSM8K reference solution '...#### 1,234' -> 1234.0 (None when there is no '####' line)."""
-    m = GOLD.search(answer)
-    if not m:
-        return None
-    nums = NUMBER.findall(m.group(1).replace("\u2212", "-").replace("$", ""))
-    return _to_number(nums[0]) if nums else None
-
-
-def extract_predicted_answer(response: str) -> Optional[float]:
-    """The model's final number: the last number inside <answer>...</answer> if present, else the last number
-    anywhere in the text. Handles thousands separators, signs (also U+2212) and decimals."""
-    spans = ANSWER_SPAN.findall(response)
-    text = (spans[-1] if spans else response).replace("\u2212", "-")
-    nums = NUMBER.findall(text)
-    return _to_number(nums[-1]) if nums else None
+# The answer rules live in model/scoring.py, shared with the evals: eval_benchmark's GSM8K accuracy counts a reply
+# as correct exactly when this reward pays 1 for it. The old names stay for the callers that use them.
+extract_gold_answer = gold_number        # "... #### 1,234" -> 1234.0; None without a '#### N' line
+extract_predicted_answer = final_number  # '#### N', else the last number in <answer>..</answer>, else the last one
 
 
 def gsm8k_reward(response: str, answer: str) -> float:
-    gold = extract_gold_answer(answer)
+    """1.0 when the response's final number (model/scoring.py final_number) equals the GSM8K reference's '#### N'
+    (same_number's tolerance), else 0.0. A reference without '#### N' is a data error, not a wrong answer."""
+    gold = gold_number(answer)
     if gold is None:
         raise DataFormatError(f"--reward gsm8k needs GSM8K records {{\"question\", \"answer\": \"... #### N\"}}; "
-                         f"this record's answer has no '#### N': {answer[:80]!r}")
-    pred = extract_predicted_answer(response)
-    return float(pred is not None and math.isclose(pred, gold, rel_tol=0.0, abs_tol=1e-6))
+                              f"this record's answer has no '#### N': {answer[:80]!r}")
+    return float(same_number(final_number(response), gold))
 
 
 def render_conversation(tokenizer, messages: List[dict]) -> str:
@@ -367,36 +345,115 @@ class RewardModelScorer:
         return torch.cat(scores)
 
 
+# ---- agentic RL: rules over a whole tool episode (model/tool_loop.Episode), `answer` = the task's gt list
+def needed_calls(episode, n_calls: Optional[int]) -> int:
+    """How many calls the task needs: its "n_calls" field, else 1 when tools are offered (upstream's agent_rl
+    tasks are all tool tasks), else 0."""
+    return n_calls if n_calls is not None else int(bool(episode.tools))
+
+
+def agent_answer_reward(episode, gt: Sequence[str], n_calls: Optional[int] = None) -> float:
+    """The fraction of `gt` found in the final answer (model/scoring.py, the same rule as the tool eval); 0 for an
+    unfinished episode. A task that needs a tool pays nothing for an answer reached without one successful call:
+    a guess (or a memorised number) is not tool use, and paying for it is how a policy learns to stop calling."""
+    if episode.answer is None:
+        return 0.0
+    if needed_calls(episode, n_calls) > 0 and not any(ok for _, ok in episode.calls):
+        return 0.0
+    return answer_fraction(episode.answer, gt)
+
+
+def tool_reward(calls: Sequence[Tuple[str, bool]]) -> float:
+    """(successful - failed) / attempts in [-1, 1]; 0 without calls. Failed: malformed, unknown or unoffered
+    tool, arguments the tool refuses."""
+    if not calls:
+        return 0.0
+    good = sum(ok for _, ok in calls)
+    return (2 * good - len(calls)) / len(calls)
+
+
+def calls_reward(n: int, needed: int) -> float:
+    """-|calls - needed| / needed, in [-1, 0] (upstream's call-count term). A task that needs a tool and gets no
+    call scores -1 here, so it can never beat a valid call with a wrong answer (tests/test_agent.py)."""
+    if needed == 0:
+        return -min(1.0, float(n))
+    return -min(1.0, abs(n - needed) / needed)
+
+
+def closure_reward(turns) -> float:
+    """Format closure: -1 if any turn leaves a <tool_call> or <think> block unclosed (or closes one never opened),
+    else 0. A turn cut at its token budget is not held against this term (`unfinished` covers it)."""
+    for t in turns:
+        for a, b in (("<tool_call>", "</tool_call>"), ("<think>", "</think>")):
+            if t.text.count(a) != t.text.count(b) and t.finished:
+                return -1.0
+    return 0.0
+
+
+def repetition_reward(turns, n: int = 4) -> float:
+    """-(share of repeated character n-grams) in what the model wrote to the user and to itself (each turn's
+    content and reasoning), in [-1, 0]: degenerate loops ("7777...", a sentence again and again) cost, varied text
+    does not. The calls are left out: their JSON syntax repeats by design, and counting it would make every call
+    cost a little, i.e. pay for skipping a tool."""
+    text = "\n".join(t.reasoning + "\n" + t.content for t in turns)
+    grams = [text[i:i + n] for i in range(len(text) - n + 1)]
+    return -(1.0 - len(set(grams)) / len(grams)) if len(grams) > 1 else 0.0
+
+
+TEXT_RULES = {  # name -> fn(response, answer, extra) for the text RL stages (PPO, GRPO, SPO)
+    "format": lambda r, a, x: format_reward(r),
+    "gsm8k": lambda r, a, x: gsm8k_reward(r, a),
+}
+AGENT_RULES = {  # the agent stage: `extra` is (episode, n_calls); `answer` the gt list
+    "answer": lambda r, a, x: agent_answer_reward(x[0], a, x[1]),
+    "tool": lambda r, a, x: tool_reward(x[0].calls),
+    "calls": lambda r, a, x: calls_reward(len(x[0].calls), needed_calls(*x)),
+    "format": lambda r, a, x: closure_reward(x[0].turns),
+    "unfinished": lambda r, a, x: -float(x[0].answer is None),
+    "repetition": lambda r, a, x: repetition_reward(x[0].turns),
+}
+
+
 class RewardFunction:
-    """The weighted sum of the requested terms; also returns each term for logging."""
+    """The weighted sum of the requested --reward terms, the one combiner of every RL stage; also returns each term
+    for logging. `rules` maps a term name to fn(response, answer, extra) -> float (TEXT_RULES, AGENT_RULES); the
+    `model` term asks the reward model about the prompt + response (clipped to +-reward_clip), `length` is the
+    verbosity penalty. `total_clip` (> 0) clips the weighted sum to +-total_clip, so no single term can swamp a
+    group's advantage."""
 
     def __init__(self, terms: List[Tuple[str, float]], reward_model: Optional[RewardModelScorer] = None,
-                 length_target: int = 512, reward_clip: float = 3.0):
+                 length_target: int = 512, reward_clip: float = 3.0, rules: Optional[dict] = None,
+                 total_clip: float = 0.0):
         self.terms, self.reward_model = terms, reward_model
-        self.length_target, self.reward_clip = length_target, reward_clip
+        self.length_target, self.reward_clip, self.total_clip = length_target, reward_clip, total_clip
+        self.rules = TEXT_RULES if rules is None else rules
         if any(n == "model" for n, _ in terms) and reward_model is None:
             raise ValueError("the 'model' reward term needs a reward model")
 
-    def __call__(self, messages: List[List[dict]], responses: List[str], answers: List[str]):
-        """messages: the prompt turns of each row; -> (total (B,), {term: (B,)})."""
+    def __call__(self, messages: List[List[dict]], responses: List[str], answers: Sequence,
+                 extras: Optional[Sequence] = None):
+        """messages: the prompt turns of each row; responses: the replies (None: an unfinished episode);
+        answers / extras: what the rules compare against -> (total (B,), {term: (B,)})."""
+        extras = [None] * len(responses) if extras is None else extras
         parts: Dict[str, torch.Tensor] = {}
         for name, _ in self.terms:
             if name == "model":
-                convs = [m + [{"role": "assistant", "content": r}] for m, r in zip(messages, responses)]
+                convs = [m + [{"role": "assistant", "content": r or ""}] for m, r in zip(messages, responses)]
                 parts[name] = self.reward_model(convs).float().clamp(-self.reward_clip, self.reward_clip)
-            elif name == "format":
-                parts[name] = torch.tensor([format_reward(r) for r in responses])
             elif name == "length":
-                parts[name] = torch.tensor([length_reward(r, self.length_target) for r in responses])
-            elif name == "gsm8k":
-                parts[name] = torch.tensor([gsm8k_reward(r, a) for r, a in zip(responses, answers)])
-        total = sum(w * parts[n] for n, w in self.terms)
-        return total.float(), parts
+                parts[name] = torch.tensor([length_reward(r or "", self.length_target) for r in responses])
+            else:
+                parts[name] = torch.tensor([float(self.rules[name](r, a, x))
+                                            for r, a, x in zip(responses, answers, extras)])
+        total = sum(w * parts[n].float() for n, w in self.terms).float()
+        if self.total_clip > 0:
+            total = total.clamp(-self.total_clip, self.total_clip)
+        return total, parts
 
 
 def build_reward_function(terms: List[Tuple[str, float]], device, reward_model_path=DEFAULT_REWARD_MODEL,
                           reward_batch_size: int = 8, length_target: int = 512, reward_clip: float = 3.0,
-                          log=print) -> RewardFunction:
+                          log=print, rules: Optional[dict] = None, total_clip: float = 0.0) -> RewardFunction:
     """The --reward terms as one callable; loads the reward model only when the 'model' term asks for it."""
     scorer = None
     if any(n == "model" for n, _ in terms):
@@ -404,7 +461,7 @@ def build_reward_function(terms: List[Tuple[str, float]], device, reward_model_p
         log(f"reward model: {reward_model_path} "
             f"({'get_score' if scorer.has_get_score else 'sequence classification'})")
     log("reward = " + " + ".join(f"{w:g}*{n}" for n, w in terms))
-    return RewardFunction(terms, scorer, length_target, reward_clip)
+    return RewardFunction(terms, scorer, length_target, reward_clip, rules, total_clip)
 
 
 def reward_metrics(rewards: torch.Tensor, parts: Dict[str, torch.Tensor]) -> dict:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any directory
 
-from dataset.lm_dataset import IGNORE_INDEX, SFTDataset  # noqa: E402
+from dataset.lm_dataset import IGNORE_INDEX, SFTDataset, check_trainable  # noqa: E402
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
 from trainer.trainer_utils import (TrainRun, WeightLoadError, add_common_args, ddp_sync,  # noqa: E402
                                    init_distributed, init_model, load_weights, make_optimizer, model_config_from_args,
@@ -130,6 +130,7 @@ def main():
     teacher = load_teacher(args.teacher_weight, teacher_config, args.save_dir, ddp.device)
     check_same_vocab(model, teacher)
     dataset = SFTDataset(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines)
+    check_trainable(dataset, args.max_seq_len, verbose=ddp.is_main)  # stop if truncation leaves nothing to learn
     batches = run.batches(dataset, pad_id=tokenizer.pad_token_id)
     autocast, scaler = run.precision()
     optimizer = make_optimizer(model.parameters(), args.learning_rate, args.weight_decay, ddp.device)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any directory
 
-from dataset.lm_dataset import IGNORE_INDEX, DPODataset  # noqa: E402
+from dataset.lm_dataset import IGNORE_INDEX, DPODataset, check_trainable  # noqa: E402
 from trainer.trainer_utils import (TrainRun, add_common_args, ddp_sync, init_distributed, init_model,  # noqa: E402
                                    make_optimizer, model_config_from_args, optimizer_step, print0, run_main, set_lr)
 
@@ -103,6 +103,7 @@ def main():
     # The reference is the *starting* weights, also on resume (run.start then loads the trained policy).
     ref_model = make_reference(model)
     dataset = DPODataset(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines)
+    check_trainable(dataset, args.max_seq_len, verbose=ddp.is_main)  # stop if truncation cuts away the responses
     batches = run.batches(dataset, pad_id=tokenizer.pad_token_id)
     autocast, scaler = run.precision()
     optimizer = make_optimizer(model.parameters(), args.learning_rate, args.weight_decay, ddp.device)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any directory
 
-from dataset.lm_dataset import SFTDataset  # noqa: E402
+from dataset.lm_dataset import SFTDataset, check_trainable  # noqa: E402
 from model.model_lora import (DEFAULT_TARGETS, apply_lora, count_parameters, lora_state_dict,  # noqa: E402
                               save_lora_meta)
 from trainer.trainer_utils import (TrainRun, add_common_args, ddp_sync, init_distributed, init_model,  # noqa: E402
@@ -59,6 +59,7 @@ def main():
     print0(f"LoRA rank {args.lora_rank}, alpha {args.lora_alpha:g} on {args.lora_targets}: {trainable / 1e6:.3f}M "
            f"trainable of {total / 1e6:.3f}M parameters ({100 * trainable / total:.2f}%)")
     dataset = SFTDataset(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines)
+    check_trainable(dataset, args.max_seq_len, verbose=ddp.is_main)  # stop if truncation leaves nothing to learn
     batches = run.batches(dataset, pad_id=tokenizer.pad_token_id)
     autocast, scaler = run.precision()
     # Only the adapters require grad (apply_lora froze the rest): the optimizer holds just them.

@@ -40,6 +40,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any directory
 
+from dataset.lm_dataset import check_trainable  # noqa: E402
 from model.model_minimind import MiniMindConfig, MiniMindModel  # noqa: E402
 from trainer.rl_utils import (KL_ESTIMATORS, RLPromptDataset, add_rl_args, build_reward_function,  # noqa: E402
                               check_rl_args, clipped_policy_loss, clipped_value_loss, collate_prompts, gae,
@@ -123,6 +124,7 @@ def main():
     reward_fn = build_reward_function(reward_terms, ddp.device, args.reward_model_path, args.reward_batch_size,
                                       args.length_target, args.reward_clip, print0)
     dataset = RLPromptDataset(args.data_path, tokenizer, args.max_prompt_len, args.skip_bad_lines)
+    check_trainable(dataset, args.max_prompt_len, "--max_prompt_len", verbose=ddp.is_main)  # stop if most are cut
     batches = run.batches(dataset, collate_fn=collate_prompts)
 
     # ---- two optimizers, each with its own loss scale (fp16): the critic's gradients are not the actor's

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any directory
 
-from dataset.lm_dataset import IGNORE_INDEX, SFTDataset  # noqa: E402
+from dataset.lm_dataset import IGNORE_INDEX, SFTDataset, check_trainable  # noqa: E402
 from trainer.trainer_utils import (TrainRun, add_common_args, ddp_sync, init_distributed, init_model,  # noqa: E402
                                    make_optimizer, model_config_from_args, optimizer_step, print0, run_main, set_lr)
 
@@ -86,6 +86,7 @@ def main():
     tag_ids = tag_token_ids(tokenizer)
     print0(f"tag tokens {dict(zip(REASON_TAGS, tag_ids))} weigh {args.special_token_weight:g}")
     dataset = SFTDataset(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines)
+    check_trainable(dataset, args.max_seq_len, verbose=ddp.is_main)  # stop if truncation leaves nothing to learn
     batches = run.batches(dataset, pad_id=tokenizer.pad_token_id)
     autocast, scaler = run.precision()
     optimizer = make_optimizer(model.parameters(), args.learning_rate, args.weight_decay, ddp.device)

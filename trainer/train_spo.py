@@ -48,6 +48,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any directory
 
+from dataset.lm_dataset import check_trainable  # noqa: E402
 from trainer.rl_utils import (RLPromptDataset, add_rl_args, aggregate_loss, all_gather_cat,  # noqa: E402
                               build_reward_function, check_rl_args, clipped_policy_loss, collate_prompts, kl_k3,
                               masked_mean, reward_metrics, rollout, step_generator, token_logps)
@@ -154,6 +155,7 @@ def main():
     reward_fn = build_reward_function(reward_terms, ddp.device, args.reward_model_path, args.reward_batch_size,
                                       args.length_target, args.reward_clip, print0)
     dataset = RLPromptDataset(args.data_path, tokenizer, args.max_prompt_len, args.skip_bad_lines)
+    check_trainable(dataset, args.max_prompt_len, "--max_prompt_len", verbose=ddp.is_main)  # stop if most are cut
     batches = run.batches(dataset, collate_fn=collate_prompts)
     tracker = SPOValueTracker(len(dataset), args.spo_rho_min, args.spo_rho_max, args.spo_d_half,
                               args.spo_rho_mode, args.spo_rho)
