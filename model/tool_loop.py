@@ -225,7 +225,7 @@ def run_episodes(model, tokenizer, episodes: List[Episode], *, max_turns: int, m
             dec.admit([e.context for e in group], sampling, [room(e) for e in group], tags=group)
         while len(dec):
             tok, _ = dec.sample()
-            toks, stops = tok.tolist(), dec.is_stop(tok).tolist()  # the one host sync per step
+            toks, stops = torch.stack([tok, dec.is_stop(tok).long()]).tolist()  # the one host sync per step
             keep, suffixes, budgets = [], [], []
             for i, (row, t, stop) in enumerate(zip(dec.rows, toks, stops)):
                 ep = row.tag
@@ -240,7 +240,7 @@ def run_episodes(model, tokenizer, episodes: List[Episode], *, max_turns: int, m
                 text = tokenizer.decode(sampled[:-1] if stop else sampled, skip_special_tokens=False)
                 history = list(ep.messages)
                 goes_on = ep.take_turn(parse(("<think>" if ep.opens_think else "") + text),
-                                       finished=stop, can_continue=len(ep.turns) + 1 < max_turns, run=run)
+                                       finished=bool(stop), can_continue=len(ep.turns) + 1 < max_turns, run=run)
                 if not goes_on:
                     continue
                 inserted = tool_turn_ids(tokenizer, ep, history)
@@ -259,6 +259,6 @@ def run_episodes(model, tokenizer, episodes: List[Episode], *, max_turns: int, m
             if len(dec):
                 # Rows that go on with tool results get them written into their KV cache after their sampled
                 # <|im_end|>; the others just advance by their sampled token.
-                dec.advance(tok, suffixes if any(s is not None for s in suffixes) else None, budgets)
+                dec.advance(tok, suffixes, budgets)
     return episodes
 

@@ -315,7 +315,7 @@ def test_chat_prompt_renders_template(tokenizer):
     assert chat_prompt(tokenizer, msgs).endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
     assert chat_prompt(tokenizer, msgs, enable_thinking=False).endswith("<think>\n\n</think>\n\n")
     tools = [{"type": "function", "function": {"name": "get_time"}}]
-    assert '"get_time"' in chat_prompt(tokenizer, msgs, tools=tools)
+    assert "<tools>\nget_time()\n</tools>" in chat_prompt(tokenizer, msgs, tools=tools)  # our compact tool line
 
 
 @pytest.mark.parametrize("show", [1, 0])

@@ -363,7 +363,8 @@ def scripted_reply(tokenizer, ids) -> str:
         return "required"
     if "<tool_response>" in prompt:
         return "answer"
-    return "calc" if '"calculate_math"' in prompt else "default"
+    # the tool list: our compact template writes calculate_math(expression), minimind-3's the JSON schema
+    return "calc" if "calculate_math" in prompt else "default"
 
 
 def scripted_app(tokenizer, **limits):
