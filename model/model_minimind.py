@@ -682,11 +682,20 @@ class MiniMindForCausalLM(MiniMindPreTrainedModel, GenerationMixin):
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None,
                 use_cache: bool = False, labels=None, logits_to_keep=0, inputs_embeds=None, past_key_values=None,
-                **kwargs):
+                labelled_only: bool = False, **kwargs):
         # `cache` / `past_key_values`: a transformers Cache or our StaticKVCache, under either name (see CACHE_FIELD)
         hidden_states, cache, aux_loss = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             cache=pick_cache(cache, past_key_values), use_cache=use_cache, inputs_embeds=inputs_embeds)
+        if labels is not None and labelled_only:
+            # Chat SFT scores only the assistant's tokens: system, user and tool turns (often 50-80% of a row) need
+            # no logits. In a small model the (T x vocab) head is a large share of the compute (half of it at hidden
+            # 128, vocab 6400), so project and score only the labelled positions. Same loss, same gradients;
+            # out.logits is None. Boolean indexing has a data-dependent shape: callers skip it under torch.compile.
+            keep = labels[:, 1:] != -100
+            logits = self.lm_head(hidden_states[:, :-1][keep])
+            loss = F.cross_entropy(logits.float(), labels[:, 1:][keep], reduction="sum") / keep.sum().clamp(min=1)
+            return MoeCausalLMOutputWithPast(loss=loss, aux_loss=aux_loss, logits=None, **{CACHE_FIELD: cache})
         # Only the last `logits_to_keep` positions need logits when generating: skips a (T x vocab) matmul.
         sl = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, sl, :])

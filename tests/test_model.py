@@ -160,6 +160,31 @@ def test_loss_ignores_minus_100_and_matches_manual():
     assert torch.allclose(out.loss, manual)
 
 
+
+@pytest.mark.parametrize("use_moe", [False, True])
+def test_labelled_only_loss_and_gradients_equal_the_full_head(use_moe):
+    """SFT's labelled_only=True projects only the labelled positions: the same loss and the same gradients
+    (rows with no label at all included), with no logits returned."""
+    model = tiny_model(use_moe=use_moe).train()
+    ids = torch.randint(0, 6400, (3, 12))
+    labels = ids.clone()
+    labels[:, :7] = -100
+    labels[1] = -100  # a row whose assistant turn was truncated away
+    grads, losses = [], []
+    for labelled_only in (False, True):
+        model.zero_grad()
+        out = model(ids, labels=labels, labelled_only=labelled_only)
+        (out.loss + out.aux_loss).backward()
+        losses.append(out.loss.detach())
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+        assert (out.logits is None) == labelled_only
+    assert torch.allclose(losses[0], losses[1], atol=1e-6)
+    assert len(grads[0]) == len(grads[1])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-6)
+    none = torch.full_like(labels, -100)  # nothing to learn: 0, not NaN
+    assert model(ids, labels=none, labelled_only=True).loss.item() == 0.0
+
 # ------------------------------------------------------------------------------------------------ HF round trip
 def test_save_pretrained_round_trip_with_remote_code(tmp_path):
     from transformers import AutoModelForCausalLM

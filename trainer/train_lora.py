@@ -72,7 +72,8 @@ def main():
         for i, batch in enumerate(group):
             # DDP all-reduces the gradients once per group: the last micro-batch's forward decides
             with ddp_sync(model, sync=i == len(group) - 1), autocast:
-                out = model(input_ids=batch["input_ids"], labels=batch["labels"])
+                # labelled_only: logits only where the loss looks (the assistant tokens); not under compile
+                out = model(input_ids=batch["input_ids"], labels=batch["labels"], labelled_only=not args.use_compile)
                 loss = out.loss + out.aux_loss  # CE on the assistant tokens + MoE balance loss (0 if dense)
             scaler.scale(loss / len(group)).backward()  # outside autocast, as PyTorch advises
             logger.add(tokens=batch["attention_mask"].sum(), loss=loss,
