@@ -402,7 +402,8 @@ def decode_steps(model, prompts: Sequence[Sequence[int]], max_new_tokens: int = 
                  logprobs: bool = True) -> Iterator[tuple]:
     """Yield (next_tokens (B,), logprobs (B,) or None, finished (B,) before this step) once per generated position.
 
-    `temperature == 0` means greedy; `eos_token_id` may be a list of stop ids. Finished rows report
+    `temperature == 0` means greedy; `eos_token_id` may be a list of stop ids; `generator` may be a list, one per
+    prompt (each row then draws from its own: its tokens do not depend on the other rows). Finished rows report
     `pad_token_id`; once a quarter of the batch has finished, the finished rows leave it, so the rest decode
     with less work (fewer moves of the cache than dropping each row at once).
     """
@@ -411,7 +412,11 @@ def decode_steps(model, prompts: Sequence[Sequence[int]], max_new_tokens: int = 
     if max_new_tokens == 0:
         return
     dec = BatchDecoder(model, eos_token_id, pad_token_id)
-    dec.admit(prompts, Sampling(temperature, top_p, top_k, repetition_penalty, generator), max_new_tokens)
+    # A list of generators: one per prompt, each row drawn alone from its own (as the server draws a seeded request)
+    gens = generator if isinstance(generator, (list, tuple)) else None
+    sampling = [Sampling(temperature, top_p, top_k, repetition_penalty, g) for g in gens] if gens is not None else \
+        Sampling(temperature, top_p, top_k, repetition_penalty, generator)
+    dec.admit(prompts, sampling, max_new_tokens)
     bsz, device = len(prompts), dec.device
     rows = torch.arange(bsz, device=device)  # the batch row of each decoder row
     finished = torch.zeros(bsz, dtype=torch.bool, device=device)

@@ -13,6 +13,9 @@ in one place, `Episode.take_turn`. Two drivers feed it replies:
         (1 = sampled by the model, 0 = inserted: tool results, headers), which agent RL uses as its loss mask.
     run_turns(episodes, policy, max_turns)   any turn generator, a turn at a time: an OpenAI-compatible endpoint
         (scripts/eval_toolcall.py), a streaming UI (scripts/web_demo.py).
+    run_episodes_by_turns(tokenizer, episodes, generate, ...)   token ids from an inference server (SGLang's
+        native /generate; agent RL with --rollout_engine http): each turn sends every open episode's whole context.
+    Both token-level drivers end a turn with `end_turn`, so their tokens and masks are built the same way.
 
 Counting calls. A call ATTEMPT is a <tool_call> block (or an endpoint's tool_call). It is VALID when it parses as
 {"name", "arguments": {object}}; a valid call to a tool the episode did not offer, or with arguments the tool
@@ -195,6 +198,30 @@ def new_episodes(tokenizer, conversations: Sequence[List[dict]], tools: Sequence
     return out
 
 
+def end_turn(tokenizer, ep: Episode, stop: bool, *, max_turns: int, max_new_tokens: int, max_total_len: int,
+             run: Callable = run_tool, parse: Callable[[str], Turn] = turn_from_text) -> Optional[Tuple[List[int],
+                                                                                                          int]]:
+    """A token-level turn has ended (its tokens are in `ep.ids` from `ep.turn_start`; `stop`: it ended with a stop
+    token, else at its budget): parse it, act on it (Episode.take_turn), and if the episode goes on append the tool
+    results and the next assistant header to `ep.ids` (mask 0) -> (those inserted ids, the next turn's token
+    budget); None when the episode is over (an answer, max_turns, or no room left in max_total_len)."""
+    sampled = ep.ids[ep.turn_start:]
+    text = tokenizer.decode(sampled[:-1] if stop else sampled, skip_special_tokens=False)
+    history = list(ep.messages)
+    goes_on = ep.take_turn(parse(("<think>" if ep.opens_think else "") + text), finished=stop,
+                           can_continue=len(ep.turns) + 1 < max_turns, run=run)
+    if not goes_on:
+        return None
+    inserted = tool_turn_ids(tokenizer, ep, history)
+    budget = min(max_new_tokens, max_total_len - len(ep.context) - len(inserted))
+    if budget <= 0:  # no room for another turn: unfinished
+        return None
+    ep.ids += inserted
+    ep.mask += [0] * len(inserted)
+    ep.turn_start = len(ep.ids)
+    return inserted, budget
+
+
 @torch.inference_mode()
 def run_episodes(model, tokenizer, episodes: List[Episode], *, max_turns: int, max_new_tokens: int,
                  max_total_len: int, sampling: Sampling = Sampling(0.0), run: Callable = run_tool,
@@ -236,23 +263,13 @@ def run_episodes(model, tokenizer, episodes: List[Episode], *, max_turns: int, m
                     suffixes.append(None)
                     budgets.append(0)
                     continue
-                sampled = ep.ids[ep.turn_start:]
-                text = tokenizer.decode(sampled[:-1] if stop else sampled, skip_special_tokens=False)
-                history = list(ep.messages)
-                goes_on = ep.take_turn(parse(("<think>" if ep.opens_think else "") + text),
-                                       finished=bool(stop), can_continue=len(ep.turns) + 1 < max_turns, run=run)
-                if not goes_on:
+                nxt = end_turn(tokenizer, ep, bool(stop), max_turns=max_turns, max_new_tokens=max_new_tokens,
+                               max_total_len=max_total_len, run=run, parse=parse)
+                if nxt is None:
                     continue
-                inserted = tool_turn_ids(tokenizer, ep, history)
-                budget = min(max_new_tokens, max_total_len - len(ep.context) - len(inserted))
-                if budget <= 0:  # no room for another turn: unfinished
-                    continue
-                ep.ids += inserted
-                ep.mask += [0] * len(inserted)
-                ep.turn_start = len(ep.ids)
                 keep.append(i)
-                suffixes.append(inserted)
-                budgets.append(budget)
+                suffixes.append(nxt[0])
+                budgets.append(nxt[1])
             if len(keep) < len(dec.rows):
                 dec.keep(keep)
                 tok = tok[torch.tensor(keep, dtype=torch.long, device=tok.device)]
@@ -262,3 +279,39 @@ def run_episodes(model, tokenizer, episodes: List[Episode], *, max_turns: int, m
                 dec.advance(tok, suffixes, budgets)
     return episodes
 
+
+
+# ================================================================================================================
+# Driver 3: a token-level generator that takes whole contexts (an inference server's /generate)
+# ================================================================================================================
+# generate(contexts, budgets) -> one (sampled token ids, the stop token included if any; ended by a stop token)
+# per context. An RL trainer with --rollout_engine http passes SGLang's native /generate (trainer/rl_utils.py).
+ContextGenerator = Callable[[List[List[int]], List[int]], List[Tuple[List[int], bool]]]
+
+
+def run_episodes_by_turns(tokenizer, episodes: List[Episode], generate: ContextGenerator, *, max_turns: int,
+                          max_new_tokens: int, max_total_len: int, run: Callable = run_tool,
+                          parse: Callable[[str], Turn] = turn_from_text) -> List[Episode]:
+    """Play `episodes` (from `new_episodes`) a turn at a time: every open episode's WHOLE context (prompt, turns so
+    far, tool results) is sent again for each turn, as an SGLang client does (its radix cache finds the shared
+    prefix, so the server does not prefill it again). Tokens, masks and turns come out exactly as `run_episodes`
+    makes them (the same `end_turn`), so agent RL trains on either."""
+    open_ = []
+    for e in episodes:
+        e.turn_start = len(e.ids)
+        budget = min(max_new_tokens, max_total_len - len(e.context))
+        if budget > 0:  # else (a prompt longer than the budget): unfinished at once
+            open_.append((e, budget))
+    while open_:
+        outputs = generate([e.context for e, _ in open_], [b for _, b in open_])
+        going = []
+        for (ep, budget), (ids, stop) in zip(open_, outputs):
+            ids = list(ids)[:budget]
+            ep.ids += ids
+            ep.mask += [1] * len(ids)
+            nxt = end_turn(tokenizer, ep, bool(stop) and bool(ids), max_turns=max_turns,
+                           max_new_tokens=max_new_tokens, max_total_len=max_total_len, run=run, parse=parse)
+            if nxt is not None:
+                going.append((ep, nxt[1]))
+        open_ = going
+    return episodes

@@ -122,6 +122,51 @@ class ChatCompletionRequest(BaseModel):
 
 
 # ================================================================================================================
+# SGLang's native API (POST /generate, POST /update_weights_from_disk): token ids in, token ids out. An RL trainer
+# (trainer/rl_utils.py HttpRollouts) speaks it to our server or to an SGLang server. Field names are SGLang's
+# (io_struct.py GenerateReqInput, sampling_params.py SamplingParams); we take the subset an RL rollout needs and
+# refuse, with a 400, the options that would change the output and that we do not implement.
+# ================================================================================================================
+class SamplingParams(BaseModel):
+    model_config = ConfigDict(extra="allow")  # SGLang has many more (checked by `unsupported` below)
+    max_new_tokens: int = Field(128, ge=0)    # SGLang's default
+    temperature: float = Field(1.0, ge=0)     # 0 = greedy
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = -1                           # -1 (or 0) = off
+    repetition_penalty: float = Field(1.0, gt=0)
+    stop_token_ids: Optional[List[int]] = None
+    ignore_eos: bool = False
+    skip_special_tokens: bool = True          # for `text` only; output_ids are always every token
+    sampling_seed: Optional[int] = None       # SGLang's name; `seed` is accepted too
+    seed: Optional[int] = None
+
+    def unsupported(self) -> Optional[str]:
+        """The first option set to a value we would silently ignore, or None."""
+        extra = self.model_extra or {}
+        defaults = {"n": 1, "min_new_tokens": 0, "frequency_penalty": 0.0, "presence_penalty": 0.0, "min_p": 0.0,
+                    "stop": None, "regex": None, "json_schema": None, "ebnf": None, "structural_tag": None}
+        for key, default in defaults.items():
+            if key in extra and extra[key] not in (default, [], ""):
+                return key
+        return None
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")  # rid, lora_path, ...: not used
+    text: Union[str, List[str], None] = None
+    input_ids: Union[List[int], List[List[int]], None] = None
+    sampling_params: Union[SamplingParams, List[SamplingParams], None] = None
+    return_logprob: Union[bool, List[bool]] = False
+    stream: bool = False
+
+
+class UpdateWeightsFromDiskRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")  # load_format, flush_cache, abort_all_requests, ...: not needed
+    model_path: str
+    weight_version: Optional[str] = None
+
+
+# ================================================================================================================
 # Tools: what tool_choice asks for, and tool calls on the wire
 # ================================================================================================================
 @dataclass

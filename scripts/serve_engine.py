@@ -4,13 +4,15 @@ Continuous batching: requests that arrive while others are generating join the r
 next step (their prompt is prefilled and merged into the shared KV cache); finished or cancelled ones leave it.
 This file only schedules: it turns requests into decoder rows, hands each sampled token to its request, and
 decides when a request ends. Models that are not MiniMind (e.g. a Llama export loaded with --load_from) go
-through transformers' generate() one request at a time (`stream_tokens`).
+through transformers' generate() one request at a time (`stream_tokens`). `run_between_steps` runs a function in
+the worker thread between two decode steps (new weights from an RL trainer: no step ever sees half a reload).
 """
+import concurrent.futures
 import queue
 import threading
 import traceback
 from collections import Counter
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
@@ -24,10 +26,13 @@ class Job:
 
     def __init__(self, prompt_ids: List[int], max_new_tokens: int, emit: Callable, temperature: float = 1.0,
                  top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0, seed: Optional[int] = None,
-                 ignore_eos: bool = False):
+                 ignore_eos: bool = False, stop_token_ids: Sequence[int] = (), logprobs: bool = False):
         self.prompt_ids, self.max_new_tokens, self.emit = list(prompt_ids), max_new_tokens, emit
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
         self.repetition_penalty, self.seed, self.ignore_eos = repetition_penalty, seed, ignore_eos
+        self.stop_token_ids = frozenset(stop_token_ids)  # stop after these too (EOS always, unless ignore_eos)
+        self.logprobs = logprobs  # collect log p(token) of each sampled token in `token_logprobs` (batched only)
+        self.token_logprobs: List[float] = []
         self.cancel = threading.Event()
         self.n_generated = 0
 
@@ -47,6 +52,7 @@ class Engine:
         self.batched = is_minimind(model)  # other architectures: one job at a time through their own cache
         self.decoder = BatchDecoder(model, eos_token_id, pad_token_id, chunk=cache_chunk) if self.batched else None
         self.inbox: "queue.Queue[Optional[Job]]" = queue.Queue()
+        self.calls: "queue.Queue[tuple]" = queue.Queue()  # (fn, future): run_between_steps
         self.single: Optional[Job] = None  # the job of a non-MiniMind model, while it runs
         self.stats = Counter()
         self.thread: Optional[threading.Thread] = None
@@ -69,6 +75,26 @@ class Engine:
     def submit(self, job: Job):
         self.stats["submitted"] += 1
         self.inbox.put(job)
+
+    def run_between_steps(self, fn: Callable) -> concurrent.futures.Future:
+        """Run `fn()` in the worker thread before its next step (at once when no worker runs); the future
+        holds its result or exception."""
+        future = concurrent.futures.Future()
+        self.calls.put((fn, future))
+        if self.thread is None:
+            self._run_calls()
+        return future
+
+    def _run_calls(self):
+        while True:
+            try:
+                fn, future = self.calls.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                future.set_result(fn())
+            except Exception as e:  # the caller reports it (e.g. a weight file that does not fit)
+                future.set_exception(e)
 
     @property
     def jobs(self) -> List[Job]:
@@ -100,6 +126,7 @@ class Engine:
     def _run(self):
         with torch.inference_mode():
             while not self._stop.is_set():
+                self._run_calls()
                 try:
                     new = self._take(block=not self.active)
                     if not self.batched:
@@ -147,14 +174,18 @@ class Engine:
         dec.keep(live)
         if not len(dec):
             return
-        tok, _ = dec.sample()
+        want_lp = any(row.tag.logprobs for row in dec.rows)
+        tok, lp = dec.sample(want_lp)
+        lps = lp.tolist() if want_lp else None
         still = []
         for i, t in enumerate(tok.tolist()):
             job = dec.rows[i].tag
             job.n_generated += 1
             self.stats["tokens"] += 1
+            if job.logprobs:
+                job.token_logprobs.append(lps[i])
             job.emit(t, None)
-            if t == self.eos and not job.ignore_eos:
+            if t in job.stop_token_ids or (t == self.eos and not job.ignore_eos):
                 self._finish(job, "stop")
             elif job.n_generated >= job.max_new_tokens:
                 self._finish(job, "length")
@@ -179,7 +210,9 @@ class Engine:
                 job.n_generated += 1
                 self.stats["tokens"] += 1
                 job.emit(t, None)
-            self._finish(job, "stop" if t == self.eos else "length")
+                if t in job.stop_token_ids:
+                    break
+            self._finish(job, "stop" if t == self.eos or t in job.stop_token_ids else "length")
         except Exception as e:
             self._fail([job], e)
         finally:

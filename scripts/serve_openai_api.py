@@ -12,6 +12,17 @@ Endpoints
                                 the tokenizer's template reads: model/chat_template.py)
     GET  /v1/models             the one model served
     GET  /health                liveness + engine counters (no key needed)
+    POST /generate              SGLang's native API, for RL rollouts: input_ids (one list or a list of lists) +
+                                sampling_params (max_new_tokens, temperature (0 = greedy), top_p, top_k,
+                                repetition_penalty, stop_token_ids, ignore_eos, sampling_seed) + return_logprob
+                                -> per prompt {"text", "output_ids" (the stop token included), "meta_info":
+                                {"finish_reason": {"type": "stop", "matched": id} | {"type": "length", ...},
+                                "prompt_tokens", "completion_tokens", "weight_version", "output_token_logprobs"}}.
+                                A seeded or greedy request gives the same tokens whatever else runs beside it.
+    POST /update_weights_from_disk   {"model_path": a .pth state dict, "weight_version"}: the served MiniMind loads
+                                it (strict, weights_only, as at startup) between two decode steps; running
+                                requests go on with the new weights. -> {"success", "message"}; 400 if it does not
+                                fit. An RL trainer calls it after each update (trainer/rl_utils.py HttpRollouts).
 
 Long chats: a prompt over --max_prompt_tokens loses its oldest non-system turns (whole user-to-user turns; the
 response header X-Dropped-Messages says how many messages went); if even the last user turn does not fit, 400
@@ -39,7 +50,9 @@ import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional, Tuple
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -48,10 +61,12 @@ if str(ROOT) not in sys.path:
 from fastapi import APIRouter, Depends, FastAPI, Request  # noqa: E402
 from fastapi.responses import JSONResponse, StreamingResponse  # noqa: E402
 
-from model.errors import run_main  # noqa: E402
+from model.checkpoint import load_weights  # noqa: E402
+from model.errors import USER_ERRORS, run_main  # noqa: E402
 from scripts.model_loading import ReplyStream, add_model_args, chat_prompt, load_model  # noqa: E402
 from model.chat_template import ChatTemplateArgumentError  # noqa: E402
-from scripts.openai_protocol import (EXCEPTION_HANDLERS, APIError, ChatCompletionRequest, error_body,  # noqa: E402
+from scripts.openai_protocol import (EXCEPTION_HANDLERS, APIError, ChatCompletionRequest,  # noqa: E402
+                                     GenerateRequest, SamplingParams, UpdateWeightsFromDiskRequest, error_body,
                                      tool_call_deltas, tool_call_message, tool_plan)
 from scripts.serve_engine import Engine, Job  # noqa: E402
 
@@ -71,6 +86,7 @@ class ServerState:
     temperature: float      # defaults for requests that set none
     top_p: float
     started: int
+    weight_version: str = "startup"  # set by /update_weights_from_disk
 
 
 def server(request: Request) -> ServerState:
@@ -207,7 +223,9 @@ router = APIRouter()
 async def health(request: Request):
     s = server(request)
     return {"status": "ok", "model": s.model_name, "active": s.engine.active, "queued": s.engine.inbox.qsize(),
-            **{k: s.engine.stats[k] for k in ("submitted", "finished", "cancelled", "errors", "tokens", "max_batch")}}
+            "weight_version": s.weight_version,
+            **{k: s.engine.stats[k] for k in ("submitted", "finished", "cancelled", "errors", "tokens", "max_batch",
+                                              "weight_updates")}}
 
 
 @router.get("/v1/models", dependencies=[Depends(check_key)])
@@ -276,6 +294,127 @@ async def stream(s: ServerState, request: Request, p: Prepared, head: dict, incl
     except APIError as e:  # the response has started: report in-band, as OpenAI does
         yield f"data: {json.dumps(error_body(e.message, e.type, e.param, e.code))}\n\n"
     yield "data: [DONE]\n\n"
+
+
+# ================================================================================================================
+# SGLang's native API: token ids in and out, weights reloaded from disk (RL rollouts)
+# ================================================================================================================
+def native_job(s: ServerState, ids: List[int], sp: SamplingParams, logprobs: bool, where: str) -> Job:
+    """One prompt of a /generate request -> its Job (400 for what we cannot honour)."""
+    bad = sp.unsupported()
+    if bad:
+        raise APIError(400, f"sampling_params.{bad} is not supported by this server", f"sampling_params.{bad}",
+                       "invalid_value")
+    vocab = s.engine.model.config.vocab_size
+    if not ids or not all(0 <= t < vocab for t in ids):
+        raise APIError(400, f"{where}: needs 1 or more token ids in [0, {vocab})", where, "invalid_value")
+    room = s.max_seq_len - len(ids)
+    if room <= 0 and sp.max_new_tokens > 0:
+        raise APIError(400, f"{where}: {len(ids)} tokens leave no room for an answer (context limit "
+                            f"{s.max_seq_len}, --max_seq_len)", where, "context_length_exceeded")
+    seed = sp.sampling_seed if sp.sampling_seed is not None else sp.seed
+    return Job(ids, max(0, min(sp.max_new_tokens, room)), emit=None, temperature=sp.temperature, top_p=sp.top_p,
+               top_k=max(sp.top_k, 0), repetition_penalty=sp.repetition_penalty, seed=seed,
+               ignore_eos=sp.ignore_eos, stop_token_ids=sp.stop_token_ids or (), logprobs=logprobs)
+
+
+async def finish_job(s: ServerState, request: Request, job: Job) -> Tuple[List[int], str]:
+    """Run one job to its end -> (every sampled token id, finish reason). A client that leaves cancels it."""
+    loop, ids = asyncio.get_running_loop(), []
+    done = loop.create_future()
+
+    def emit(tok, reason):  # runs in the worker thread
+        if reason is None:
+            ids.append(tok)
+            return
+        try:
+            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(reason))
+        except RuntimeError:  # the event loop is gone (shutdown)
+            job.cancel.set()
+
+    job.emit = emit
+    if job.max_new_tokens == 0:
+        return ids, "length"
+    s.engine.submit(job)
+    try:
+        while True:
+            try:
+                reason = await asyncio.wait_for(asyncio.shield(done), timeout=0.5)
+                break
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    return ids, "cancelled"
+    finally:
+        job.cancel.set()  # no-op when it finished
+    if reason.startswith("error"):
+        raise APIError(500, f"generation failed ({reason})", type="server_error", code="engine_error")
+    return ids, reason
+
+
+@router.post("/generate", dependencies=[Depends(check_key)])
+async def native_generate(body: GenerateRequest, request: Request):
+    s = server(request)
+    if body.stream:
+        raise APIError(400, "stream is not supported on /generate (ask for whole outputs)", "stream",
+                       "invalid_value")
+    if (body.input_ids is None) == (body.text is None):
+        raise APIError(400, "send exactly one of input_ids and text", "input_ids", "invalid_value")
+    single = isinstance(body.text, str) or (body.input_ids is not None and
+                                           (not body.input_ids or isinstance(body.input_ids[0], int)))
+    if body.input_ids is not None:
+        prompts = [list(body.input_ids)] if single else [list(x) for x in body.input_ids]
+    else:
+        texts = [body.text] if single else list(body.text)
+        prompts = [s.tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+    n = len(prompts)
+
+    def per_prompt(value, default, name):
+        if isinstance(value, list):
+            if len(value) != n:
+                raise APIError(400, f"{name}: {len(value)} entries for {n} prompts", name, "invalid_value")
+            return value
+        return [default if value is None else value] * n
+
+    params = per_prompt(body.sampling_params, SamplingParams(), "sampling_params")
+    want_lp = per_prompt(body.return_logprob, False, "return_logprob")
+    jobs = [native_job(s, ids, sp, lp, f"input_ids[{i}]" if not single else "input_ids")
+            for i, (ids, sp, lp) in enumerate(zip(prompts, params, want_lp))]
+    version = s.weight_version
+    results = await asyncio.gather(*(finish_job(s, request, job) for job in jobs))
+    out = []
+    for job, sp, lp, (ids, reason) in zip(jobs, params, want_lp, results):
+        if reason == "stop":
+            finish = {"type": "stop", "matched": ids[-1]}
+        elif reason == "length":
+            finish = {"type": "length", "length": len(ids)}
+        else:
+            finish = {"type": "abort", "message": reason}
+        meta = {"id": uuid.uuid4().hex, "finish_reason": finish, "prompt_tokens": len(job.prompt_ids),
+                "completion_tokens": len(ids), "cached_tokens": 0, "weight_version": version}
+        if lp:
+            meta["output_token_logprobs"] = [[p, t, None] for p, t in zip(job.token_logprobs, ids)]
+        out.append({"text": s.tokenizer.decode(ids, skip_special_tokens=sp.skip_special_tokens), "output_ids": ids,
+                    "meta_info": meta})
+    return JSONResponse(out[0] if single else out)
+
+
+@router.post("/update_weights_from_disk", dependencies=[Depends(check_key)])
+async def update_weights_from_disk(body: UpdateWeightsFromDiskRequest, request: Request):
+    """Load a .pth state dict into the served model, in the engine's worker thread between two decode steps."""
+    s = server(request)
+    model = s.engine.model
+
+    def load():
+        with torch.no_grad():
+            load_weights(model, body.model_path, "model_path")
+
+    try:
+        await asyncio.wrap_future(s.engine.run_between_steps(load))
+    except USER_ERRORS as e:  # missing file, or weights that do not fit the served model
+        return JSONResponse({"success": False, "message": str(e)}, status_code=400)
+    s.engine.stats["weight_updates"] += 1
+    s.weight_version = body.weight_version or str(s.engine.stats["weight_updates"])
+    return JSONResponse({"success": True, "message": f"loaded {body.model_path}", "num_paused_requests": 0})
 
 
 # ================================================================================================================

@@ -5,9 +5,7 @@ import io
 import json
 import subprocess
 import sys
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,9 +17,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import uvicorn  # noqa: E402
-
-from helpers import PromptScriptedLM, ScriptedLM, free_port, tiny_model  # noqa: E402
+from helpers import PromptScriptedLM, ScriptedLM, serve, tiny_model  # noqa: E402
 from model.errors import run_main  # noqa: E402
 from model.generation import generate  # noqa: E402
 from scripts.model_loading import ChatStreamParser, chat_prompt  # noqa: E402
@@ -39,24 +35,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def model():
     # A larger init than the default keeps a random model from repeating one token forever under greedy decoding.
     return tiny_model(0, initializer_range=0.3).eval()
-
-
-@contextmanager
-def serve(app):
-    """Run `app` with uvicorn on a free 127.0.0.1 port in a background thread; yields the base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        assert time.time() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")

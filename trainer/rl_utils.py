@@ -7,6 +7,9 @@ these pieces and the generic ones in trainer_utils.py (Batches, optimizer_step, 
   rollout     `rollout`: batched left-padded sampling with a KV cache (model/generation.py) -> `Rollout`;
               `token_logps`: per-token log-probs of the response tokens under a model, with or without grad;
               `step_generator`: the sampling RNG of one (seed, rank, step), so a resumed run samples the same
+  engines     `make_rollout_engine` (--rollout_engine): `LocalRollouts` (the above, in this process) or
+              `HttpRollouts` (an inference server speaking SGLang's native /generate: ours or SGLang; the weights
+              are synced to it after each update through a shared file and /update_weights_from_disk)
   rewards     rule rewards (think/answer format, length penalty, GSM8K exact answer), a reward model
               (InternLM2-style `get_score` or any AutoModelForSequenceClassification), combined by weights:
               `--reward model:1.0,format:0.5,length:0.1`; `reward_metrics`: the reward columns every stage logs
@@ -21,6 +24,7 @@ one on hand values.
 import argparse
 import re
 import sys
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,13 +38,17 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from dataset.lm_dataset import DataFormatError, RLAIFDataset  # noqa: E402
+from model.atomic_io import atomic_save  # noqa: E402
 from model.checkpoint import WeightLoadError, unwrap  # noqa: E402
-from model.generation import generate  # noqa: E402
+from model.errors import UserError  # noqa: E402
+from model.generation import Sampling, generate, left_pad  # noqa: E402
+from model.tool_loop import run_episodes, run_episodes_by_turns  # noqa: E402
 from model.scoring import answer_fraction, final_number, gold_number, same_number  # noqa: E402
 
 # Upstream keeps the InternLM2 reward model as a sibling of the repository (../internlm2-1_8b-reward).
 DEFAULT_REWARD_MODEL = ROOT.parent / "internlm2-1_8b-reward"
 REWARD_NAMES = ("model", "format", "length", "gsm8k")
+ROLLOUT_ENGINES = ("local", "http")
 # CISPO's default weight cap, 1 + CISPO_EPS_HIGH = 5: upstream's --epsilon_high 5.0. The cap only bounds the
 # variance that stale samples (--num_iterations > 1) add; it is not a trust region like PPO's clip.
 CISPO_EPS_HIGH = 4.0
@@ -78,6 +86,20 @@ def add_rl_args(parser, *, max_prompt_len=256, max_gen_len=1536, temperature=0.8
     p.add_argument("--reward_batch_size", type=int, default=8, help="conversations per reward-model forward")
     p.add_argument("--length_target", type=int, default=512,
                    help="length term: 0 up to this many characters, falling linearly to -1 at twice as many")
+    p.add_argument("--rollout_engine", type=str, default="local", choices=ROLLOUT_ENGINES,
+                   help="local: sample in this process; http: on an inference server speaking SGLang's native API "
+                        "(scripts/serve_openai_api.py or SGLang), weights synced after each update")
+    p.add_argument("--rollout_url", type=str, default="http://127.0.0.1:8998",
+                   help="--rollout_engine http: the server's base URL (POST /generate, /update_weights_from_disk)")
+    p.add_argument("--rollout_sync_path", type=str, default=None,
+                   help="--rollout_engine http: where the policy's weights are written for the server to load "
+                        "(a path the server can read; default {save_dir}/rollout/{stage}_{hidden}.pth)")
+    p.add_argument("--rollout_timeout", type=float, default=600.0, help="seconds to wait for one server answer")
+    p.add_argument("--per_sample_seeds", type=int, default=0, choices=[0, 1],
+                   help="1: every sample draws from its own generator, seeded from the step's (what --rollout_engine "
+                        "http always does), so a local run samples what an http run samples and a sample does not "
+                        "depend on the rest of the batch; costs one sampling call per row per token (PPO/GRPO/SPO)")
+    p.add_argument("--rollout_api_key", type=str, default=None, help="sent as 'Authorization: Bearer KEY'")
     return p
 
 
@@ -184,22 +206,31 @@ def step_generator(seed: int, rank: int, step: int, device="cpu") -> torch.Gener
     return g
 
 
+def sample_seeds(generator: torch.Generator, n: int) -> List[int]:
+    """One seed per sample, drawn from the step's generator (--per_sample_seeds 1 locally; always over http)."""
+    return torch.randint(0, 2 ** 31 - 1, (n,), generator=generator, device=generator.device).tolist()
+
+
 def rollout(model, tokenizer, prompts: Sequence, max_gen_len: int, temperature: float = 1.0,
             top_p: float = 1.0, max_prompt_len: Optional[int] = None, num_generations: int = 1,
-            autocast=None, generator: Optional[torch.Generator] = None) -> Rollout:
+            autocast=None, generator: Optional[torch.Generator] = None, per_sample_seeds: bool = False) -> Rollout:
     """Sample `num_generations` responses per prompt (consecutive rows), batched and left-padded.
 
     `prompts` are token-id lists (RLAIFDataset's "prompt_ids", already cut to the prompt budget) or texts
     (tokenized here); `max_prompt_len` keeps the last tokens of each. Generation runs on the plain module
     (`unwrap`: no DDP hooks) in eval mode and under inference mode (model/generation.py: batched, KV cache); the
     model is put back in train mode afterwards. Tensors are cloned out of inference mode so the training forward
-    can use them in autograd.
+    can use them in autograd. `per_sample_seeds`: each row samples from its own generator, seeded by
+    `sample_seeds(generator)`, as HttpRollouts asks the server to (the same samples on either engine).
     """
     policy = unwrap(model)
     ids = [tokenizer(p, add_special_tokens=False).input_ids if isinstance(p, str) else list(p) for p in prompts]
     if max_prompt_len:
         ids = [x[-max_prompt_len:] for x in ids]  # keep the end: the question and the assistant header
     ids = [x for x in ids for _ in range(num_generations)]
+    if per_sample_seeds and generator is not None and temperature > 0:
+        device = next(policy.parameters()).device
+        generator = [torch.Generator(device).manual_seed(s) for s in sample_seeds(generator, len(ids))]
     was_training = policy.training
     policy.eval()
     try:
@@ -215,6 +246,179 @@ def rollout(model, tokenizer, prompts: Sequence, max_gen_len: int, temperature: 
     return Rollout(sequences=sequences, attention_mask=attention_mask,
                    position_ids=position_ids_from_mask(attention_mask), response_mask=response_mask,
                    prompt_len=out.prompt_len, gen_logps=out.logprobs.clone().float(), responses=responses)
+
+
+def pack_rollout(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], tokenizer, device,
+                 logps: Optional[Sequence[Sequence[float]]] = None) -> Rollout:
+    """Prompt and response token lists -> a Rollout laid out exactly as `rollout` lays out `generate()`'s output:
+    left-padded prompts, responses padded after their last token (EOS included) to the longest one."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids, mask = left_pad(prompts, pad, device)
+    n = max(len(r) for r in responses) if responses else 0
+    resp = torch.full((len(responses), n), pad, dtype=torch.long)
+    resp_mask = torch.zeros((len(responses), n), dtype=torch.long)
+    gen_logps = torch.zeros((len(responses), n))
+    for i, r in enumerate(responses):
+        resp[i, :len(r)] = torch.as_tensor(list(r), dtype=torch.long)
+        resp_mask[i, :len(r)] = 1
+        if logps is not None and logps[i]:
+            gen_logps[i, :len(r)] = torch.as_tensor(list(logps[i]), dtype=torch.float)
+    resp, resp_mask = resp.to(device), resp_mask.to(device)
+    attention_mask = torch.cat([mask, resp_mask], 1)
+    return Rollout(sequences=torch.cat([ids, resp], 1), attention_mask=attention_mask,
+                   position_ids=position_ids_from_mask(attention_mask), response_mask=resp_mask.float(),
+                   prompt_len=ids.shape[1], gen_logps=gen_logps.to(device),
+                   responses=tokenizer.batch_decode(resp.tolist(), skip_special_tokens=True))
+
+
+class RolloutServerError(UserError):
+    """The rollout server cannot be reached or refused a request (the message names the URL and its answer)."""
+
+
+class LocalRollouts:
+    """--rollout_engine local: the policy samples in the training process (model/generation.py), today's path.
+
+    Every RL stage samples through one of these two engines: `rollout` (text RL: PPO, GRPO, SPO) and `episodes`
+    (agent RL: multi-turn tool episodes); `sync` hands the policy's new weights to the sampler after an update."""
+
+    def __init__(self, per_sample_seeds: bool = False):
+        self.per_sample_seeds = per_sample_seeds
+
+    def sync(self, model, step: int):
+        """Nothing to do: the sampler is the training model itself."""
+
+    def rollout(self, model, tokenizer, prompts, max_gen_len: int, temperature: float = 1.0, top_p: float = 1.0,
+                num_generations: int = 1, autocast=None, generator: Optional[torch.Generator] = None) -> Rollout:
+        return rollout(model, tokenizer, prompts, max_gen_len, temperature, top_p, num_generations=num_generations,
+                       autocast=autocast, generator=generator, per_sample_seeds=self.per_sample_seeds)
+
+    def episodes(self, model, tokenizer, episodes, *, max_turns: int, max_new_tokens: int, max_total_len: int,
+                 temperature: float, top_p: float, generator: torch.Generator, autocast=None):
+        return run_episodes(unwrap(model), tokenizer, episodes, max_turns=max_turns, max_new_tokens=max_new_tokens,
+                            max_total_len=max_total_len, autocast=autocast,
+                            sampling=Sampling(temperature, top_p, generator=generator))
+
+
+class HttpRollouts(LocalRollouts):
+    """--rollout_engine http: the samples come from an inference server that speaks SGLang's native API, i.e.
+    scripts/serve_openai_api.py (any machine, CPU included) or an SGLang server.
+
+      rollout   POST /generate with the prompts as token ids (input_ids; each of the G samples of a prompt is its
+                own entry) and sampling_params (max_new_tokens, temperature, top_p, stop_token_ids = EOS, and a
+                sampling_seed per entry drawn from the step's generator, so a resumed run asks for the same samples)
+                -> output_ids, packed into the same Rollout as a local one (`pack_rollout`)
+      episodes  the agent loop a turn at a time (model/tool_loop.py run_episodes_by_turns): each turn sends the
+                whole context of every open episode
+      sync      rank 0 writes the policy's state dict (the training dtype, .pth, atomically) to the shared path,
+                then POST /update_weights_from_disk {"model_path", "weight_version": step}; the other ranks wait at a
+                barrier, so no rank samples from stale weights
+
+    The log-probs that the losses use are always recomputed by the training model (`token_logps`), so the
+    importance ratios are the trainer's; the server's (gen_logps) are only kept for inspection.
+    """
+
+    def __init__(self, url: str, sync_path, timeout: float = 600.0, api_key: Optional[str] = None,
+                 is_main: bool = True, log=print):
+        import httpx
+        super().__init__(per_sample_seeds=True)
+        self.url, self.sync_path, self.is_main, self.log = url.rstrip("/"), Path(sync_path).resolve(), is_main, log
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.Client(timeout=timeout, headers=headers, trust_env=False)
+        self.timeout, self.synced_step = timeout, None
+        self.stats = {"requests": 0, "tokens": 0, "generate_s": 0.0, "syncs": 0, "sync_s": 0.0}
+
+    def post(self, path: str, body: dict):
+        import httpx
+        url = self.url + path
+        try:
+            r = self.client.post(url, json=body)
+        except httpx.TimeoutException:
+            raise RolloutServerError(f"rollout server {url}: no answer within {self.timeout:g} s "
+                                     f"(--rollout_timeout)") from None
+        except httpx.HTTPError as e:
+            raise RolloutServerError(f"rollout server {url} cannot be reached ({type(e).__name__}: {e}); start "
+                                     f"one (scripts/serve_openai_api.py, or SGLang) or fix --rollout_url") from None
+        if r.status_code != 200:
+            raise RolloutServerError(f"rollout server {url} answered {r.status_code}: {r.text[:500]}")
+        try:
+            return r.json()
+        except ValueError:
+            raise RolloutServerError(f"rollout server {url} answered 200 with a body that is not JSON: "
+                                     f"{r.text[:200]!r}") from None
+
+    def sync(self, model, step: int):
+        if self.synced_step == step:
+            return
+        t0 = time.perf_counter()
+        if self.is_main:
+            atomic_save({k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}, self.sync_path)
+            answer = self.post("/update_weights_from_disk", {"model_path": str(self.sync_path),
+                                                              "weight_version": str(step)})
+            if isinstance(answer, dict) and answer.get("success") is False:
+                raise RolloutServerError(f"rollout server {self.url}/update_weights_from_disk refused "
+                                         f"{self.sync_path}: {answer.get('message')}")
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+        self.synced_step = step
+        self.stats["syncs"] += 1
+        self.stats["sync_s"] += time.perf_counter() - t0
+
+    def generate(self, contexts: List[List[int]], budgets: List[int], temperature: float, top_p: float,
+                 stop_ids: List[int], generator: Optional[torch.Generator], logprobs: bool = False):
+        """One /generate call -> [(output ids with the stop token, ended by a stop token, log-probs or None)]."""
+        seeds = [None] * len(contexts)
+        if temperature > 0 and generator is not None:
+            seeds = sample_seeds(generator, len(contexts))
+        params = [{"max_new_tokens": b, "temperature": temperature, "top_p": top_p, "stop_token_ids": stop_ids,
+                   "skip_special_tokens": False, **({} if seed is None else {"sampling_seed": seed})}
+                  for b, seed in zip(budgets, seeds)]
+        t0 = time.perf_counter()
+        answer = self.post("/generate", {"input_ids": [list(c) for c in contexts], "sampling_params": params,
+                                         "return_logprob": logprobs})
+        self.stats["generate_s"] += time.perf_counter() - t0
+        if not isinstance(answer, list) or len(answer) != len(contexts):
+            raise RolloutServerError(f"rollout server {self.url}/generate: expected a list of {len(contexts)} "
+                                     f"outputs, got {str(answer)[:200]}")
+        out = []
+        for a in answer:
+            ids, meta = list(a.get("output_ids") or []), a.get("meta_info") or {}
+            finish = meta.get("finish_reason") or {}
+            stopped = finish.get("type") == "stop"
+            matched = finish.get("matched")
+            if stopped and isinstance(matched, int) and (not ids or ids[-1] != matched):
+                ids.append(matched)  # a server that leaves the matched stop token out of output_ids
+            lps = [float(x[0]) for x in meta.get("output_token_logprobs") or []] if logprobs else None
+            out.append((ids, stopped, lps[:len(ids)] if lps and len(lps) >= len(ids) else None))
+            self.stats["tokens"] += len(ids)
+        self.stats["requests"] += len(contexts)
+        return out
+
+    def rollout(self, model, tokenizer, prompts, max_gen_len: int, temperature: float = 1.0, top_p: float = 1.0,
+                num_generations: int = 1, autocast=None, generator: Optional[torch.Generator] = None) -> Rollout:
+        ids = [tokenizer(p, add_special_tokens=False).input_ids if isinstance(p, str) else list(p) for p in prompts]
+        ids = [x for x in ids for _ in range(num_generations)]
+        outs = self.generate(ids, [max_gen_len] * len(ids), temperature, top_p, [tokenizer.eos_token_id],
+                             generator, logprobs=True)
+        device = next(unwrap(model).parameters()).device
+        return pack_rollout(ids, [o[0][:max_gen_len] for o in outs], tokenizer, device, [o[2] for o in outs])
+
+    def episodes(self, model, tokenizer, episodes, *, max_turns: int, max_new_tokens: int, max_total_len: int,
+                 temperature: float, top_p: float, generator: torch.Generator, autocast=None):
+        def generate_turns(contexts, budgets):
+            return [(ids, stop) for ids, stop, _ in self.generate(contexts, budgets, temperature, top_p,
+                                                                  [tokenizer.eos_token_id], generator)]
+        return run_episodes_by_turns(tokenizer, episodes, generate_turns, max_turns=max_turns,
+                                     max_new_tokens=max_new_tokens, max_total_len=max_total_len)
+
+
+def make_rollout_engine(args, save_name: str, is_main: bool = True, log=print) -> LocalRollouts:
+    """The --rollout_engine of a run: LocalRollouts, or HttpRollouts writing its weights to --rollout_sync_path
+    (default {save_dir}/rollout/{save_name}.pth)."""
+    if args.rollout_engine == "local":
+        return LocalRollouts(bool(args.per_sample_seeds))
+    path = args.rollout_sync_path or Path(args.save_dir) / "rollout" / f"{save_name}.pth"
+    log(f"rollouts: {args.rollout_url} (SGLang's native /generate); weights synced through {Path(path).resolve()}")
+    return HttpRollouts(args.rollout_url, path, args.rollout_timeout, args.rollout_api_key, is_main, log)
 
 
 # ================================================================================================================

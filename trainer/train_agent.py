@@ -45,12 +45,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any dir
 
 from dataset.lm_dataset import AgentRLDataset, DataFormatError, check_trainable, collate_lists  # noqa: E402
 from model.chat_template import thinking_switches  # noqa: E402
-from model.generation import Sampling  # noqa: E402
-from model.tool_loop import new_episodes, run_episodes  # noqa: E402
-from trainer.rl_utils import (AGENT_RULES, RewardModelScorer, RewardFunction, add_clip_args,  # noqa: E402
-                              add_rl_args, aggregate_loss, check_rl_args, expand, group_advantages, kl_k3,
-                              masked_mean, policy_loss, position_ids_from_mask, reward_metrics, step_generator,
-                              token_logps)
+from model.tool_loop import new_episodes  # noqa: E402
+from trainer.rl_utils import (AGENT_RULES, LocalRollouts, RewardModelScorer, RewardFunction,  # noqa: E402
+                              add_clip_args, add_rl_args, aggregate_loss, check_rl_args, expand, group_advantages,
+                              kl_k3, make_rollout_engine, masked_mean, policy_loss, position_ids_from_mask,
+                              reward_metrics, step_generator, token_logps)
 from trainer.trainer_utils import (TrainRun, add_common_args, init_distributed, init_model,  # noqa: E402
                                    make_optimizer, model_config_from_args, optimizer_step, print0, run_main,
                                    set_lr, unwrap)
@@ -66,15 +65,17 @@ def default_thinking_ratio(tokenizer) -> float:
     return 0.1 if "open_thinking" in thinking_switches(tokenizer) else 1.0
 
 
-def rollout(model, tokenizer, tasks, G: int, gen: torch.Generator, args, thinking_ratio: float, autocast):
-    """G episodes per task (consecutive), all in one running batch; each episode's thinking switch is drawn from
-    `gen` first, then every token: a rollout depends only on the weights, the tasks and the generator."""
+def rollout(model, tokenizer, tasks, G: int, gen: torch.Generator, args, thinking_ratio: float, autocast,
+            rollouts=LocalRollouts()):
+    """G episodes per task (consecutive), all in one running batch (--rollout_engine local) or a turn at a time on
+    the inference server (http); each episode's thinking switch is drawn from `gen` first, then every token: a
+    rollout depends only on the weights, the tasks and the generator."""
     messages, tools = expand([t["messages"] for t in tasks], G), expand([t["tools"] for t in tasks], G)
     thinking = (torch.rand(len(messages), generator=gen, device=gen.device) < thinking_ratio).tolist()
     episodes = new_episodes(tokenizer, messages, tools, thinking)
-    return run_episodes(unwrap(model), tokenizer, episodes, max_turns=args.max_turns, max_new_tokens=args.max_gen_len,
-                        max_total_len=args.max_total_len, autocast=autocast,
-                        sampling=Sampling(args.temperature, args.top_p, generator=gen))
+    return rollouts.episodes(model, tokenizer, episodes, max_turns=args.max_turns, max_new_tokens=args.max_gen_len,
+                             max_total_len=args.max_total_len, temperature=args.temperature, top_p=args.top_p,
+                             generator=gen, autocast=autocast)
 
 
 def score(reward_fn, episodes, tasks, G: int):
@@ -130,6 +131,8 @@ def main():
     if args.accumulation_steps != 1:
         parser.error("--accumulation_steps is not used by agent RL: each rollout batch is one update; "
                      "lower --batch_size or --num_generations to save memory")
+    if args.per_sample_seeds:
+        parser.error("--per_sample_seeds is for PPO/GRPO/SPO: local agent episodes draw from the step's generator")
     if args.thinking_ratio is not None and not 0.0 <= args.thinking_ratio <= 1.0:
         parser.error("--thinking_ratio must be in [0, 1]")
     if args.max_total_len <= max(args.max_prompt_len, 1):
@@ -162,13 +165,15 @@ def main():
     optimizer = make_optimizer(model.parameters(), args.learning_rate, args.weight_decay, ddp.device)
     model, step, logger = run.start(model, optimizer, scaler, batches,  # --from_resume 1 continues from checkpoints/
                                     info=f"{G} episodes per task, up to {args.max_turns} turns, {args.loss_type}")
+    rollouts = make_rollout_engine(args, run.weight_file.stem, ddp.is_main, print0)  # --rollout_engine local|http
+    rollouts.sync(model, step)  # http: the inference server starts from these (possibly resumed) weights
 
     # ---- the loop: one rollout batch -> --num_iterations optimizer steps
     for [batch] in islice(batches, run.batches_left(step)):
         # 1. rollout: the random stream belongs to (seed, rank, step), so a resumed run plays the same episodes
         gen = step_generator(args.seed, ddp.rank, step, ddp.device)
         tasks = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        episodes = rollout(model, tokenizer, tasks, G, gen, args, thinking_ratio, autocast)
+        episodes = rollout(model, tokenizer, tasks, G, gen, args, thinking_ratio, autocast, rollouts)
         # 2. rewards; then dynamic sampling: flat groups are replaced by groups of other tasks
         rewards, parts, spread = score(reward_fn, episodes, tasks, G)
         zero_std_before = (spread < 1e-6).float().mean()
@@ -177,7 +182,7 @@ def main():
             if not flat:
                 break
             new = [dataset[i] for i in torch.randint(len(dataset), (len(flat),), generator=gen, device=gen.device)]
-            new_eps = rollout(model, tokenizer, new, G, gen, args, thinking_ratio, autocast)
+            new_eps = rollout(model, tokenizer, new, G, gen, args, thinking_ratio, autocast, rollouts)
             new_r, new_parts, new_spread = score(reward_fn, new_eps, new, G)
             for k, g in enumerate(flat):  # swap group g for the new group k
                 rows = slice(g * G, (g + 1) * G)
@@ -207,6 +212,7 @@ def main():
             scaler.scale(loss).backward()
             grad_norm = optimizer_step(optimizer, scaler, args.grad_clip)
             step += 1
+        rollouts.sync(model, step)  # --rollout_engine http: the server loads the new weights (local: nothing)
         # 5. log, save (after the whole batch: a resume continues with the next one)
         n_calls = sum(len(e.calls) for e in episodes)
         logger.add(tokens=mask.sum(), loss=loss, **reward_metrics(rewards, parts),

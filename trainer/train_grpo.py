@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any dir
 from dataset.lm_dataset import check_trainable  # noqa: E402
 from trainer.rl_utils import (LOSS_TYPES, RLPromptDataset, add_clip_args, add_rl_args,  # noqa: E402
                               aggregate_loss, build_reward_function, check_rl_args, collate_prompts, expand,
-                              group_advantages, kl_k3, masked_mean, policy_loss, reward_metrics, rollout,
-                              step_generator, token_logps)
+                              group_advantages, kl_k3, make_rollout_engine, masked_mean, policy_loss,
+                              reward_metrics, step_generator, token_logps)
 from trainer.trainer_utils import (TrainRun, add_common_args, init_distributed, init_model,  # noqa: E402
                                    make_optimizer, model_config_from_args, optimizer_step, print0, run_main,
                                    set_lr, unwrap)
@@ -86,14 +86,17 @@ def main():
     # --from_resume 1 continues from checkpoints/
     model, step, logger = run.start(model, optimizer, scaler, batches,
                                     info=f"{G} generations per prompt, loss {args.loss_type}")
+    rollouts = make_rollout_engine(args, run.weight_file.stem, ddp.is_main, print0)  # --rollout_engine local|http
+    # --rollout_engine http: the inference server starts from these (possibly resumed) weights
+    rollouts.sync(model, step)
 
     # ---- the loop: one rollout batch -> --num_iterations optimizer steps
     for [batch] in islice(batches, run.batches_left(step)):
         # 1. rollout: G responses per prompt (consecutive rows), batched with a KV cache; the random stream belongs
         #    to (seed, rank, step), so an interrupted and resumed run draws the same samples
         gen = step_generator(args.seed, ddp.rank, step, ddp.device)
-        ro = rollout(model, tokenizer, batch["prompt_ids"], args.max_gen_len, args.temperature, args.top_p,
-                     num_generations=G, autocast=autocast, generator=gen)
+        ro = rollouts.rollout(model, tokenizer, batch["prompt_ids"], args.max_gen_len, args.temperature, args.top_p,
+                              num_generations=G, autocast=autocast, generator=gen)
         # 2. rewards first: a large reward model should not sit in memory next to the policy's activations
         rewards, parts = reward_fn(expand(batch["messages"], G), ro.responses, expand(batch["answer"], G))
         rewards = rewards.to(ddp.device)
@@ -119,6 +122,7 @@ def main():
             scaler.scale(loss).backward()
             grad_norm = optimizer_step(optimizer, scaler, args.grad_clip)
             step += 1
+        rollouts.sync(model, step)  # --rollout_engine http: the server loads the new weights (local: nothing)
         # 6. log, save (after the whole batch: a resume continues with the next one)
         logger.add(tokens=mask.sum(), loss=loss, **reward_metrics(rewards, parts),
                    zero_std_frac=(group_std < 1e-6).float().mean(), kl=masked_mean(kl.detach(), mask),

@@ -44,7 +44,8 @@ from dataset.lm_dataset import check_trainable  # noqa: E402
 from model.model_minimind import MiniMindConfig, MiniMindModel  # noqa: E402
 from trainer.rl_utils import (KL_ESTIMATORS, RLPromptDataset, add_rl_args, build_reward_function,  # noqa: E402
                               check_rl_args, clipped_policy_loss, clipped_value_loss, collate_prompts, gae,
-                              masked_mean, masked_whiten, reward_metrics, rollout, step_generator, token_logps)
+                              make_rollout_engine, masked_mean, masked_whiten, reward_metrics, step_generator,
+                              token_logps)
 from trainer.trainer_utils import (TrainRun, WeightLoadError, add_common_args, init_distributed,  # noqa: E402
                                    init_model, make_optimizer, model_config_from_args, optimizer_step, print0,
                                    run_main, set_lr, unwrap)
@@ -141,13 +142,15 @@ def main():
         raise WeightLoadError(f"--from_resume 1: the actor checkpoint ({run.files()[1]}) is at step {step} but the "
                               f"critic's ({run.files(args.critic_save_weight)[1]}) at step {critic_step}; they must "
                               f"come from the same run")
+    rollouts = make_rollout_engine(args, run.weight_file.stem, ddp.is_main, print0)  # --rollout_engine local|http
+    rollouts.sync(actor, step)  # http: the inference server starts from these (possibly resumed) weights
 
     # ---- the loop: one rollout batch -> ppo_epochs x mini-batches optimizer steps of actor and critic
     for [batch] in islice(batches, run.batches_left(step)):
         # 1. rollout: one response per prompt, batched with a KV cache, from the (seed, rank, step) random stream
         gen = step_generator(args.seed, ddp.rank, step, ddp.device)
-        ro = rollout(actor, tokenizer, batch["prompt_ids"], args.max_gen_len, args.temperature, args.top_p,
-                     autocast=autocast, generator=gen)
+        ro = rollouts.rollout(actor, tokenizer, batch["prompt_ids"], args.max_gen_len, args.temperature, args.top_p,
+                              autocast=autocast, generator=gen)
         # 2. rewards, before any other forward pass
         rewards, parts = reward_fn(batch["messages"], ro.responses, batch["answer"])
         rewards = rewards.to(ddp.device)
@@ -187,6 +190,7 @@ def main():
             grad_norm = optimizer_step(actor_optimizer, actor_scaler, args.grad_clip)
             critic_grad_norm = optimizer_step(critic_optimizer, critic_scaler, args.grad_clip)
             step += 1
+        rollouts.sync(actor, step)  # --rollout_engine http: the server loads the new weights (local: nothing)
         # 6. log, save both models (after the whole batch: a resume continues with the next one)
         logger.add(tokens=mask.sum(), **{
             "loss": policy_loss, "value_loss": value_loss, **reward_metrics(rewards, parts),

@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any dir
 from dataset.lm_dataset import check_trainable  # noqa: E402
 from trainer.rl_utils import (RLPromptDataset, add_rl_args, aggregate_loss, all_gather_cat,  # noqa: E402
                               build_reward_function, check_rl_args, clipped_policy_loss, collate_prompts, kl_k3,
-                              masked_mean, reward_metrics, rollout, step_generator, token_logps)
+                              make_rollout_engine, masked_mean, reward_metrics, step_generator, token_logps)
 from trainer.trainer_utils import (TrainRun, add_common_args, init_distributed, init_model,  # noqa: E402
                                    make_optimizer, model_config_from_args, optimizer_step, print0, run_main, set_lr,
                                    unwrap)
@@ -164,13 +164,15 @@ def main():
     # --from_resume 1 continues from checkpoints/, the tracker included
     model, step, logger = run.start(model, optimizer, scaler, batches, extra={"spo_tracker": tracker},
                                     info=f"rho {args.spo_rho_mode}")
+    rollouts = make_rollout_engine(args, run.weight_file.stem, ddp.is_main, print0)  # --rollout_engine local|http
+    rollouts.sync(model, step)  # http: the inference server starts from these (possibly resumed) weights
 
     # ---- the loop: one rollout batch (one response per prompt) -> one optimizer step
     for [batch] in islice(batches, run.batches_left(step)):
         # 1. rollout: one response per prompt, batched with a KV cache, from the (seed, rank, step) random stream
         gen = step_generator(args.seed, ddp.rank, step, ddp.device)
-        ro = rollout(model, tokenizer, batch["prompt_ids"], args.max_gen_len, args.temperature, args.top_p,
-                     num_generations=1, autocast=autocast, generator=gen)
+        ro = rollouts.rollout(model, tokenizer, batch["prompt_ids"], args.max_gen_len, args.temperature, args.top_p,
+                              num_generations=1, autocast=autocast, generator=gen)
         # 2. rewards
         rewards, parts = reward_fn(batch["messages"], ro.responses, batch["answer"])
         # 3. advantage: reward minus the prompt's tracked baseline, normalised over the whole batch. Baselines and
@@ -199,6 +201,7 @@ def main():
         scaler.scale(loss).backward()
         grad_norm = optimizer_step(optimizer, scaler, args.grad_clip)
         step += 1
+        rollouts.sync(model, step)  # --rollout_engine http: the server loads the new weights (local: nothing)
         # 6. how far the step moved the policy: KL(pi_before || pi_after) on this step's tokens (k3, y ~ pi_before),
         #    averaged over ranks; it advances the tracker's drift clock
         drift = torch.zeros((), device=ddp.device)
