@@ -113,6 +113,21 @@ class PromptScriptedLM(ScriptedLM):
         return SimpleNamespace(logits=logits)
 
 
+class StopOn:
+    """Our tokenizer, except that `stop_ids` end a turn (the engine takes a list of stop ids). A random model never
+    says <|im_end|>; with every eighth token id a stop, its turns end after a few tokens, at different steps in
+    different rows, as a trained model's do. The chat template and the tool turns are the real ones."""
+
+    def __init__(self, tokenizer, stop_ids):
+        self.tokenizer, self.eos_token_id = tokenizer, stop_ids
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+    def __call__(self, *args, **kwargs):
+        return self.tokenizer(*args, **kwargs)
+
+
 # ---------------------------------------------------------------------------------------------------- scripts
 def free_port() -> int:
     with socket.socket() as s:

@@ -18,8 +18,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from helpers import (SAMPLE, run_trainer, spread_weights_, straight_and_resumed, tiny_model,  # noqa: E402
-                     train_log, write_jsonl)
+from helpers import (SAMPLE, StopOn, run_trainer, spread_weights_, straight_and_resumed,  # noqa: E402
+                     tiny_model, train_log, write_jsonl)
 from model import tool_loop  # noqa: E402
 from model.generation import stream_generate  # noqa: E402
 from model.model_minimind import MiniMindConfig  # noqa: E402
@@ -561,21 +561,6 @@ def test_run_turns_and_run_episodes_give_the_same_turns(tokenizer):
 
 
 # ================================================================================================ live KV cache
-class StopOn:
-    """Our tokenizer, except that `stop_ids` end a turn (the engine takes a list of stop ids). A random model never
-    says <|im_end|>; with every eighth token id a stop, its turns end after a few tokens, at different steps in
-    different rows, as a trained model's do. The chat template and the tool turns are the real ones."""
-
-    def __init__(self, tokenizer, stop_ids):
-        self.tokenizer, self.eos_token_id = tokenizer, stop_ids
-
-    def __getattr__(self, name):
-        return getattr(self.tokenizer, name)
-
-    def __call__(self, *args, **kwargs):
-        return self.tokenizer(*args, **kwargs)
-
-
 def test_live_cache_rollout_equals_re_prefilled_rollout(tokenizer):
     """run_episodes appends each tool result to its row's live KV cache while the other rows go on decoding. A
     reference loop plays each episode alone and, every turn, prefills its whole context again (model/generation

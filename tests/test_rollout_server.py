@@ -4,6 +4,7 @@ HttpRollouts), and a GRPO run against the server that equals a local run step fo
 by the server after every update. Tiny random models on CPU."""
 import math
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,15 +15,18 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from helpers import (SAMPLE, SHARED, TINY_CFG, free_port, serve, start_trainer, finish, tiny_model,  # noqa: E402
-                     train_log)
+from helpers import (SAMPLE, SHARED, TINY_CFG, StopOn, finish, free_port, serve, spread_weights_,  # noqa: E402
+                     start_trainer, tiny_model, train_log)
 from model.checkpoint import load_weights  # noqa: E402
 from model.generation import generate  # noqa: E402
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
+from model.tool_loop import Turn, new_episodes  # noqa: E402
+from model.tools import tool_schemas  # noqa: E402
 from scripts.serve_openai_api import create_app  # noqa: E402
 from trainer.rl_utils import HttpRollouts, LocalRollouts, RolloutServerError, rollout  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+CALC = tool_schemas(["calculate_math"])
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +181,35 @@ def test_grpo_http_rollouts_equal_local_step_for_step(server, base_weights, tmp_
     base = torch.load(base_weights, weights_only=True)
     assert not torch.equal(served["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
     assert (tmp_path / "http" / "out" / "rollout" / "grpo_64.pth").is_file()  # the shared sync file
+
+
+# ================================================================================================ agent episodes
+def test_agent_episodes_over_http_equal_local(tokenizer, tmp_path):
+    """Agent RL's tool loop over http (a turn at a time, each turn sending the whole context to /generate) plays
+    the same episodes as the local loop (one running batch, tool results appended to the live KV cache): the same
+    token ids, loss masks and turns, greedy."""
+    model = spread_weights_(tiny_model(0), 0.3)  # O(1) logits: varied greedy tokens
+    stops = list(range(3, tokenizer.vocab_size, 8))  # turns end after a few tokens, at different steps
+    tok = StopOn(tokenizer, stops)
+    users = ["What is 834-38*42?", "hi", "Convert 3 km to miles, please.", "Tell me a story about a cat."]
+    messages = [[{"role": "user", "content": u}] for u in users]
+    tools = [CALC, CALC, None, CALC]
+    thinking = [True, False, True, False]
+
+    def parse(text):  # every finished reply is one call, so that every turn goes on
+        return Turn(text, [{"name": "calculate_math", "arguments": '{"expression": "1+1"}'}], text=text)
+
+    def run(name, arguments):
+        return '{"result": "2"}', True
+
+    kw = dict(max_turns=3, max_new_tokens=10, max_total_len=2048, temperature=0.0, top_p=1.0, generator=None,
+              run=run, parse=parse)
+    local = LocalRollouts().episodes(model, tok, new_episodes(tokenizer, messages, tools, thinking), **kw)
+    app = create_app(model, tokenizer, "tiny", max_seq_len=2048, max_batch_size=8)
+    with serve(app) as url:
+        remote = HttpRollouts(url, tmp_path / "w.pth").episodes(model, tok, new_episodes(tokenizer, messages, tools,
+                                                                                          thinking), **kw)
+    for a, b in zip(local, remote):
+        assert (a.ids, a.mask) == (b.ids, b.mask)
+        assert [asdict(t) for t in a.turns] == [asdict(t) for t in b.turns]
+    assert max(len(e.turns) for e in local) == 3 and any(not e.turns[-1].finished for e in local)  # not trivial

@@ -271,6 +271,12 @@ def pack_rollout(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[
                    responses=tokenizer.batch_decode(resp.tolist(), skip_special_tokens=True))
 
 
+def stop_ids(tokenizer) -> List[int]:
+    """The tokenizer's EOS as a list of stop ids (model/generation.py takes an id or a list)."""
+    eos = tokenizer.eos_token_id
+    return list(eos) if isinstance(eos, (list, tuple)) else [eos]
+
+
 class RolloutServerError(UserError):
     """The rollout server cannot be reached or refused a request (the message names the URL and its answer)."""
 
@@ -293,10 +299,11 @@ class LocalRollouts:
                        autocast=autocast, generator=generator, per_sample_seeds=self.per_sample_seeds)
 
     def episodes(self, model, tokenizer, episodes, *, max_turns: int, max_new_tokens: int, max_total_len: int,
-                 temperature: float, top_p: float, generator: torch.Generator, autocast=None):
+                 temperature: float, top_p: float, generator: Optional[torch.Generator], autocast=None, **loop):
+        """Play tool episodes (model/tool_loop.py); `loop`: its `run` (the tools) and `parse` hooks."""
         return run_episodes(unwrap(model), tokenizer, episodes, max_turns=max_turns, max_new_tokens=max_new_tokens,
                             max_total_len=max_total_len, autocast=autocast,
-                            sampling=Sampling(temperature, top_p, generator=generator))
+                            sampling=Sampling(temperature, top_p, generator=generator), **loop)
 
 
 class HttpRollouts(LocalRollouts):
@@ -397,18 +404,18 @@ class HttpRollouts(LocalRollouts):
                 num_generations: int = 1, autocast=None, generator: Optional[torch.Generator] = None) -> Rollout:
         ids = [tokenizer(p, add_special_tokens=False).input_ids if isinstance(p, str) else list(p) for p in prompts]
         ids = [x for x in ids for _ in range(num_generations)]
-        outs = self.generate(ids, [max_gen_len] * len(ids), temperature, top_p, [tokenizer.eos_token_id],
-                             generator, logprobs=True)
+        outs = self.generate(ids, [max_gen_len] * len(ids), temperature, top_p, stop_ids(tokenizer), generator,
+                             logprobs=True)
         device = next(unwrap(model).parameters()).device
         return pack_rollout(ids, [o[0][:max_gen_len] for o in outs], tokenizer, device, [o[2] for o in outs])
 
     def episodes(self, model, tokenizer, episodes, *, max_turns: int, max_new_tokens: int, max_total_len: int,
-                 temperature: float, top_p: float, generator: torch.Generator, autocast=None):
+                 temperature: float, top_p: float, generator: Optional[torch.Generator], autocast=None, **loop):
         def generate_turns(contexts, budgets):
             return [(ids, stop) for ids, stop, _ in self.generate(contexts, budgets, temperature, top_p,
-                                                                  [tokenizer.eos_token_id], generator)]
+                                                                  stop_ids(tokenizer), generator)]
         return run_episodes_by_turns(tokenizer, episodes, generate_turns, max_turns=max_turns,
-                                     max_new_tokens=max_new_tokens, max_total_len=max_total_len)
+                                     max_new_tokens=max_new_tokens, max_total_len=max_total_len, **loop)
 
 
 def make_rollout_engine(args, save_name: str, is_main: bool = True, log=print) -> LocalRollouts:
