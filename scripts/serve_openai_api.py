@@ -19,8 +19,9 @@ Endpoints
                                 {"finish_reason": {"type": "stop", "matched": id} | {"type": "length", ...},
                                 "prompt_tokens", "completion_tokens", "weight_version", "output_token_logprobs"}}.
                                 A seeded or greedy request gives the same tokens whatever else runs beside it.
-    POST /update_weights_from_disk   {"model_path": a .pth state dict, "weight_version"}: the served MiniMind loads
-                                it (strict, weights_only, as at startup) between two decode steps; running
+    POST /update_weights_from_disk   {"model_path", "weight_version"}: the served model loads a .pth state dict
+                                (strict, weights_only, as at startup), or a transformers folder when it was
+                                started from one (--load_from), between two decode steps; running
                                 requests go on with the new weights. -> {"success", "message"}; 400 if it does not
                                 fit. An RL trainer calls it after each update (trainer/rl_utils.py HttpRollouts).
 
@@ -61,7 +62,7 @@ if str(ROOT) not in sys.path:
 from fastapi import APIRouter, Depends, FastAPI, Request  # noqa: E402
 from fastapi.responses import JSONResponse, StreamingResponse  # noqa: E402
 
-from model.checkpoint import load_weights  # noqa: E402
+from model.checkpoint import WeightLoadError, load_weights  # noqa: E402
 from model.errors import USER_ERRORS, run_main  # noqa: E402
 from scripts.model_loading import ReplyStream, add_model_args, chat_prompt, load_model  # noqa: E402
 from model.chat_template import ChatTemplateArgumentError  # noqa: E402
@@ -398,6 +399,23 @@ async def native_generate(body: GenerateRequest, request: Request):
     return JSONResponse(out[0] if single else out)
 
 
+def load_served_weights(model, path: str):
+    """model_path -> the served model's weights, in place, strict: a .pth state dict (a native MiniMind, loaded as
+    at startup: weights_only), or a transformers folder (what SGLang reloads) for a model served from one
+    (--load_from, e.g. a Llama / Qwen3 export), read with from_pretrained (no remote code)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return load_weights(model, folder, "model_path")
+    from transformers import AutoModelForCausalLM
+    try:
+        new = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=next(model.parameters()).dtype)
+        model.load_state_dict(new.state_dict(), strict=True)
+    except (OSError, ValueError, RuntimeError) as e:  # not a model folder, another architecture, other shapes
+        raise WeightLoadError(f"model_path {folder}: cannot load it into the served "
+                              f"{type(model).__name__}: {str(e).splitlines()[0][:300]}") from None
+    return model
+
+
 @router.post("/update_weights_from_disk", dependencies=[Depends(check_key)])
 async def update_weights_from_disk(body: UpdateWeightsFromDiskRequest, request: Request):
     """Load a .pth state dict into the served model, in the engine's worker thread between two decode steps."""
@@ -406,7 +424,7 @@ async def update_weights_from_disk(body: UpdateWeightsFromDiskRequest, request: 
 
     def load():
         with torch.no_grad():
-            load_weights(model, body.model_path, "model_path")
+            load_served_weights(model, body.model_path)
 
     try:
         await asyncio.wrap_future(s.engine.run_between_steps(load))

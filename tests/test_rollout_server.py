@@ -15,7 +15,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from helpers import (SAMPLE, SHARED, TINY_CFG, StopOn, finish, free_port, serve, spread_weights_,  # noqa: E402
+from helpers import (SAMPLE, SHARED, TINY, TINY_CFG, StopOn, finish, free_port, serve, spread_weights_,  # noqa: E402
                      start_trainer, tiny_model, train_log)
 from model.checkpoint import load_weights  # noqa: E402
 from model.generation import generate  # noqa: E402
@@ -213,3 +213,32 @@ def test_agent_episodes_over_http_equal_local(tokenizer, tmp_path):
         assert (a.ids, a.mask) == (b.ids, b.mask)
         assert [asdict(t) for t in a.turns] == [asdict(t) for t in b.turns]
     assert max(len(e.turns) for e in local) == 3 and any(not e.turns[-1].finished for e in local)  # not trivial
+
+
+# ================================================================================================ SGLang-style sync
+def test_transformers_folder_sync_reloads_a_served_export(tokenizer, tmp_path):
+    """--rollout_sync_format transformers: the trainer exports its weights as a plain Llama folder (what SGLang's
+    /update_weights_from_disk loads) and the server, serving such an export (--load_from), reloads it: afterwards
+    the served model computes what the trainer's MiniMind computes, and samples from it."""
+    from transformers import AutoModelForCausalLM
+
+    from model.checkpoint import DEFAULT_TOKENIZER
+    from scripts.convert_model import torch2transformers
+    torch2transformers(tiny_model(0), tmp_path / "served", torch.float32, DEFAULT_TOKENIZER, "llama")
+    served = AutoModelForCausalLM.from_pretrained(tmp_path / "served").eval()
+    trained = spread_weights_(tiny_model(3), 0.3)
+    ids = [[1, 50, 900, 33, 4000]]
+    with torch.no_grad():
+        assert not torch.allclose(served(torch.tensor(ids)).logits, trained(torch.tensor(ids)).logits, atol=1e-3)
+    app = create_app(served, tokenizer, "tiny-llama", max_seq_len=256)
+    with serve(app) as url:
+        http = HttpRollouts(url, tmp_path / "sync" / "policy.pth",
+                            export=["--dtype", "float32", "--tokenizer_path", str(DEFAULT_TOKENIZER), *TINY])
+        http.sync(trained, step=4)
+        [(out, _, _)] = http.generate(ids, [6], 0.0, 1.0, [tokenizer.eos_token_id], None)
+        assert httpx.get(url + "/health").json()["weight_version"] == "4"
+    assert (tmp_path / "sync" / "policy" / "config.json").is_file()
+    with torch.no_grad():
+        assert torch.allclose(served(torch.tensor(ids)).logits, trained(torch.tensor(ids)).logits, atol=1e-4)
+    want = generate(trained, ids, max_new_tokens=6, temperature=0, eos_token_id=tokenizer.eos_token_id)
+    assert out == want.responses[0][want.response_mask[0].bool()].tolist()

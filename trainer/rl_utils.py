@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:
 
 from dataset.lm_dataset import DataFormatError, RLAIFDataset  # noqa: E402
 from model.atomic_io import atomic_save  # noqa: E402
-from model.checkpoint import WeightLoadError, unwrap  # noqa: E402
+from model.checkpoint import SIZE_FLAGS, WeightLoadError, unwrap  # noqa: E402
 from model.errors import UserError  # noqa: E402
 from model.generation import Sampling, generate, left_pad  # noqa: E402
 from model.tool_loop import run_episodes, run_episodes_by_turns  # noqa: E402
@@ -94,6 +94,11 @@ def add_rl_args(parser, *, max_prompt_len=256, max_gen_len=1536, temperature=0.8
     p.add_argument("--rollout_sync_path", type=str, default=None,
                    help="--rollout_engine http: where the policy's weights are written for the server to load "
                         "(a path the server can read; default {save_dir}/rollout/{stage}_{hidden}.pth)")
+    p.add_argument("--rollout_sync_format", type=str, default="pth", choices=["pth", "transformers"],
+                   help="--rollout_engine http: what the server loads: pth (our server serving native weights) or "
+                        "transformers (a plain Llama / Qwen3 folder beside the .pth, exported by "
+                        "scripts/convert_model.py torch2transformers: what SGLang, or our server started with "
+                        "--load_from on such a folder, reloads)")
     p.add_argument("--rollout_timeout", type=float, default=600.0, help="seconds to wait for one server answer")
     p.add_argument("--per_sample_seeds", type=int, default=0, choices=[0, 1],
                    help="1: every sample draws from its own generator, seeded from the step's (what --rollout_engine "
@@ -325,9 +330,12 @@ class HttpRollouts(LocalRollouts):
     """
 
     def __init__(self, url: str, sync_path, timeout: float = 600.0, api_key: Optional[str] = None,
-                 is_main: bool = True, log=print):
+                 is_main: bool = True, log=print, export: Optional[List[str]] = None):
         import httpx
         super().__init__(per_sample_seeds=True)
+        # export: the scripts/convert_model.py torch2transformers flags (size, tokenizer) when the server reloads a
+        # transformers folder (--rollout_sync_format transformers); None: it loads the .pth itself
+        self.export = export
         self.url, self.sync_path, self.is_main, self.log = url.rstrip("/"), Path(sync_path).resolve(), is_main, log
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(timeout=timeout, headers=headers, trust_env=False)
@@ -359,16 +367,29 @@ class HttpRollouts(LocalRollouts):
         t0 = time.perf_counter()
         if self.is_main:
             atomic_save({k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}, self.sync_path)
-            answer = self.post("/update_weights_from_disk", {"model_path": str(self.sync_path),
-                                                              "weight_version": str(step)})
+            target = self.sync_path if self.export is None else self.export_folder()
+            answer = self.post("/update_weights_from_disk", {"model_path": str(target), "weight_version": str(step)})
             if isinstance(answer, dict) and answer.get("success") is False:
                 raise RolloutServerError(f"rollout server {self.url}/update_weights_from_disk refused "
-                                         f"{self.sync_path}: {answer.get('message')}")
+                                         f"{target}: {answer.get('message')}")
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
         self.synced_step = step
         self.stats["syncs"] += 1
         self.stats["sync_s"] += time.perf_counter() - t0
+
+    def export_folder(self) -> Path:
+        """The synced .pth as a plain transformers folder (Llama / Qwen3), written by scripts/convert_model.py in a
+        child process (the one converter; trainer/ does not import scripts/). The folder is swapped in whole."""
+        import subprocess
+        folder = self.sync_path.with_suffix("")
+        cmd = [sys.executable, str(ROOT / "scripts" / "convert_model.py"), "torch2transformers", "--pth",
+               str(self.sync_path), "--out_dir", str(folder), *self.export]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RolloutServerError(f"--rollout_sync_format transformers: exporting {self.sync_path} failed:\n"
+                                     f"{(done.stderr or done.stdout)[-1500:]}")
+        return folder
 
     def generate(self, contexts: List[List[int]], budgets: List[int], temperature: float, top_p: float,
                  stop_ids: List[int], generator: Optional[torch.Generator], logprobs: bool = False):
@@ -424,8 +445,17 @@ def make_rollout_engine(args, save_name: str, is_main: bool = True, log=print) -
     if args.rollout_engine == "local":
         return LocalRollouts(bool(args.per_sample_seeds))
     path = args.rollout_sync_path or Path(args.save_dir) / "rollout" / f"{save_name}.pth"
-    log(f"rollouts: {args.rollout_url} (SGLang's native /generate); weights synced through {Path(path).resolve()}")
-    return HttpRollouts(args.rollout_url, path, args.rollout_timeout, args.rollout_api_key, is_main, log)
+    export = None
+    if args.rollout_sync_format == "transformers":
+        # the run's own size flags and tokenizer; float32 keeps the synced weights exact (the server may cast)
+        export = ["--dtype", "float32", "--tokenizer_path", str(args.tokenizer_path)]
+        export += ["--preset", args.preset] if getattr(args, "preset", None) else []
+        for k in SIZE_FLAGS:
+            if getattr(args, k, None) is not None:
+                export += [f"--{k}", str(int(getattr(args, k)))]
+    log(f"rollouts: {args.rollout_url} (SGLang's native /generate); weights synced through {Path(path).resolve()}"
+        + ("" if export is None else f" and its transformers folder {Path(path).resolve().with_suffix('')}"))
+    return HttpRollouts(args.rollout_url, path, args.rollout_timeout, args.rollout_api_key, is_main, log, export)
 
 
 # ================================================================================================================
