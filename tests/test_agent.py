@@ -704,7 +704,8 @@ def test_train_agent_two_process_gloo_on_calculator_tasks(tmp_path, coin_weights
                                              (["--reward", "gsm8k"], "unknown term 'gsm8k'"),
                                              (["--max_total_len", 100], "--max_total_len must exceed"),
                                              (["--dynamic_sampling", -1], "--dynamic_sampling >= 0"),
-                                             (["--loss_type", "dapo"], "invalid choice: 'dapo'")])
+                                             (["--loss_type", "dapo"], "invalid choice: 'dapo'"),
+                                             (["--per_sample_seeds", 1], "--per_sample_seeds is for PPO/GRPO/SPO")])
 def test_train_agent_flag_errors(run_in_process, capsys, flags, message):
     with pytest.raises(SystemExit) as e:
         run_in_process(ROOT / "trainer" / "train_agent.py", *flags)

@@ -242,3 +242,28 @@ def test_transformers_folder_sync_reloads_a_served_export(tokenizer, tmp_path):
         assert torch.allclose(served(torch.tensor(ids)).logits, trained(torch.tensor(ids)).logits, atol=1e-4)
     want = generate(trained, ids, max_new_tokens=6, temperature=0, eos_token_id=tokenizer.eos_token_id)
     assert out == want.responses[0][want.response_mask[0].bool()].tolist()
+
+
+def test_ppo_spo_and_agent_rl_run_over_http(base_weights, tokenizer, tmp_path):
+    """The other RL stages sample on the server too: each run trains its steps, and the server reloads each run's
+    weights before its first rollout and after each of its 2 steps (3 reloads a run)."""
+    app = create_app(served_model(base_weights), tokenizer, "tiny", max_seq_len=4096, max_batch_size=16)
+    fast = ["--max_gen_len", 4, "--batch_size", 2, "--max_steps", 2, "--temperature", 1.0, "--learning_rate", 1e-3,
+            "--from_weight", base_weights, "--save_interval", 100]
+    stages = {"train_ppo.py": ["--data_path", rlaif_data(), "--max_prompt_len", 64, "--reward", "length:1",
+                               "--length_target", 5],
+              "train_spo.py": ["--data_path", rlaif_data(), "--max_prompt_len", 64, "--reward", "length:1",
+                               "--length_target", 5],
+              "train_agent.py": ["--data_path", SAMPLE / "agent_rl.jsonl", "--num_generations", 2, "--max_turns", 2,
+                                 "--reward", "unfinished:1,repetition:1"]}
+    with serve(app) as url:
+        runs = {s: start_trainer(s, *fast, *flags, "--rollout_engine", "http", "--rollout_url", url,
+                                 tmp=tmp_path / s) for s, flags in stages.items()}
+        for proc in runs.values():
+            finish(proc, timeout=300)
+        health = httpx.get(url + "/health").json()
+    for script, name in (("train_ppo.py", "ppo_actor_64"), ("train_spo.py", "spo_64"), ("train_agent.py", "agent_64")):
+        rows = train_log(tmp_path / script / "out", name)
+        assert [r["step"] for r in rows] == [1, 2] and all(math.isfinite(r["loss"]) for r in rows), (script, rows)
+        assert (tmp_path / script / "out" / "rollout" / f"{name}.pth").is_file()
+    assert health["weight_updates"] == 3 * len(stages) and health["errors"] == 0
