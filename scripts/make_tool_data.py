@@ -579,11 +579,25 @@ def copy_texts(rng: random.Random, n: int) -> List[dict]:
             return rng.choice(names)
         return rng.choice(WORDS_ZH + WORDS_EN)
 
+    # Half the texts put the span inside a phrase (after a space or a Chinese word, as in a question) and copy it
+    # into a JSON string, as a tool call does. Why: the tokenizer splits a number differently there -- " 93.2" in
+    # a question is [" 9", "3", ".", "2"], in `"93.2"` it is ["9", "3", ".", "2"] -- so the first token of an
+    # argument is never the token the model saw; an induction head copies only identical tokens. A tool-SFT model
+    # copied the rest of an argument (91% of its tokens right, teacher-forced) and got that first token wrong.
+    lead_en = ["say", "repeat", "note", "copy", "write down", "keep", "read", "the value is", "input", "use"]
+    lead_zh = ["记下", "复述", "输入", "抄写", "请用", "数值是", "读一下", "保存"]
     out = []
     for _ in range(n):
         span = " ".join(item() for _ in range(rng.randint(1, 6)))
-        form = rng.choice(['{s} => "{s}"', "{s}\n{s}", "{s}：{s}", '{{"text": "{s}"}} {s}', "<{s}> <{s}>"])
-        out.append({"text": form.format(s=span)})
+        if rng.random() < 0.5:
+            form = rng.choice(['{s} => "{s}"', "{s}\n{s}", "{s}：{s}", '{{"text": "{s}"}} {s}', "<{s}> <{s}>"])
+            out.append({"text": form.format(s=span)})
+            continue
+        en = rng.random() < 0.5
+        phrase = (f"{rng.choice(lead_en)} {span}{rng.choice(['', '?', '.', ' please'])}" if en else
+                  f"{rng.choice(lead_zh)}{span}{rng.choice(['', '？', '。', '吧'])}")
+        key = rng.choice(["text", "value", "expression", "location", "x"])
+        out.append({"text": f'{phrase} => {{"{key}": "{span}"}}'})
     return out
 
 

@@ -109,3 +109,26 @@ def test_gsm8k_becomes_calculator_tasks(tmp_path):
     src.write_text(json.dumps({"question": "q", "answer": "no final line"}) + "\n", encoding="utf-8")
     with pytest.raises(Exception, match=r"gsm8k.jsonl:1: .*####"):
         mtd.convert_gsm8k(src)
+
+
+def test_copy_texts_copy_spans_from_a_phrase_into_a_json_string(tokenizer):
+    """Half the copy texts copy a span from a phrase into a JSON string, as a tool call does; there the span's first
+    token differs from the phrase's (" 9" vs "9"), which is what the warm-up must teach beyond plain induction."""
+    import random
+    texts = [t["text"] for t in mtd.copy_texts(random.Random(0), 400)]
+    into_json = []
+    for t in texts:
+        if " => {" in t:
+            phrase, obj = t.split(" => ", 1)
+            (span,) = json.loads(obj).values()
+            assert span in phrase
+            into_json.append((phrase, span))
+    assert 0.35 < len(into_json) / len(texts) < 0.65
+    first_differs = 0
+    for phrase, span in into_json:
+        in_phrase = tokenizer(phrase, add_special_tokens=False).input_ids
+        in_json = tokenizer(json.dumps({"x": span}, ensure_ascii=False), add_special_tokens=False).input_ids
+        first = tokenizer(span, add_special_tokens=False).input_ids[0]
+        # the span's first token as the JSON string holds it is not found as such in the phrase, for some spans
+        first_differs += first in in_json and first not in in_phrase
+    assert first_differs > 0.1 * len(into_json)
