@@ -10,11 +10,15 @@ Modes
                            "prompt_tokens"} (+ "reasoning" for reasoning models)
 
 Tokens are printed as they are generated. A reasoning model's <think>...</think> part is shown dimmed (or
-between [think] markers when stdout is not a terminal) and can be hidden with --show_thinking 0. Pretrain
-weights continue raw text (no chat template), as in the original MiniMind.
+between [think] markers when stdout is not a terminal) and can be hidden with --show_thinking 0 (display
+only). Whether the model thinks at all is --enable_thinking 1|0 (alias --open_thinking): passed to the chat
+template under the switch it reads (ours: enable_thinking; upstream minimind-3's: open_thinking, where 1 opens
+a <think> block for the model); unset is the template's default. Pretrain weights continue raw text (no chat
+template), as in the original MiniMind.
 
     python eval_llm.py --weight full_sft
     python eval_llm.py --weight reason --mode interactive --historys 4
+    python eval_llm.py --load_from ./minimind-3 --enable_thinking 1   # adaptive thinking: switch it on
     python eval_llm.py --load_from ./MiniMind2 --prompts_file prompts.txt --output answers.jsonl
     python eval_llm.py --weight full_sft --lora_weight lora_identity
 """
@@ -31,6 +35,7 @@ import torch  # noqa: E402
 
 from dataset.lm_dataset import DataFormatError, iter_jsonl  # noqa: E402
 from model.atomic_io import atomic_write_text  # noqa: E402
+from model.chat_template import add_thinking_arg, thinking_arg  # noqa: E402
 from model.errors import exit_on_user_error  # noqa: E402
 from model.generation import stream_tokens  # noqa: E402
 from model.runtime import setup_seed  # noqa: E402
@@ -182,7 +187,9 @@ def main(argv=None):
     parser.add_argument("--temperature", type=float, default=0.85, help="0 = greedy")
     parser.add_argument("--top_p", type=float, default=0.85)
     parser.add_argument("--repetition_penalty", type=float, default=1.0)
-    parser.add_argument("--show_thinking", type=int, default=1, choices=[0, 1])
+    parser.add_argument("--show_thinking", type=int, default=1, choices=[0, 1],
+                        help="display only: 0 hides the reasoning (the model still writes it)")
+    add_thinking_arg(parser)  # --enable_thinking / --open_thinking 0|1: whether the model reasons at all
     parser.add_argument("--show_speed", type=int, default=1, choices=[0, 1])
     parser.add_argument("--seed", type=int, default=None, help="fix the sampling randomness")
     args = parser.parse_args(argv)
@@ -211,7 +218,7 @@ def main(argv=None):
             if messages is None:  # interactive / auto: carry the last --historys messages
                 messages = history[-args.historys:] if args.historys else []
                 messages = messages + [{"role": "user", "content": shown}]
-            text = chat_prompt(tokenizer, messages, tools)
+            text = chat_prompt(tokenizer, messages, tools, enable_thinking=thinking_arg(args))
         prompt_ids = tokenizer(text, add_special_tokens=False).input_ids
         if args.mode == "auto" or args.prompts_file:
             print(f"👶: {shown}", flush=True)

@@ -16,6 +16,8 @@ A request (OpenAI-style server, web demo, dataset flag) says what it wants with 
     thinking_kwargs(tokenizer_or_template, enable_thinking=None, open_thinking=None, chat_template_kwargs=None)
         -> dict for apply_chat_template(..., **kwargs)
     thinking_switches(tokenizer_or_template) -> tuple of the switch names the template reads
+    template_default(tokenizer_or_template, minimind3, ours) -> upstream minimind-3's value for its template
+    add_thinking_arg(parser, *names) / thinking_arg(args): a front end's --enable_thinking 0|1 flag
     split_thinking(text) -> (reasoning, answer): a reply's <think> block split off
 
 Standard library only: the server and light tools import it without torch.
@@ -54,6 +56,30 @@ def thinking_switches(tokenizer_or_template) -> Tuple[str, ...]:
     """The thinking switch names (of THINKING_SWITCHES) that the template's source mentions, in that order."""
     source = _template_source(tokenizer_or_template)
     return tuple(name for name in THINKING_SWITCHES if re.search(rf"\b{name}\b", source))
+
+
+def template_default(tokenizer_or_template, minimind3, ours):
+    """A default that follows the template: `minimind3` (upstream minimind-3's value) where the template reads
+    `open_thinking` (upstream's tokenizer, which always renders a <think> block and whose data habits upstream's
+    defaults were tuned for), `ours` elsewhere. Used for --thinking_ratio and the SFT augmentations."""
+    return minimind3 if "open_thinking" in thinking_switches(tokenizer_or_template) else ours
+
+
+def add_thinking_arg(parser, *names: str, help: Optional[str] = None):
+    """A front end's thinking switch: `--enable_thinking 0|1` (and `--open_thinking`, upstream minimind-3's
+    spelling) unless other `names` are given; unset = the template's default. Read it with `thinking_arg`."""
+    parser.add_argument(*(names or ("--enable_thinking", "--open_thinking")), dest="enable_thinking", type=int,
+                        default=None, choices=[0, 1],
+                        help=help or "1: let the model reason in a <think> block, 0: answer directly (an empty "
+                                     "block is pre-filled); unset: the template's default. Passed as the switch "
+                                     "the chat template reads: enable_thinking (ours) or open_thinking "
+                                     "(upstream minimind-3's)")
+    return parser
+
+
+def thinking_arg(args) -> Optional[bool]:
+    """The parsed `add_thinking_arg` flag: True, False or None (the template's default)."""
+    return None if args.enable_thinking is None else bool(args.enable_thinking)
 
 
 def thinking_kwargs(tokenizer_or_template, enable_thinking: Optional[bool] = None,

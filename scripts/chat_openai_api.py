@@ -5,7 +5,10 @@
     python scripts/chat_openai_api.py --base_url http://host:8998/v1 --api_key sk-local
 
 Reads prompts from stdin until EOF or `exit`, streams each answer; a reasoning model's reasoning_content is
-shown dimmed (or between [think] markers when stdout is not a terminal). Any OpenAI-compatible server works.
+shown dimmed (or between [think] markers when stdout is not a terminal; --show_thinking 0 hides it). Any
+OpenAI-compatible server works. --thinking 1|0 (aliases --enable_thinking, --open_thinking) switches the
+reasoning itself on or off: it is sent as `chat_template_kwargs: {"enable_thinking": ...}` (vLLM's convention),
+which our server maps to the switch its tokenizer's template reads (open_thinking for upstream minimind-3's).
 A server that cannot be reached or refuses the request (wrong key, bad value) ends it with one `error:` line.
 
 Tool use (--tools all, or names from model/tools.py such as calculate_math,get_current_time): the tools' schemas
@@ -32,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from model.chat_template import add_thinking_arg, thinking_arg  # noqa: E402
 from model.errors import UserError, run_main  # noqa: E402
 from model.tools import TOOL_NAMES, call_tool, tool_schemas  # noqa: E402
 
@@ -78,7 +82,11 @@ def main(argv=None):
     parser.add_argument("--top_p", type=float, default=0.85)
     parser.add_argument("--max_tokens", type=int, default=None, help="default: whatever context is left")
     parser.add_argument("--system", type=str, default=None, help="optional system prompt")
-    parser.add_argument("--show_thinking", type=int, default=1, choices=[0, 1])
+    parser.add_argument("--show_thinking", type=int, default=1, choices=[0, 1],
+                        help="display only: 0 hides the reasoning_content")
+    add_thinking_arg(parser, "--thinking", "--enable_thinking", "--open_thinking",
+                     help="1: the model reasons first, 0: it answers directly; sent as chat_template_kwargs "
+                          "(unset: the server's default)")
     parser.add_argument("--tools", type=str, default=None,
                         help=f"offer tools and run their calls locally: 'all' or a comma list of "
                              f"{','.join(TOOL_NAMES)}")
@@ -103,6 +111,8 @@ def main(argv=None):
         messages = ([{"role": "system", "content": args.system}] if args.system else [])
         messages += (history[-args.historys:] if args.historys else []) + [{"role": "user", "content": prompt}]
         kwargs = {"max_tokens": args.max_tokens} if args.max_tokens else {}
+        if thinking_arg(args) is not None:
+            kwargs["extra_body"] = {"chat_template_kwargs": {"enable_thinking": thinking_arg(args)}}
         if tools:
             kwargs["tools"] = tools
         for round_no in range(args.max_tool_rounds + 1):

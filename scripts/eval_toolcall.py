@@ -62,6 +62,7 @@ import openai  # noqa: E402
 import torch  # noqa: E402
 
 from dataset.lm_dataset import iter_jsonl  # noqa: E402
+from model.chat_template import add_thinking_arg, thinking_arg  # noqa: E402
 from model.errors import UserError, run_main  # noqa: E402
 from model.generation import Sampling, is_minimind, stream_tokens  # noqa: E402
 from model.scoring import answer_matches, as_number, squash  # noqa: E402
@@ -378,8 +379,7 @@ def main(argv=None):
     p.add_argument("--top_p", type=float, default=1.0)
     p.add_argument("--batch_size", type=int, default=64, help="local weights: episodes decoded together")
     p.add_argument("--limit", type=int, default=None, help="only the first N tasks")
-    p.add_argument("--enable_thinking", type=int, default=None, choices=[0, 1],
-                   help="the chat template's thinking switch (mapped to open_thinking for minimind-3's tokenizer)")
+    add_thinking_arg(p)  # --enable_thinking / --open_thinking 0|1 (mapped to the switch the template reads)
     p.add_argument("--base_url", type=str, default=None,
                    help="evaluate an OpenAI-compatible endpoint instead of local weights, e.g. http://127.0.0.1:8998/v1")
     p.add_argument("--api_key", type=str, default="none")
@@ -392,7 +392,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.max_turns < 1:
         p.error("--max_turns must be >= 1")
-    thinking = None if args.enable_thinking is None else bool(args.enable_thinking)
+    thinking = thinking_arg(args)
     tasks = [] if args.interactive else load_tasks(args.tasks)[:args.limit]
     if args.base_url:
         name = f"{args.model} @ {args.base_url}"

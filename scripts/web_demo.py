@@ -2,7 +2,10 @@
 
 It talks either to a local model (native out/*.pth weights or a transformers folder) or to any
 OpenAI-compatible endpoint (e.g. scripts/serve_openai_api.py), and streams the reply token by token.
-A reasoning model's <think>...</think> goes into a collapsible "Thinking" box above the answer.
+A reasoning model's <think>...</think> goes into a collapsible "Thinking" box above the answer. Two separate
+sidebar switches: "Thinking" decides whether the model reasons at all (the chat template's switch: enable_thinking
+in ours, open_thinking in upstream minimind-3's; sent to an endpoint as chat_template_kwargs), "Show thinking"
+only hides or shows the box.
 
     streamlit run scripts/web_demo.py                                  # weights from out/
     streamlit run scripts/web_demo.py -- --save_dir /path/to/weights   # flags after `--` go to this script
@@ -13,7 +16,7 @@ The sidebar lists every model it finds: `{weight}_{hidden}[_moe].pth` files in -
 read from the state dict, so a 16-layer file needs no flag) and transformers folders under the repo whose
 config.json says model_type minimind or llama; or type any path. Runs from any working directory. Flags after
 `--` are model_loading's (--device, --dtype, --num_attention_heads for a model trained with non-default heads,
-...) plus sidebar defaults (--temperature --top_p --max_new_tokens --history_rounds --tools).
+...) plus sidebar defaults (--temperature --top_p --max_new_tokens --history_rounds --tools --enable_thinking).
 
 Tools: the sidebar's tool picker offers model/tools.py's tools (calculator, unit conversion, time, exchange rates,
 weather, phrase book) to the model. When it calls one, the page shows the call, runs it here (call_tool), shows
@@ -38,6 +41,7 @@ import streamlit as st  # noqa: E402
 import torch  # noqa: E402
 from openai import APIError  # noqa: E402
 
+from model.chat_template import add_thinking_arg  # noqa: E402
 from model.checkpoint import model_config_from_args  # noqa: E402
 from model.errors import USER_ERRORS  # noqa: E402
 from model.generation import IncrementalDecoder, stream_tokens  # noqa: E402
@@ -177,17 +181,21 @@ def local_pieces(model, tokenizer, prompt: str, max_new_tokens: int, temperature
 
 
 def api_pieces(base_url: str, api_key: str, model_name: str, messages: List[dict], max_new_tokens: int,
-               temperature: float, top_p: float, tools: Optional[List[dict]] = None) -> Iterator[Tuple[str, object]]:
+               temperature: float, top_p: float, tools: Optional[List[dict]] = None,
+               thinking: Optional[bool] = None) -> Iterator[Tuple[str, object]]:
     """Stream from an OpenAI-compatible endpoint with the official SDK. A server that separates the reasoning
     (`reasoning_content`, as ours and DeepSeek's do) sends it in its own field; one that does not sends
     `<think>` inside the content, which reply_events splits the same way. Tool calls arrive as OpenAI streams
     them (per call: index, id and name first, then pieces of the arguments), joined here by index and yielded
-    as ("tool_call", {"id", "name", "arguments"}) when the stream ends."""
+    as ("tool_call", {"id", "name", "arguments"}) when the stream ends. `thinking` (not None) goes as
+    chat_template_kwargs {"enable_thinking": ...}: vLLM's convention, mapped by our server to the switch its
+    template reads."""
     from openai import OpenAI
     client = OpenAI(base_url=base_url, api_key=api_key or "none", timeout=120.0, max_retries=0)
+    extra = {} if thinking is None else {"extra_body": {"chat_template_kwargs": {"enable_thinking": thinking}}}
     stream = client.chat.completions.create(model=model_name, messages=messages, stream=True,
                                             max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                            **({"tools": tools} if tools else {}))
+                                            **({"tools": tools} if tools else {}), **extra)
     calls = {}
     for chunk in stream:
         if not chunk.choices:
@@ -223,11 +231,13 @@ def parse_cli(argv=None):
     parser.add_argument("--history_rounds", type=int, default=2)
     parser.add_argument("--tools", type=str, default="",
                         help=f"tools picked when the page opens: 'all' or a comma list of {','.join(TOOL_NAMES)}")
+    add_thinking_arg(parser, help="the Thinking switch when the page opens (1, the default: on)")
     # The env var lets callers (tests, a service unit) point at a weights folder without `-- flags`.
     parser.set_defaults(save_dir=os.environ.get("MINIMIND_SAVE_DIR", str(DEFAULT_SAVE_DIR)))
     # parse_known_args: under `streamlit run` argv holds only our flags, but under AppTest (inside pytest) it
     # holds pytest's own flags, which are not ours to reject.
     args, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    args.enable_thinking = 1 if args.enable_thinking is None else args.enable_thinking
     return args
 
 
@@ -370,8 +380,13 @@ def sidebar(args):
         s["repetition_penalty"] = st.slider("Repetition penalty", 1.0, 1.5, 1.0, 0.05, key="repetition_penalty")
         s["history_rounds"] = st.slider("History rounds", 0, 10, int(args.history_rounds), key="history_rounds",
                                         help="earlier user/assistant exchanges sent with each question")
+        # Two switches: whether the model thinks (the template's switch), and whether the page shows it.
+        s["thinking"] = st.toggle("Thinking", value=bool(args.enable_thinking), key="thinking",
+                                  help="on: the model may reason in a <think> block before answering; off: an "
+                                       "empty block is pre-filled and it answers directly (the chat template's "
+                                       "enable_thinking / open_thinking switch)")
         s["show_thinking"] = st.toggle("Show thinking", value=True, key="show_thinking",
-                                       help="a reasoning model's <think> block, in a collapsible box")
+                                       help="display only: a reasoning model's <think> block, in a collapsible box")
         asked = TOOL_NAMES if args.tools.strip() == "all" else [t.strip() for t in args.tools.split(",") if t.strip()]
         picked = [t for t in asked if t in TOOL_NAMES]
         if len(picked) < len(asked):
@@ -538,12 +553,12 @@ def main():
 
     def stream_round(messages, schemas):
         if model is not None:
-            prompt = chat_prompt(tokenizer, messages, schemas)
+            prompt = chat_prompt(tokenizer, messages, schemas, enable_thinking=s["thinking"])
             pieces = local_pieces(model, tokenizer, prompt, s["max_new_tokens"], s["temperature"], s["top_p"],
                                   s["repetition_penalty"])
             return reply_events(pieces, bool(schemas), in_thinking=prompt.rstrip().endswith("<think>"))
         pieces = api_pieces(s["api_base"], s["api_key"], s["api_model"], messages, s["max_new_tokens"],
-                            s["temperature"], s["top_p"], schemas)
+                            s["temperature"], s["top_p"], schemas, thinking=s["thinking"])
         return reply_events(pieces, bool(schemas))
 
     with st.chat_message("assistant"):

@@ -128,6 +128,30 @@ class StopOn:
         return self.tokenizer(*args, **kwargs)
 
 
+def prompt_recorder(tokenizer, reply: str, prompts: list):
+    """A PromptScriptedLM that appends each prompt it is given (decoded, special tokens kept) to `prompts` and
+    writes `reply`: what a front end really sent to the model."""
+    def choose(ids):
+        prompts.append(tokenizer.decode(ids))
+        return 0
+    return PromptScriptedLM([tokenizer(reply, add_special_tokens=False).input_ids], tokenizer.eos_token_id, choose)
+
+
+EMPTY_THINK = "<think>\n\n</think>\n\n"
+
+
+def assert_thinking_prompt(prompt: str, which: str, on: bool):
+    """The generation prompt a thinking switch must give. Off: both templates pre-fill the empty block (the model
+    answers directly). On: ours leaves the plain assistant header (the model may open <think> itself); upstream
+    minimind-3's (`which` == "minimind3") opens the block for the model."""
+    if not on:
+        assert prompt.endswith("<|im_start|>assistant\n" + EMPTY_THINK), prompt[-80:]
+    elif which == "minimind3":
+        assert prompt.endswith("<|im_start|>assistant\n<think>\n"), prompt[-80:]
+    else:
+        assert prompt.endswith("<|im_start|>assistant\n") and "<think>" not in prompt, prompt[-80:]
+
+
 # ---------------------------------------------------------------------------------------------------- scripts
 def free_port() -> int:
     with socket.socket() as s:

@@ -331,3 +331,31 @@ def test_reasoning_is_shown_apart_or_hidden(tokenizer, tmp_path, monkeypatch, ca
     out = capsys.readouterr().out
     assert "答案是 42。" in out and "<think>" not in out
     assert ("[think] 先想一想。 [/think]" in out) == bool(show) and ("先想一想" in out) == bool(show)
+
+
+@pytest.mark.parametrize("which", ["ours", "minimind3"])
+def test_thinking_switch_reaches_the_template(request, tmp_path, monkeypatch, capsys, which):
+    """--enable_thinking 1|0 (alias --open_thinking) reaches the model as the switch its tokenizer's template reads:
+    the prompt the model gets opens <think> (minimind-3) or leaves the header plain (ours) when on, and pre-fills the
+    empty block when off. With the block opened by the prompt, the reply up to </think> is reasoning. --show_thinking
+    stays display only: it changes no prompt."""
+    from helpers import assert_thinking_prompt, prompt_recorder
+    tokenizer = request.getfixturevalue("tokenizer" if which == "ours" else "mm3")  # mm3 skips without ../shared
+    (tmp_path / "p.txt").write_text("问题\n", encoding="utf-8")
+    for flag, value, show in [("--enable_thinking", 1, 1), ("--open_thinking", 1, 0), ("--enable_thinking", 0, 1),
+                              ("--open_thinking", 0, 1), (None, None, 0)]:
+        prompts = []
+        lm = prompt_recorder(tokenizer, "先想一想。\n</think>\n\n答案是 42。", prompts)
+        monkeypatch.setattr(eval_llm, "load_model", lambda args: (lm, tokenizer, "scripted"))
+        argv = ["--prompts_file", str(tmp_path / "p.txt"), "--show_thinking", str(show)]
+        recs = eval_llm.main(argv + ([flag, str(value)] if flag else []))
+        (prompt,) = prompts
+        if flag is None:  # unset: the template's own default (ours: thinking allowed; minimind-3's: off)
+            assert_thinking_prompt(prompt, which, on=which == "ours")
+            continue
+        assert_thinking_prompt(prompt, which, on=bool(value))
+        if value and which == "minimind3":  # the prompt opened the block: the text before </think> is reasoning
+            assert recs[0]["reasoning"] == "先想一想。" and recs[0]["answer"] == "答案是 42。"
+    with pytest.raises(SystemExit):
+        eval_llm.main(["--enable_thinking", "2"])
+    assert "invalid choice" in capsys.readouterr().err

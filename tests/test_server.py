@@ -595,6 +595,29 @@ def test_chat_client_tool_round_trip(tokenizer, monkeypatch, capsys):
     assert e.value.code == 2 and "unknown tool(s) 'teleport'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("which", ["ours", "minimind3"])
+def test_chat_client_thinking_flag(request, monkeypatch, capsys, which):
+    """chat_openai_api.py --thinking 1|0 (aliases --enable_thinking, --open_thinking) goes as chat_template_kwargs,
+    which this server accepts and maps to its tokenizer's switch: the prompt the model gets opens <think>
+    (minimind-3) or leaves the header plain (ours) when on, and pre-fills the empty block when off. Unset sends
+    nothing: the template's default."""
+    from helpers import assert_thinking_prompt, prompt_recorder
+    from scripts import chat_openai_api
+    tok = request.getfixturevalue("tokenizer" if which == "ours" else "mm3")  # mm3 skips without ../shared
+    prompts = []
+    lm = prompt_recorder(tok, "Greet back.\n</think>\n\nHello!", prompts)
+    with serve(create_app(lm, tok, "m", max_seq_len=512)) as url:
+        for argv, on in [(["--thinking", "1"], True), (["--thinking", "0"], False), (["--open_thinking", "1"], True),
+                         (["--enable_thinking", "0"], False), ([], which == "ours")]:
+            monkeypatch.setattr("sys.stdin", io.StringIO("hi\nexit\n"))
+            chat_openai_api.main(["--base_url", url + "/v1", "--temperature", "0"] + argv)
+            assert_thinking_prompt(prompts[-1], which, on)
+            out = capsys.readouterr().out
+            if on and which == "minimind3":  # the server reads the text up to </think> as reasoning_content
+                assert "[think] Greet back. [/think]" in out and "Hello!" in out
+    assert len(prompts) == 5
+
+
 # ------------------------------------------------------------------------------------------------ other models
 def test_non_minimind_model_is_served_one_at_a_time(tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -249,6 +249,39 @@ def test_page_runs_the_tool_loop_with_a_local_model(monkeypatch, request, tmp_pa
     check(at.chat_message[3])
 
 
+@pytest.mark.parametrize("which", ["ours", "minimind3"])
+def test_thinking_switch_reaches_the_template(monkeypatch, request, tmp_path, tokenizer, which):
+    """The sidebar's "Thinking" switch (not "Show thinking", which is display only) decides the prompt the model
+    gets: on, our template leaves the header plain and minimind-3's opens <think> (its reply up to </think> is then
+    shown as thinking); off, both pre-fill the empty block. `-- --enable_thinking 0` starts the page with it off."""
+    import scripts.model_loading as ml
+    from helpers import assert_thinking_prompt, prompt_recorder
+    if which == "minimind3":
+        tokenizer = request.getfixturevalue("mm3")  # skips without ../shared (conftest.py)
+    prompts = []
+    lm = prompt_recorder(tokenizer, "先想一想。\n</think>\n\n答案是 42。", prompts)
+    monkeypatch.setattr(ml, "load_model", lambda args, log=print: (lm, tokenizer, "scripted"))
+    save_tiny(tmp_path)
+    at = app(monkeypatch, tmp_path).run()
+    assert at.toggle(key="thinking").value is True
+    at.toggle(key="show_thinking").set_value(False).run()  # display only: the model still thinks
+    at.chat_input[0].set_value("问题").run()
+    assert not at.exception, at.exception
+    assert_thinking_prompt(prompts[-1], which, on=True)
+    if which == "minimind3":
+        assert at.session_state["messages"][1]["thinking"] == "先想一想。"
+        assert at.session_state["messages"][1]["content"] == "答案是 42。"
+    at.toggle(key="thinking").set_value(False).run()
+    at.chat_input[0].set_value("再问").run()
+    assert not at.exception, at.exception
+    assert_thinking_prompt(prompts[-1], which, on=False)
+    assert len(prompts) == 2
+
+    monkeypatch.setattr(sys, "argv", [str(APP), "--enable_thinking", "0"])
+    at = app(monkeypatch, tmp_path).run()
+    assert at.toggle(key="thinking").value is False
+
+
 def test_page_without_models_says_what_to_do(monkeypatch, tmp_path):
     at = app(monkeypatch, tmp_path).run()
     assert not at.exception, at.exception
@@ -338,6 +371,8 @@ def test_page_talks_to_an_openai_endpoint_and_shows_thinking(monkeypatch, tmp_pa
     req = FakeOpenAI.requests[-1]
     assert req["stream"] is True and req["model"] == "minimind-test"
     assert req["messages"] == [{"role": "system", "content": "你是 MiniMind。"}, {"role": "user", "content": "你好"}]
+    # the Thinking switch travels as chat_template_kwargs (the server maps it to its template's switch)
+    assert req["chat_template_kwargs"] == {"enable_thinking": True}
 
     # The next turn sends the previous exchange (answer only, no thinking) as history.
     at.chat_input[0].set_value("谢谢").run()
@@ -347,6 +382,9 @@ def test_page_talks_to_an_openai_endpoint_and_shows_thinking(monkeypatch, tmp_pa
     assert len(at.expander) == 2  # both replies' thinking, collapsible
     at.toggle(key="show_thinking").set_value(False).run()
     assert len(at.expander) == 0 and len(chat(at)) == 4
+    at.toggle(key="thinking").set_value(False)
+    at.chat_input[0].set_value("再见").run()
+    assert FakeOpenAI.requests[-1]["chat_template_kwargs"] == {"enable_thinking": False}
 
 
 def test_page_runs_the_tool_loop_with_an_endpoint(monkeypatch, tmp_path, fake_api):
