@@ -19,23 +19,31 @@ once, keeps only the byte offset of each good line (8 bytes per record, cached o
 file), and each `__getitem__` seeks to its line. A malformed line stops with `file:line: reason`, or is
 skipped and counted with `skip_bad_lines=True` (`--skip_bad_lines`).
 
+Upstream minimind-3's two SFT data habits are seeded, optional augmentations of the chat datasets (SFT, LoRA,
+distillation, DPO: `--drop_empty_think`, `--add_system_ratio`; see `add_augment_args`), and the RL prompt datasets
+draw each prompt's thinking switch (`thinking_ratio`). Every such draw comes from `sample_rng(seed, epoch, index)`,
+so a sample looks the same whenever it is read: an interrupted and resumed run trains on exactly what an
+uninterrupted one does, and every epoch draws afresh (the trainer calls `set_epoch`).
+
 Truncation can leave a sample nothing to learn from (a system prompt longer than --max_seq_len): the trainers call
 `check_trainable` once before training, which stops a run where most samples are in that state and warns where
 some are.
 """
+import argparse
 import hashlib
 import json
 import math
 import os
+import random
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from model.atomic_io import atomic_write, atomic_write_text
-from model.chat_template import thinking_kwargs
+from model.chat_template import template_default, thinking_kwargs
 from model.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -372,6 +380,72 @@ def assistant_mask(input_ids, bos_id: int, eos_id: int, header_ids, last_only: b
     return mask
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Seeded per-sample draws: upstream minimind-3's SFT augmentations and the RL prompts' thinking switch
+# ----------------------------------------------------------------------------------------------------------------
+EMPTY_THINK = "<think>\n\n</think>\n\n"
+# Our own short system prompts (English and Chinese), one picked at random for --add_system_ratio of the samples:
+# the model learns that a system prompt may or may not be there, and to answer the user either way.
+SYSTEM_PROMPTS = (
+    "You are MiniMind, a helpful assistant.",
+    "You are a helpful assistant. Answer clearly and concisely.",
+    "You are a small language model. Answer the user's question as well as you can.",
+    "You are a friendly AI assistant.",
+    "你是 MiniMind，一个乐于助人的助手。",
+    "你是一个知识丰富的 AI 助手，请准确地回答用户的问题。",
+    "你是一个友好的聊天机器人。",
+    "请用简洁清晰的语言回答用户的问题。",
+)
+# Upstream minimind-3's values (its SFTDataset and DPODataset): with its template every assistant turn carries a
+# <think> block, empty when there is no reasoning, and 80% of the samples lose the empty ones; 20% of the samples
+# without tools get a system prompt. Ours (`chat_messages` already drops empty reasoning, so our template renders
+# no empty block to drop): 0 and 0, the behaviour before these flags existed (README: "SFT data augmentations").
+AUGMENT_DEFAULTS = {"drop_empty_think": (0.8, 0.0), "add_system_ratio": (0.2, 0.0)}  # (minimind-3's, ours)
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> random.Random:
+    """The random stream of one sample in one epoch: the same in every process, worker and resumed run (a string
+    seed is hashed with SHA-512, never with Python's per-process hash)."""
+    return random.Random(f"minimind-sample/{seed}/{epoch}/{index}")
+
+
+class SampleDraw(NamedTuple):
+    system: Optional[str] = None       # a system prompt to add (None: none)
+    drop_empty_think: bool = False     # remove the empty <think></think> blocks from the rendered text
+    thinking: Optional[bool] = None    # the template's thinking switch (None: the template's default)
+
+
+def probability(text: str) -> float:
+    """argparse type of a probability flag: a float in [0, 1]."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a probability in [0, 1], got {text}")
+    return value
+
+
+def add_augment_args(parser):
+    """The SFT augmentation flags (full_sft, lora, distillation, dpo); resolve them with `augment_kwargs`."""
+    parser.add_argument("--drop_empty_think", type=probability, default=None,
+                        help="probability that a sample loses its empty <think>\\n\\n</think>\\n\\n blocks "
+                             "(default: 0.8 with upstream minimind-3's template, as upstream; 0 with ours, whose "
+                             "template renders none)")
+    parser.add_argument("--add_system_ratio", type=probability, default=None,
+                        help="probability that a sample without tools and without a system prompt gets a random "
+                             "one from dataset/lm_dataset.SYSTEM_PROMPTS (default: 0.2 with upstream minimind-3's "
+                             "template, as upstream; 0 with ours)")
+    return parser
+
+
+def augment_kwargs(args, tokenizer) -> dict:
+    """`add_augment_args` flags -> the chat dataset's keyword arguments: an unset flag takes upstream's value with
+    upstream's minimind-3 template and ours (AUGMENT_DEFAULTS) otherwise; draws are seeded by --seed."""
+    out = {"seed": args.seed}
+    for name, (minimind3, ours) in AUGMENT_DEFAULTS.items():
+        value = getattr(args, name)
+        out[name] = template_default(tokenizer, minimind3, ours) if value is None else value
+    return out
+
+
 class _ChatDataset(Dataset):
     check = staticmethod(check_sft)
     # How `check_trainable` names the samples that truncation leaves with nothing to learn from.
@@ -380,11 +454,17 @@ class _ChatDataset(Dataset):
     fit_effect = "they contribute nothing to the loss"
 
     def __init__(self, data_path, tokenizer, max_length: int = 512, skip_bad_lines: bool = False,
-                 enable_thinking: Optional[bool] = None):
+                 enable_thinking: Optional[bool] = None, *, drop_empty_think: float = 0.0,
+                 add_system_ratio: float = 0.0, thinking_ratio: Optional[float] = None, seed: int = 42):
+        """`drop_empty_think` / `add_system_ratio`: upstream's SFT augmentations (see `add_augment_args`);
+        `thinking_ratio` (not None): the share of samples rendered with the thinking switch on, in place of
+        `enable_thinking`. Each sample's draws come from `sample_rng(seed, epoch, index)`."""
         self.data = JsonlFile(data_path, self.check, skip_bad_lines)
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.enable_thinking = enable_thinking
+        self.drop_empty_think, self.add_system_ratio = drop_empty_think, add_system_ratio
+        self.thinking_ratio, self.seed, self.epoch = thinking_ratio, seed, 0
         self.bos_id, self.eos_id = tokenizer.bos_token_id, tokenizer.eos_token_id
         assert self.bos_id is not None and self.eos_id is not None, "tokenizer needs bos (<|im_start|>) and eos"
         self.header_ids = tokenizer("assistant\n", add_special_tokens=False).input_ids
@@ -392,16 +472,38 @@ class _ChatDataset(Dataset):
     def __len__(self):
         return len(self.data)
 
-    def render(self, turns, tools=None, add_generation_prompt=False) -> str:
-        # enable_thinking reaches the template under the switch name it reads (ours: enable_thinking; upstream
-        # minimind-3's: open_thinking), so --tokenizer_path with either tokenizer behaves the same.
-        messages, tools = chat_messages(turns, tools)
-        kwargs = thinking_kwargs(self.tokenizer, enable_thinking=self.enable_thinking)
-        return self.tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
-                                                  add_generation_prompt=add_generation_prompt, **kwargs)
+    def set_epoch(self, epoch: int):
+        """The epoch whose draws __getitem__ makes (trainer_utils.Batches sets it before each epoch)."""
+        self.epoch = epoch
 
-    def encode_chat(self, turns, tools=None, last_only=False):
-        ids = self.tokenizer(self.render(turns, tools), add_special_tokens=False).input_ids[:self.max_length]
+    def draw(self, i) -> SampleDraw:
+        """Sample i's augmentation and thinking switch this epoch. All four numbers are always drawn, in this order,
+        so one flag's value never changes what another flag draws."""
+        rng = sample_rng(self.seed, self.epoch, i)
+        add, pick, drop, think = rng.random(), rng.random(), rng.random(), rng.random()
+        return SampleDraw(system=SYSTEM_PROMPTS[int(pick * len(SYSTEM_PROMPTS))] if add < self.add_system_ratio
+                          else None,
+                          drop_empty_think=drop < self.drop_empty_think,
+                          thinking=self.enable_thinking if self.thinking_ratio is None else think < self.thinking_ratio)
+
+    def render(self, turns, tools=None, add_generation_prompt=False, draw: Optional[SampleDraw] = None) -> str:
+        """The conversation as template text; `draw` (see `draw`) applies a sample's augmentations and switch."""
+        draw = draw or SampleDraw(thinking=self.enable_thinking)
+        messages, tools = chat_messages(turns, tools)
+        # Upstream's habit: a system prompt only where there are no tools (whose schemas belong to the system turn)
+        # and none already.
+        if draw.system and not tools and messages and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": draw.system}] + messages
+        # The switch reaches the template under the name it reads (ours: enable_thinking; upstream minimind-3's:
+        # open_thinking), so --tokenizer_path with either tokenizer behaves the same.
+        kwargs = thinking_kwargs(self.tokenizer, enable_thinking=draw.thinking)
+        text = self.tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt, **kwargs)
+        return text.replace(EMPTY_THINK, "") if draw.drop_empty_think else text
+
+    def encode_chat(self, turns, tools=None, last_only=False, draw: Optional[SampleDraw] = None):
+        text = self.render(turns, tools, draw=draw)
+        ids = self.tokenizer(text, add_special_tokens=False).input_ids[:self.max_length]
         mask = assistant_mask(ids, self.bos_id, self.eos_id, self.header_ids, last_only)
         labels = [t if m else IGNORE_INDEX for t, m in zip(ids, mask)]
         return ids, labels
@@ -443,7 +545,7 @@ class SFTDataset(_ChatDataset):
 
     def __getitem__(self, i):
         rec = self.data[i]
-        ids, labels = self.encode_chat(rec["conversations"], rec.get("tools"))
+        ids, labels = self.encode_chat(rec["conversations"], rec.get("tools"), draw=self.draw(i))
         return {"input_ids": ids, "labels": labels}
 
     def fit_lengths(self, i):
@@ -460,8 +562,11 @@ class DPODataset(_ChatDataset):
 
     def __getitem__(self, i):
         rec = self.data[i]
-        c_ids, c_labels = self.encode_chat(rec["chosen"], rec.get("tools"), last_only=True)
-        r_ids, r_labels = self.encode_chat(rec["rejected"], rec.get("tools"), last_only=True)
+        # One draw for the pair: both sides get the same system prompt and keep or lose their empty think blocks
+        # together, so the loss compares two responses to the same text (upstream draws each side apart).
+        draw = self.draw(i)
+        c_ids, c_labels = self.encode_chat(rec["chosen"], rec.get("tools"), last_only=True, draw=draw)
+        r_ids, r_labels = self.encode_chat(rec["rejected"], rec.get("tools"), last_only=True, draw=draw)
         return {"chosen_input_ids": c_ids, "chosen_labels": c_labels,
                 "rejected_input_ids": r_ids, "rejected_labels": r_labels}
 
@@ -499,7 +604,9 @@ class RLAIFDataset(_ChatDataset):
             if turns[-1]["role"] == "assistant":
                 answer = turns[-1].get("content") or ""
                 turns = turns[:-1]
-        prompt = self.render(turns, rec.get("tools"), add_generation_prompt=True)
+        # thinking_ratio: each prompt's thinking switch is drawn (upstream minimind-3 renders GRPO/PPO prompts with
+        # open_thinking for 90% of them); else the dataset's enable_thinking
+        prompt = self.render(turns, rec.get("tools"), add_generation_prompt=True, draw=self.draw(i))
         return prompt, self.tokenizer(prompt, add_special_tokens=False).input_ids, answer
 
     def __getitem__(self, i):

@@ -379,7 +379,7 @@ def main(argv=None):
     p.add_argument("--top_p", type=float, default=1.0)
     p.add_argument("--batch_size", type=int, default=64, help="local weights: episodes decoded together")
     p.add_argument("--limit", type=int, default=None, help="only the first N tasks")
-    add_thinking_arg(p)  # --enable_thinking / --open_thinking 0|1 (mapped to the switch the template reads)
+    add_thinking_arg(p)  # --enable_thinking / --open_thinking 0|1, mapped to the template's switch
     p.add_argument("--base_url", type=str, default=None,
                    help="evaluate an OpenAI-compatible endpoint instead of local weights, e.g. http://127.0.0.1:8998/v1")
     p.add_argument("--api_key", type=str, default="none")

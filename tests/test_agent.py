@@ -31,7 +31,7 @@ from trainer.rl_utils import (AGENT_RULES, CISPO_EPS_HIGH, RewardFunction, add_c
                               agent_answer_reward, aggregate_loss, calls_reward, cispo_policy_loss,
                               closure_reward, clipped_policy_loss, kl_k3, needed_calls, parse_reward_spec,
                               policy_loss, repetition_reward, token_logps, tool_reward)
-from trainer.train_agent import AGENT_REWARDS, default_thinking_ratio, pack, rollout, score  # noqa: E402
+from trainer.train_agent import AGENT_REWARDS, pack, rollout, score  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -234,8 +234,16 @@ def test_thinking_switch_is_drawn_per_episode(tokenizer):
 
 def test_default_thinking_ratio_follows_the_template(request, tokenizer):
     """Our template: every episode rendered as at inference (the plain header; no pre-filled empty <think>
-    block, which our SFT data never shows). Upstream minimind-3's template (open_thinking): upstream's 0.1."""
+    block, which our SFT data never shows). Upstream minimind-3's template (open_thinking): upstream's 0.1 for
+    the agent stage (rl_utils.thinking_ratio, shared with GRPO/PPO/SPO, whose upstream value is 0.9)."""
+    from argparse import Namespace
+    from trainer.rl_utils import thinking_ratio
+    unset = Namespace(thinking_ratio=None, minimind3_thinking_ratio=0.1)
+
+    def default_thinking_ratio(tok):
+        return thinking_ratio(unset, tok)
     assert default_thinking_ratio(tokenizer) == 1.0
+    assert thinking_ratio(Namespace(thinking_ratio=0.3, minimind3_thinking_ratio=0.1), tokenizer) == 0.3
     plain = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
                                           add_generation_prompt=True)
     [ep] = rollout(tiny_model(0).eval(), tokenizer, [{"messages": [{"role": "user", "content": "hi"}], "tools": None}],

@@ -399,3 +399,105 @@ def test_caches_are_written_atomically(tokenizer, tmp_path, monkeypatch):
     PackedPretrainDataset(path, tokenizer, max_length=16, cache_dir=tmp_path / "tokens")
     assert written == [".npz", ".bin", ".npy"]
     assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]
+
+
+# ------------------------------------------------------------------------------------------------ SFT augmentations
+def augment_records(n):
+    """Plain conversations (the augmentations' targets), and every 4th one with a system prompt or tools (never
+    given another system prompt); every 3rd has a second exchange (several empty think blocks, dropped together)."""
+    out = []
+    for i in range(n):
+        conv = [{"role": "user", "content": f"问题 {i}"}, {"role": "assistant", "content": f"回答 {i}"}]
+        if i % 3 == 0:
+            conv += [{"role": "user", "content": f"Follow-up {i}?"}, {"role": "assistant", "content": f"Yes {i}."}]
+        if i % 8 == 1:
+            conv = [{"role": "system", "content": "Be terse."}] + conv
+        if i % 8 == 5:
+            conv = [{"role": "system", "content": "", "tools": tool_schemas(["calculate_math"])}] + conv
+        out.append({"conversations": conv})
+    return out
+
+
+def augment_args(tok, *argv):
+    import argparse
+    from dataset.lm_dataset import add_augment_args
+    args = add_augment_args(argparse.ArgumentParser()).parse_args(list(argv))
+    args.seed = 42
+    return args
+
+
+def test_augmentations_follow_the_template_defaults_and_are_seeded(tok, tmp_path):
+    """Unset flags: upstream's 0.8 (drop the empty think blocks) and 0.2 (add a system prompt) with upstream's
+    minimind-3 template, 0 and 0 with ours (samples exactly as without the flags). Each sample's draw depends on
+    (seed, epoch, index) only: two datasets agree, the next epoch draws afresh, and one flag never changes what
+    the other draws. No system prompt is added where there are tools or already is one."""
+    from dataset.lm_dataset import EMPTY_THINK, SYSTEM_PROMPTS, augment_kwargs
+    path = write_jsonl(tmp_path / "sft.jsonl", augment_records(160))
+    kw = augment_kwargs(augment_args(tok), tok)
+    assert (kw["drop_empty_think"], kw["add_system_ratio"]) == ((0.8, 0.2) if is_mm3(tok) else (0.0, 0.0))
+    ds, plain = SFTDataset(path, tok, 1024, **kw), SFTDataset(path, tok, 1024)
+    texts = [tok.decode(ds[i]["input_ids"]) for i in range(len(ds))]
+    if not is_mm3(tok):
+        assert all(ds[i] == plain[i] for i in range(len(ds)))
+    eligible = [i for i in range(len(ds)) if i % 8 not in (1, 5)]
+    added = [i for i, t in enumerate(texts) if any(p in t for p in SYSTEM_PROMPTS)]
+    assert set(added) <= set(eligible)
+    assert all(texts[i].count("<|im_start|>system") == 1 for i in range(len(ds)) if i % 8 in (1, 5))
+    kept = [i for i, t in enumerate(texts) if EMPTY_THINK in t]
+    if is_mm3(tok):
+        assert 0.1 < len(added) / len(eligible) < 0.3 and 0.1 < len(kept) / len(ds) < 0.3
+        assert len({p for p in SYSTEM_PROMPTS if any(p in texts[i] for i in added)}) >= 5  # picked at random
+        assert all(t.count(EMPTY_THINK) in (0, 2 if i % 3 == 0 else 1) for i, t in enumerate(texts))  # all or none
+        # what a dropped sample learns: the answer right after the header, the block gone from text and labels
+        i = next(i for i in eligible if i not in kept and i not in added)
+        assert learned_text(tok, ds[i]).startswith(f"回答 {i}<|im_end|>")
+    else:
+        assert added == kept == []
+    # seeded per (seed, epoch, index); a flag's value does not move the other flag's draws
+    again = SFTDataset(path, tok, 1024, **kw)
+    assert [again[i] for i in range(len(ds))] == [ds[i] for i in range(len(ds))]
+    both = SFTDataset(path, tok, 1024, **{**kw, "drop_empty_think": 0.8, "add_system_ratio": 0.2})
+    only_system = SFTDataset(path, tok, 1024, **{**kw, "drop_empty_think": 0.0, "add_system_ratio": 0.2})
+    with_system = [i for i in range(len(ds)) if any(p in tok.decode(only_system[i]["input_ids"]) for p in SYSTEM_PROMPTS)]
+    assert with_system == [i for i in eligible if both.draw(i).system] and len(with_system) > 10
+    draws = lambda d: [d.draw(i) for i in range(len(d))]  # noqa: E731
+    first = draws(both)
+    both.set_epoch(1)
+    assert draws(both) != first  # the next epoch draws afresh
+    both.set_epoch(0)
+    assert draws(both) == first
+    assert draws(SFTDataset(path, tok, 1024, drop_empty_think=0.8, add_system_ratio=0.2, seed=7)) != first
+
+
+def test_augmentation_flags_apply_with_our_template_too(tokenizer, tmp_path):
+    """Set explicitly, both work with our tokenizer: every eligible sample gets a system prompt at 1.0, and an
+    empty think block written into the data is dropped at 1.0 (our template renders none of its own)."""
+    from dataset.lm_dataset import EMPTY_THINK, SYSTEM_PROMPTS, augment_kwargs
+    recs = augment_records(16)
+    recs[0]["conversations"][1]["content"] = EMPTY_THINK + "回答 0"
+    path = write_jsonl(tmp_path / "sft.jsonl", recs)
+    kw = augment_kwargs(augment_args(tokenizer, "--add_system_ratio", "1", "--drop_empty_think", "1"), tokenizer)
+    ds = SFTDataset(path, tokenizer, 1024, **kw)
+    texts = [tokenizer.decode(ds[i]["input_ids"]) for i in range(len(ds))]
+    assert [i for i, t in enumerate(texts) if any(p in t for p in SYSTEM_PROMPTS)] == \
+        [i for i in range(16) if i % 8 not in (1, 5)]
+    assert EMPTY_THINK not in texts[0] and "<|im_start|>assistant\n回答 0<|im_end|>" in texts[0]
+    assert EMPTY_THINK in tokenizer.decode(SFTDataset(path, tokenizer, 1024)[0]["input_ids"])
+    with pytest.raises(SystemExit):
+        augment_args(tokenizer, "--add_system_ratio", "1.5")
+
+
+def test_dpo_pair_shares_one_draw(tok, tmp_path):
+    """A DPO pair gets one draw: chosen and rejected keep the same (possibly augmented) prompt, so the loss still
+    compares two responses to the same text."""
+    from dataset.lm_dataset import SYSTEM_PROMPTS
+    pairs = [{"chosen": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"good {i}"}],
+              "rejected": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"bad {i}"}]}
+             for i in range(40)]
+    ds = DPODataset(write_jsonl(tmp_path / "dpo.jsonl", pairs), tok, 1024, drop_empty_think=0.5, add_system_ratio=0.5)
+    n_system = 0
+    for i in range(len(ds)):
+        c, r = tok.decode(ds[i]["chosen_input_ids"]), tok.decode(ds[i]["rejected_input_ids"])
+        assert c.replace(f"good {i}", "") == r.replace(f"bad {i}", "")
+        n_system += any(p in c for p in SYSTEM_PROMPTS)
+    assert 0 < n_system < len(ds)

@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dataset.lm_dataset import DataFormatError  # noqa: E402
-from helpers import (SAMPLE, SHARED, run_trainer, straight_and_resumed, tiny_model, train_log,  # noqa: E402
-                     write_jsonl)
+from helpers import (MINIMIND3_TOKENIZER, SAMPLE, SHARED, run_trainer, straight_and_resumed,  # noqa: E402
+                     tiny_cpu_flags, tiny_model, train_log, write_jsonl)
 from trainer.rl_utils import (RewardFunction, RewardModelScorer, RLPromptDataset, add_rl_args,  # noqa: E402
                               aggregate_loss, build_reward_function, chatml_messages, check_rl_args,
                               clipped_policy_loss, clipped_value_loss, collate_prompts, extract_gold_answer,
@@ -229,6 +229,46 @@ def test_rl_flags_prompt_len_alias_and_reward_terms(capsys):
     with pytest.raises(SystemExit):
         check_rl_args(parser, parser.parse_args(["--reward", "nope"]))
     assert "unknown term 'nope'" in capsys.readouterr().err
+
+
+class _DataBuilt(Exception):
+    """Raised by a recording prompt dataset: the stage script stops once its data is built."""
+
+
+@pytest.mark.parametrize("script", ["train_grpo.py", "train_ppo.py", "train_spo.py"])
+def test_thinking_ratio_flag_and_template_defaults(request, tmp_path, monkeypatch, run_in_process, tokenizer,
+                                                   base_weights, script):
+    """--thinking_ratio in GRPO, PPO and SPO: the share of prompts rendered with the template's thinking switch on,
+    drawn per prompt. Unset: upstream's 0.9 with upstream's minimind-3 template (90% of the prompts open <think>,
+    the rest pre-fill the empty block) and 1.0 with ours (every prompt the plain header, as before the flag)."""
+    import trainer.rl_utils as rl
+    seen = {}
+
+    class Recorder(rl.RLPromptDataset):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.update(ratio=self.thinking_ratio, prompts=[self[i]["prompt"] for i in range(len(self))])
+            raise _DataBuilt
+
+    monkeypatch.setattr(rl, "RLPromptDataset", Recorder)
+    request.getfixturevalue("mm3")  # skips without ../shared (conftest.py)
+    m3 = MINIMIND3_TOKENIZER
+    common = [*tiny_cpu_flags(tmp_path / "out", tmp_path / "ckpt"), *FAST, "--from_weight", base_weights,
+              "--data_path", SAMPLE / "rlaif.jsonl", "--reward", "format:1.0", "--max_prompt_len", 0]
+    for tok_path, flag, ratio, opened in [(None, [], 1.0, "<|im_start|>assistant\n"),
+                                          (m3, [], 0.9, "<|im_start|>assistant\n<think>\n"),
+                                          (m3, ["--thinking_ratio", 0.25], 0.25, "<|im_start|>assistant\n<think>\n"),
+                                          (None, ["--thinking_ratio", 0.5], 0.5, "<|im_start|>assistant\n")]:
+        tok_flag = ["--tokenizer_path", tok_path] if tok_path else []
+        with pytest.raises(_DataBuilt):
+            run_in_process(ROOT / "trainer" / script, *common, *flag, *tok_flag)
+        assert seen["ratio"] == ratio
+        on = [p.endswith(opened) for p in seen["prompts"]]
+        off = [p.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n") for p in seen["prompts"]]
+        assert all(a != b for a, b in zip(on, off)), "every prompt is either switched on or off"
+        assert abs(sum(on) / len(on) - ratio) < 0.12, (sum(on), len(on), ratio)
+    with pytest.raises(SystemExit):
+        run_in_process(ROOT / "trainer" / script, *common, "--thinking_ratio", 1.5)
 
 
 def test_reward_model_sequence_classification(tiny_reward_model, tokenizer):

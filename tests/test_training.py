@@ -71,6 +71,8 @@ def test_bf16_autocast_on_cpu_tracks_fp32(tmp_path):
 @pytest.mark.parametrize("script,extra", [
     ("train_pretrain.py", []),
     ("train_full_sft.py", ["--from_weight", "none"]),
+    # upstream's SFT augmentations, seeded per (seed, epoch, sample): the resumed run trains on the same samples
+    ("train_full_sft.py", ["--from_weight", "none", "--add_system_ratio", "0.5", "--drop_empty_think", "0.8"]),
 ])
 def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path, script, extra):
     """Pretrain: 14 short documents packed into 20 blocks of 64 tokens; micro-batch 4, accumulation 2 -> 3 steps
@@ -320,6 +322,86 @@ def test_batches_groups_position_and_resume():
     resumed.load_state_dict(saved)
     assert resumed.steps_done() == 2
     assert [[b["x"].tolist() for b in g] for g in resumed] == seen[2:]
+
+
+def test_a_resumed_run_sees_the_same_augmented_samples(tokenizer, tmp_path):
+    """SFT augmentations (a random system prompt, dropped empty think blocks) and RL prompts' thinking switch are
+    drawn per (seed, epoch, sample): a run interrupted mid-epoch and resumed (by a new process: fresh dataset and
+    Batches, here with DataLoader workers) gets exactly the batches of the uninterrupted run, and the second epoch
+    draws afresh (Batches hands the epoch to the dataset)."""
+    from dataset.lm_dataset import SYSTEM_PROMPTS, PadCollator, RLAIFDataset, SFTDataset
+    from trainer.trainer_utils import Batches, DistState
+
+    def make(cls, workers=0, **kw):
+        ds = cls(SAMPLE / ("sft.jsonl" if cls is SFTDataset else "rlaif.jsonl"), tokenizer, 128, seed=3, **kw)
+        collate = PadCollator(tokenizer.pad_token_id) if cls is SFTDataset else (lambda items: {
+            "prompt": [it["prompt"] for it in items]})
+        return Batches(ds, collate, DistState(), batch_size=8, epochs=2, seed=0, accumulation_steps=2,
+                       num_workers=workers)
+
+    def seen(batches, stop=None):
+        out = []
+        for group in batches:
+            out.append([b["input_ids"].tolist() if "input_ids" in b else b["prompt"] for b in group])
+            if len(out) == stop:
+                return out, batches.state_dict()
+        return out, None
+
+    for cls, kw in [(SFTDataset, {"add_system_ratio": 0.5, "drop_empty_think": 0.5}),
+                    (RLAIFDataset, {"thinking_ratio": 0.5})]:
+        full, _ = seen(make(cls, **kw))
+        steps = len(full) // 2  # one epoch
+        head, state = seen(make(cls, **kw), stop=steps - 2)
+        resumed = make(cls, workers=2, **kw)
+        resumed.load_state_dict(state)
+        tail, _ = seen(resumed)
+        assert head + tail == full
+        # the augmentation is there, and each epoch draws its own
+        text = [tokenizer.decode(ids) if cls is SFTDataset else ids for g in full for b in g for ids in b]
+        marker = (lambda t: any(p in t for p in SYSTEM_PROMPTS)) if cls is SFTDataset else (
+            lambda t: t.endswith("<think>\n\n</think>\n\n"))
+        half = len(text) // 2
+        assert 0 < sum(map(marker, text[:half])) < half
+        epoch1 = sorted(t for t in text[:half] if marker(t))
+        epoch2 = sorted(t for t in text[half:] if marker(t))
+        assert epoch1 != epoch2
+
+
+class _DataBuilt(Exception):
+    """Raised by a recording dataset: the stage script stops once its data is built."""
+
+
+@pytest.mark.parametrize("script", ["train_full_sft.py", "train_lora.py", "train_distillation.py", "train_dpo.py"])
+def test_sft_stages_take_the_augmentation_flags(request, tmp_path, monkeypatch, run_in_process, script):
+    """--drop_empty_think and --add_system_ratio reach the dataset of SFT, LoRA, distillation and DPO, seeded by
+    --seed; unset, they are upstream's 0.8 / 0.2 with upstream's minimind-3 tokenizer and 0 / 0 with ours."""
+    import dataset.lm_dataset as lm
+    from helpers import MINIMIND3_TOKENIZER, save_tiny
+    cls_name = "DPODataset" if "dpo" in script else "SFTDataset"
+    seen = {}
+
+    class Recorder(getattr(lm, cls_name)):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.update(rates=(self.drop_empty_think, self.add_system_ratio), seed=self.seed)
+            raise _DataBuilt
+
+    monkeypatch.setattr(lm, cls_name, Recorder)
+    request.getfixturevalue("mm3")  # skips without ../shared (conftest.py)
+    out = tmp_path / "out"
+    save_tiny(out / "full_sft_64.pth", 0)
+    save_tiny(out / "full_sft_128.pth", 1, hidden_size=128)  # the distillation teacher
+    common = [*tiny_cpu_flags(out, tmp_path / "ckpt"), "--data_path", SAMPLE / ("dpo.jsonl" if "dpo" in script
+                                                                              else "sft.jsonl"), "--max_seq_len", 128]
+    if "distillation" in script:
+        common += ["--teacher_hidden_size", 128, "--teacher_num_hidden_layers", 2, "--teacher_num_attention_heads", 4]
+    if "full_sft" in script:
+        common += ["--from_weight", "none"]
+    for extra, rates in [([], (0.0, 0.0)), (["--tokenizer_path", MINIMIND3_TOKENIZER], (0.8, 0.2)),
+                         (["--drop_empty_think", 0.3, "--add_system_ratio", 0.6, "--seed", 7], (0.3, 0.6))]:
+        with pytest.raises(_DataBuilt):
+            run_in_process(ROOT / "trainer" / script, *common, *extra)
+        assert seen["rates"] == rates and seen["seed"] == (7 if "--seed" in extra else 42)
 
 
 def test_train_logger_cadence_and_rows(tmp_path, capsys):

@@ -37,8 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from dataset.lm_dataset import DataFormatError, RLAIFDataset  # noqa: E402
+from dataset.lm_dataset import DataFormatError, RLAIFDataset, probability  # noqa: E402
 from model.atomic_io import atomic_save  # noqa: E402
+from model.chat_template import template_default  # noqa: E402
 from model.checkpoint import SIZE_FLAGS, WeightLoadError, unwrap  # noqa: E402
 from model.errors import UserError  # noqa: E402
 from model.generation import Sampling, generate, left_pad  # noqa: E402
@@ -58,11 +59,19 @@ CISPO_EPS_HIGH = 4.0
 # Arguments
 # ================================================================================================================
 def add_rl_args(parser, *, max_prompt_len=256, max_gen_len=1536, temperature=0.8, reward="model",
-                reward_help: Optional[str] = None, kl_beta: Optional[float] = None, total_clip: float = 0.0):
+                reward_help: Optional[str] = None, kl_beta: Optional[float] = None, total_clip: float = 0.0,
+                minimind3_thinking_ratio: float = 0.9):
     """Rollout and reward flags shared by ppo / grpo / spo / agent (the algorithm's own flags stay in its script).
     `reward_help` replaces the --reward help for a stage with other reward terms (train_agent.py); `kl_beta`
-    adds --beta with that default (the stages with a k3 KL penalty to the reference: grpo, spo, agent)."""
+    adds --beta with that default (the stages with a k3 KL penalty to the reference: grpo, spo, agent);
+    `minimind3_thinking_ratio`: the stage's --thinking_ratio with upstream minimind-3's template (upstream's
+    value; read it with `thinking_ratio`)."""
     p = parser
+    p.add_argument("--thinking_ratio", type=probability, default=None,
+                   help=f"share of prompts rendered with the template's thinking switch on, drawn per prompt "
+                        f"(default: {minimind3_thinking_ratio:g} with upstream minimind-3's open_thinking template, "
+                        f"as upstream; 1.0 with ours, whose template then shows the plain header the SFT data had)")
+    p.set_defaults(minimind3_thinking_ratio=minimind3_thinking_ratio)  # not a flag: the stage's upstream value
     if kl_beta is not None:
         p.add_argument("--beta", type=float, default=kl_beta, help="weight of the k3 KL to the reference model")
     # In the RL stages the sequence is prompt + response, with two separate budgets. Upstream's RL scripts call
@@ -128,6 +137,15 @@ def check_rl_args(parser, args, reward_names: Sequence[str] = REWARD_NAMES) -> L
 # ================================================================================================================
 # Prompts
 # ================================================================================================================
+def thinking_ratio(args, tokenizer) -> float:
+    """--thinking_ratio, or when unset the stage's upstream value with upstream minimind-3's template (which
+    always renders a <think> block, open or pre-filled empty) and 1.0 with ours (thinking on renders the plain
+    assistant header: what our SFT data, the evals and the server show the model)."""
+    if args.thinking_ratio is not None:
+        return args.thinking_ratio
+    return template_default(tokenizer, args.minimind3_thinking_ratio, 1.0)
+
+
 CHATML_TURN = re.compile(r"<\|im_start\|>(system|user|assistant|tool)\n(.*?)<\|im_end\|>", re.S)
 
 

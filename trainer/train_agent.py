@@ -44,25 +44,16 @@ from torch.utils.data import Subset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any directory
 
 from dataset.lm_dataset import AgentRLDataset, DataFormatError, check_trainable, collate_lists  # noqa: E402
-from model.chat_template import thinking_switches  # noqa: E402
 from model.tool_loop import new_episodes  # noqa: E402
 from trainer.rl_utils import (AGENT_RULES, LocalRollouts, RewardModelScorer, RewardFunction,  # noqa: E402
                               add_clip_args, add_rl_args, aggregate_loss, check_rl_args, expand, group_advantages,
                               kl_k3, make_rollout_engine, masked_mean, policy_loss, position_ids_from_mask,
-                              reward_metrics, step_generator, token_logps)
+                              reward_metrics, step_generator, thinking_ratio, token_logps)
 from trainer.trainer_utils import (TrainRun, add_common_args, init_distributed, init_model,  # noqa: E402
                                    make_optimizer, model_config_from_args, optimizer_step, print0, run_main,
                                    set_lr, unwrap)
 
 AGENT_REWARDS = (*AGENT_RULES, "model")
-
-
-def default_thinking_ratio(tokenizer) -> float:
-    """--thinking_ratio when not given: the share of episodes rendered with thinking on. Upstream minimind-3's
-    template (`open_thinking`) always renders a <think> block, and its SFT data mostly has empty ones: upstream's
-    0.1. Ours (`enable_thinking`) renders the plain assistant header with thinking on, which is what our SFT data,
-    the evals and the server show the model: 1.0."""
-    return 0.1 if "open_thinking" in thinking_switches(tokenizer) else 1.0
 
 
 def rollout(model, tokenizer, tasks, G: int, gen: torch.Generator, args, thinking_ratio: float, autocast,
@@ -108,16 +99,16 @@ def main():
     add_rl_args(parser, max_prompt_len=1024, max_gen_len=768, temperature=0.8, kl_beta=0.1, total_clip=3.0,
                 reward="answer:1,tool:0.2,calls:0.5,format:0.2,unfinished:0.5,repetition:0.2",
                 reward_help="weighted reward terms, e.g. 'answer:1,tool:0.2,calls:0.5,model:0.5'; terms: answer, "
-                            "tool, calls, format, unfinished, repetition, model (see the module docstring)")
+                            "tool, calls, format, unfinished, repetition, model (see the module docstring)",
+                # --thinking_ratio with upstream minimind-3's template: upstream's 0.1 (its tool data mostly has
+                # empty think blocks); 1.0 with ours (rl_utils.thinking_ratio)
+                minimind3_thinking_ratio=0.1)
     parser.add_argument("--num_generations", type=int, default=4, help="episodes per task (G)")
     parser.add_argument("--loss_type", type=str, default="cispo", choices=("grpo", "cispo"))
     add_clip_args(parser, clip_epsilon=0.2)  # --clip_epsilon/--epsilon, --clip_epsilon_high, --epsilon_high
     parser.add_argument("--num_iterations", type=int, default=1, help="optimizer steps per rollout batch")
     parser.add_argument("--max_turns", type=int, default=3, help="assistant turns per episode")
     parser.add_argument("--max_total_len", type=int, default=2500, help="context limit of an episode")
-    parser.add_argument("--thinking_ratio", type=float, default=None,
-                        help="share of episodes whose template lets the model think (default: 0.1 for upstream "
-                             "minimind-3's open_thinking template, else 1.0; see default_thinking_ratio)")
     parser.add_argument("--dynamic_sampling", type=int, default=2,
                         help="rounds of replacing all-equal-reward groups with other tasks (0 = off)")
     parser.add_argument("--debug_mode", action="store_true", help="print one episode at every log")
@@ -133,8 +124,6 @@ def main():
                      "lower --batch_size or --num_generations to save memory")
     if args.per_sample_seeds:
         parser.error("--per_sample_seeds is for PPO/GRPO/SPO: local agent episodes draw from the step's generator")
-    if args.thinking_ratio is not None and not 0.0 <= args.thinking_ratio <= 1.0:
-        parser.error("--thinking_ratio must be in [0, 1]")
     if args.max_total_len <= max(args.max_prompt_len, 1):
         parser.error("--max_total_len must exceed --max_prompt_len: an episode needs room to answer")
 
@@ -152,7 +141,7 @@ def main():
     if len(dataset) == 0:
         raise DataFormatError(f"{args.data_path}: no task fits --max_prompt_len {args.max_prompt_len}")
     autocast, scaler = run.precision()
-    thinking_ratio = default_thinking_ratio(tokenizer) if args.thinking_ratio is None else args.thinking_ratio
+    think_ratio = thinking_ratio(args, tokenizer)  # share of episodes with the template's thinking switch on
     # The reference: the starting policy, frozen, copied before a resume overwrites the policy's weights.
     ref_model = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
     scorer = None
@@ -173,7 +162,7 @@ def main():
         # 1. rollout: the random stream belongs to (seed, rank, step), so a resumed run plays the same episodes
         gen = step_generator(args.seed, ddp.rank, step, ddp.device)
         tasks = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        episodes = rollout(model, tokenizer, tasks, G, gen, args, thinking_ratio, autocast, rollouts)
+        episodes = rollout(model, tokenizer, tasks, G, gen, args, think_ratio, autocast, rollouts)
         # 2. rewards; then dynamic sampling: flat groups are replaced by groups of other tasks
         rewards, parts, spread = score(reward_fn, episodes, tasks, G)
         zero_std_before = (spread < 1e-6).float().mean()
@@ -182,7 +171,7 @@ def main():
             if not flat:
                 break
             new = [dataset[i] for i in torch.randint(len(dataset), (len(flat),), generator=gen, device=gen.device)]
-            new_eps = rollout(model, tokenizer, new, G, gen, args, thinking_ratio, autocast, rollouts)
+            new_eps = rollout(model, tokenizer, new, G, gen, args, think_ratio, autocast, rollouts)
             new_r, new_parts, new_spread = score(reward_fn, new_eps, new, G)
             for k, g in enumerate(flat):  # swap group g for the new group k
                 rows = slice(g * G, (g + 1) * G)

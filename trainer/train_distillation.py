@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any directory
 
-from dataset.lm_dataset import IGNORE_INDEX, SFTDataset, check_trainable  # noqa: E402
+from dataset.lm_dataset import IGNORE_INDEX, SFTDataset, add_augment_args, augment_kwargs, check_trainable  # noqa: E402
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
 from trainer.trainer_utils import (TrainRun, WeightLoadError, add_common_args, ddp_sync,  # noqa: E402
                                    init_distributed, init_model, load_weights, make_optimizer, model_config_from_args,
@@ -109,6 +109,7 @@ def main():
     parser.add_argument("--teacher_num_attention_heads", type=int, default=8)
     parser.add_argument("--teacher_num_key_value_heads", type=int, default=2)
     parser.add_argument("--teacher_use_moe", type=int, default=0, choices=[0, 1])
+    add_augment_args(parser)  # upstream minimind-3's SFT augmentations (seeded; dataset/lm_dataset.py)
     args = parser.parse_args()
     if not 0.0 <= args.alpha <= 1.0:
         parser.error(f"--alpha must be in [0, 1], got {args.alpha}")
@@ -129,7 +130,8 @@ def main():
                                     use_moe=bool(args.teacher_use_moe))
     teacher = load_teacher(args.teacher_weight, teacher_config, args.save_dir, ddp.device)
     check_same_vocab(model, teacher)
-    dataset = SFTDataset(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines)
+    dataset = SFTDataset(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines,
+                         **augment_kwargs(args, tokenizer))  # --drop_empty_think, --add_system_ratio
     check_trainable(dataset, args.max_seq_len, verbose=ddp.is_main)  # stop if truncation leaves nothing to learn
     batches = run.batches(dataset, pad_id=tokenizer.pad_token_id)
     autocast, scaler = run.precision()

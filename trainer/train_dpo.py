@@ -33,7 +33,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any directory
 
-from dataset.lm_dataset import IGNORE_INDEX, DPODataset, check_trainable  # noqa: E402
+from dataset.lm_dataset import (IGNORE_INDEX, DPODataset, add_augment_args, augment_kwargs,  # noqa: E402
+                                check_trainable)
 from trainer.trainer_utils import (TrainRun, add_common_args, ddp_sync, init_distributed, init_model,  # noqa: E402
                                    make_optimizer, model_config_from_args, optimizer_step, print0, run_main, set_lr)
 
@@ -93,6 +94,7 @@ def main():
                     learning_rate=4e-8, max_seq_len=1024, from_weight="full_sft", save_interval=100)
     parser.add_argument("--beta", type=float, default=0.1, help="strength of the pull towards the reference")
     parser.add_argument("--loss_type", type=str, default="sigmoid", choices=LOSS_TYPES)
+    add_augment_args(parser)  # upstream minimind-3's SFT augmentations (seeded; dataset/lm_dataset.py)
     args = parser.parse_args()
 
     # ---- processes, policy + reference, data, optimizer
@@ -102,7 +104,8 @@ def main():
     model, tokenizer = init_model(config, args.from_weight, args.save_dir, args.tokenizer_path, ddp.device, print0)
     # The reference is the *starting* weights, also on resume (run.start then loads the trained policy).
     ref_model = make_reference(model)
-    dataset = DPODataset(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines)
+    dataset = DPODataset(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines,
+                         **augment_kwargs(args, tokenizer))  # --drop_empty_think, --add_system_ratio
     check_trainable(dataset, args.max_seq_len, verbose=ddp.is_main)  # stop if truncation cuts away the responses
     batches = run.batches(dataset, pad_id=tokenizer.pad_token_id)
     autocast, scaler = run.precision()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any directory
 
-from dataset.lm_dataset import SFTDataset, check_trainable  # noqa: E402
+from dataset.lm_dataset import SFTDataset, add_augment_args, augment_kwargs, check_trainable  # noqa: E402
 from trainer.trainer_utils import (TrainRun, add_common_args, ddp_sync, init_distributed, init_model,  # noqa: E402
                                    make_optimizer, model_config_from_args, optimizer_step, print0, run_main, set_lr)
 
@@ -26,6 +26,7 @@ def main():
     parser = argparse.ArgumentParser(description="MiniMind full-parameter SFT")
     add_common_args(parser, stage="full_sft", data_path="dataset/sft_mini_512.jsonl", epochs=2, batch_size=16,
                     learning_rate=1e-5, max_seq_len=512, accumulation_steps=1, from_weight="pretrain")
+    add_augment_args(parser)  # upstream minimind-3's SFT augmentations (seeded; dataset/lm_dataset.py)
     args = parser.parse_args()
 
     # ---- processes, model, data, optimizer
@@ -33,7 +34,8 @@ def main():
     config = model_config_from_args(args)
     run = TrainRun.from_flags(args, config, ddp)  # files, resume, step range, saving, logging (see its docstring)
     model, tokenizer = init_model(config, args.from_weight, args.save_dir, args.tokenizer_path, ddp.device, print0)
-    dataset = SFTDataset(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines)
+    dataset = SFTDataset(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines,
+                         **augment_kwargs(args, tokenizer))  # --drop_empty_think, --add_system_ratio
     check_trainable(dataset, args.max_seq_len, verbose=ddp.is_main)  # stop if truncation leaves nothing to learn
     # Length-grouped batches (by record size) + dynamic padding: little compute is spent on padding.
     batches = run.batches(dataset, pad_id=tokenizer.pad_token_id)

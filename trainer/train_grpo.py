@@ -40,7 +40,7 @@ from dataset.lm_dataset import check_trainable  # noqa: E402
 from trainer.rl_utils import (LOSS_TYPES, RLPromptDataset, add_clip_args, add_rl_args,  # noqa: E402
                               aggregate_loss, build_reward_function, check_rl_args, collate_prompts, expand,
                               group_advantages, kl_k3, make_rollout_engine, masked_mean, policy_loss,
-                              reward_metrics, step_generator, token_logps)
+                              reward_metrics, step_generator, thinking_ratio, token_logps)
 from trainer.trainer_utils import (TrainRun, add_common_args, init_distributed, init_model,  # noqa: E402
                                    make_optimizer, model_config_from_args, optimizer_step, print0, run_main,
                                    set_lr, unwrap)
@@ -78,7 +78,8 @@ def main():
     ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     reward_fn = build_reward_function(reward_terms, ddp.device, args.reward_model_path, args.reward_batch_size,
                                       args.length_target, args.reward_clip, print0)
-    dataset = RLPromptDataset(args.data_path, tokenizer, args.max_prompt_len, args.skip_bad_lines)
+    dataset = RLPromptDataset(args.data_path, tokenizer, args.max_prompt_len, args.skip_bad_lines,
+                              thinking_ratio=thinking_ratio(args, tokenizer), seed=args.seed)
     check_trainable(dataset, args.max_prompt_len, "--max_prompt_len", verbose=ddp.is_main)  # stop if most are cut
     batches = run.batches(dataset, collate_fn=collate_prompts)
     autocast, scaler = run.precision()

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any directory
 
-from dataset.lm_dataset import SFTDataset, check_trainable  # noqa: E402
+from dataset.lm_dataset import SFTDataset, add_augment_args, augment_kwargs, check_trainable  # noqa: E402
 from model.model_lora import (DEFAULT_TARGETS, apply_lora, count_parameters, lora_state_dict,  # noqa: E402
                               save_lora_meta)
 from trainer.trainer_utils import (TrainRun, add_common_args, ddp_sync, init_distributed, init_model,  # noqa: E402
@@ -44,6 +44,7 @@ def main():
     parser.add_argument("--lora_dropout", type=float, default=0.0, help="dropout on the adapter's input")
     parser.add_argument("--lora_targets", type=str, default=",".join(DEFAULT_TARGETS),
                         help="comma-separated projection names (q,k,v,o,gate,up,down or full *_proj names)")
+    add_augment_args(parser)  # upstream minimind-3's SFT augmentations (seeded; dataset/lm_dataset.py)
     args = parser.parse_args()
     # Weights, logs and resume state all live under a `lora/` sub-folder named after the adapter:
     # out/lora/{lora_name}_{hidden}.pth, out/logs/lora/..., checkpoints/lora/..._resume.pth.
@@ -58,7 +59,8 @@ def main():
     trainable, total = count_parameters(model)
     print0(f"LoRA rank {args.lora_rank}, alpha {args.lora_alpha:g} on {args.lora_targets}: {trainable / 1e6:.3f}M "
            f"trainable of {total / 1e6:.3f}M parameters ({100 * trainable / total:.2f}%)")
-    dataset = SFTDataset(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines)
+    dataset = SFTDataset(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines,
+                         **augment_kwargs(args, tokenizer))  # --drop_empty_think, --add_system_ratio
     check_trainable(dataset, args.max_seq_len, verbose=ddp.is_main)  # stop if truncation leaves nothing to learn
     batches = run.batches(dataset, pad_id=tokenizer.pad_token_id)
     autocast, scaler = run.precision()

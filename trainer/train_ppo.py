@@ -45,7 +45,7 @@ from model.model_minimind import MiniMindConfig, MiniMindModel  # noqa: E402
 from trainer.rl_utils import (KL_ESTIMATORS, RLPromptDataset, add_rl_args, build_reward_function,  # noqa: E402
                               check_rl_args, clipped_policy_loss, clipped_value_loss, collate_prompts, gae,
                               make_rollout_engine, masked_mean, masked_whiten, reward_metrics, step_generator,
-                              token_logps)
+                              thinking_ratio, token_logps)
 from trainer.trainer_utils import (TrainRun, WeightLoadError, add_common_args, init_distributed,  # noqa: E402
                                    init_model, make_optimizer, model_config_from_args, optimizer_step, print0,
                                    run_main, set_lr, unwrap)
@@ -124,7 +124,8 @@ def main():
     critic = CriticModel.from_policy(actor)
     reward_fn = build_reward_function(reward_terms, ddp.device, args.reward_model_path, args.reward_batch_size,
                                       args.length_target, args.reward_clip, print0)
-    dataset = RLPromptDataset(args.data_path, tokenizer, args.max_prompt_len, args.skip_bad_lines)
+    dataset = RLPromptDataset(args.data_path, tokenizer, args.max_prompt_len, args.skip_bad_lines,
+                              thinking_ratio=thinking_ratio(args, tokenizer), seed=args.seed)
     check_trainable(dataset, args.max_prompt_len, "--max_prompt_len", verbose=ddp.is_main)  # stop if most are cut
     batches = run.batches(dataset, collate_fn=collate_prompts)
 

@@ -51,7 +51,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any dir
 from dataset.lm_dataset import check_trainable  # noqa: E402
 from trainer.rl_utils import (RLPromptDataset, add_rl_args, aggregate_loss, all_gather_cat,  # noqa: E402
                               build_reward_function, check_rl_args, clipped_policy_loss, collate_prompts, kl_k3,
-                              make_rollout_engine, masked_mean, reward_metrics, step_generator, token_logps)
+                              make_rollout_engine, masked_mean, reward_metrics, step_generator, thinking_ratio,
+                              token_logps)
 from trainer.trainer_utils import (TrainRun, add_common_args, init_distributed, init_model,  # noqa: E402
                                    make_optimizer, model_config_from_args, optimizer_step, print0, run_main, set_lr,
                                    unwrap)
@@ -154,7 +155,8 @@ def main():
     ref_model = copy.deepcopy(model).eval().requires_grad_(False)  # the starting policy, before any resume
     reward_fn = build_reward_function(reward_terms, ddp.device, args.reward_model_path, args.reward_batch_size,
                                       args.length_target, args.reward_clip, print0)
-    dataset = RLPromptDataset(args.data_path, tokenizer, args.max_prompt_len, args.skip_bad_lines)
+    dataset = RLPromptDataset(args.data_path, tokenizer, args.max_prompt_len, args.skip_bad_lines,
+                              thinking_ratio=thinking_ratio(args, tokenizer), seed=args.seed)
     check_trainable(dataset, args.max_prompt_len, "--max_prompt_len", verbose=ddp.is_main)  # stop if most are cut
     batches = run.batches(dataset, collate_fn=collate_prompts)
     tracker = SPOValueTracker(len(dataset), args.spo_rho_min, args.spo_rho_max, args.spo_d_half,

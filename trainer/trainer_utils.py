@@ -438,6 +438,8 @@ class Batches:
         pin = torch.device(self.device).type == "cuda"
         while self.epoch < self.epochs:
             self.sampler.set_epoch(self.epoch, self.consumed)
+            if hasattr(self.dataset, "set_epoch"):  # per-sample seeded draws (augmentations): this epoch's
+                self.dataset.set_epoch(self.epoch)  # before the DataLoader copies the dataset into its workers
             loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler,
                                 collate_fn=self.collate_fn, num_workers=self.num_workers, pin_memory=pin)
             micro_left, micro_batches = len(loader), iter(loader)
