@@ -399,7 +399,8 @@ SYSTEM_PROMPTS = (
 # Upstream minimind-3's values (its SFTDataset and DPODataset): with its template every assistant turn carries a
 # <think> block, empty when there is no reasoning, and 80% of the samples lose the empty ones; 20% of the samples
 # without tools get a system prompt. Ours (`chat_messages` already drops empty reasoning, so our template renders
-# no empty block to drop): 0 and 0, the behaviour before these flags existed (README: "SFT data augmentations").
+# no empty block to drop): 0 and 0, the behaviour before these flags existed (README: "Upstream minimind-3's SFT
+# data habits" says why).
 AUGMENT_DEFAULTS = {"drop_empty_think": (0.8, 0.0), "add_system_ratio": (0.2, 0.0)}  # (minimind-3's, ours)
 
 
@@ -587,7 +588,8 @@ class RLAIFDataset(_ChatDataset):
 
     Each item: "prompt" (the rendered text), "prompt_ids" (its tokens; a prompt longer than `max_length` keeps
     its LAST `max_length` tokens: the question and the assistant header the response must follow; 0 = keep
-    all) and "answer"."""
+    all) and "answer". With `thinking_ratio`, each prompt's thinking switch is drawn (`draw`): the RL stages'
+    --thinking_ratio."""
     check = staticmethod(check_rlaif)
     fit_unit = "prompts"
     fit_problem = "are longer than"
