@@ -41,7 +41,7 @@ import streamlit as st  # noqa: E402
 import torch  # noqa: E402
 from openai import APIError  # noqa: E402
 
-from model.chat_template import add_thinking_arg  # noqa: E402
+from model.chat_template import add_thinking_arg, template_default  # noqa: E402
 from model.checkpoint import model_config_from_args  # noqa: E402
 from model.errors import USER_ERRORS  # noqa: E402
 from model.generation import IncrementalDecoder, stream_tokens  # noqa: E402
@@ -231,13 +231,13 @@ def parse_cli(argv=None):
     parser.add_argument("--history_rounds", type=int, default=2)
     parser.add_argument("--tools", type=str, default="",
                         help=f"tools picked when the page opens: 'all' or a comma list of {','.join(TOOL_NAMES)}")
-    add_thinking_arg(parser, help="the Thinking switch when the page opens (1, the default: on)")
+    add_thinking_arg(parser, help="the Thinking switch when the page opens (default: the chat template's own, on "
+                                  "with our tokenizer, off with upstream minimind-3's; on for an endpoint)")
     # The env var lets callers (tests, a service unit) point at a weights folder without `-- flags`.
     parser.set_defaults(save_dir=os.environ.get("MINIMIND_SAVE_DIR", str(DEFAULT_SAVE_DIR)))
     # parse_known_args: under `streamlit run` argv holds only our flags, but under AppTest (inside pytest) it
     # holds pytest's own flags, which are not ours to reject.
     args, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    args.enable_thinking = 1 if args.enable_thinking is None else args.enable_thinking
     return args
 
 
@@ -380,11 +380,9 @@ def sidebar(args):
         s["repetition_penalty"] = st.slider("Repetition penalty", 1.0, 1.5, 1.0, 0.05, key="repetition_penalty")
         s["history_rounds"] = st.slider("History rounds", 0, 10, int(args.history_rounds), key="history_rounds",
                                         help="earlier user/assistant exchanges sent with each question")
-        # Two switches: whether the model thinks (the template's switch), and whether the page shows it.
-        s["thinking"] = st.toggle("Thinking", value=bool(args.enable_thinking), key="thinking",
-                                  help="on: the model may reason in a <think> block before answering; off: an "
-                                       "empty block is pre-filled and it answers directly (the chat template's "
-                                       "enable_thinking / open_thinking switch)")
+        # Two switches: whether the model thinks (the template's switch), and whether the page shows it. The first
+        # is drawn once the model is loaded (`thinking_toggle`): its default is the loaded template's own.
+        s["thinking_slot"] = st.empty()
         s["show_thinking"] = st.toggle("Show thinking", value=True, key="show_thinking",
                                        help="display only: a reasoning model's <think> block, in a collapsible box")
         asked = TOOL_NAMES if args.tools.strip() == "all" else [t.strip() for t in args.tools.split(",") if t.strip()]
@@ -397,6 +395,20 @@ def sidebar(args):
                                          "results go back to the model")
         st.button("Clear chat", on_click=clear_chat, key="clear")
     return s
+
+
+def thinking_toggle(s: dict, args, tokenizer) -> bool:
+    """The sidebar's "Thinking" switch: on, the model may reason in a <think> block; off, the template pre-fills an
+    empty one. It starts as -- --enable_thinking says, else as the loaded template does by default (ours: on;
+    upstream minimind-3's: off), and on for an endpoint."""
+    if args.enable_thinking is not None:
+        default = bool(args.enable_thinking)
+    else:
+        default = True if tokenizer is None else template_default(tokenizer, False, True)
+    return s["thinking_slot"].toggle("Thinking", value=default, key="thinking",
+                                     help="on: the model may reason in a <think> block before answering; off: an "
+                                          "empty block is pre-filled and it answers directly (the chat template's "
+                                          "enable_thinking / open_thinking switch)")
 
 
 def preselect(models: List[dict], args) -> Optional[int]:
@@ -534,6 +546,7 @@ def main():
     else:
         caption = f"API endpoint `{s['api_base']}` · model **{s['api_model']}**"
     st.caption(caption)
+    s["thinking"] = thinking_toggle(s, args, tokenizer)
 
     for msg in st.session_state.messages:
         render_message(msg, s["show_thinking"])

@@ -253,7 +253,8 @@ def test_page_runs_the_tool_loop_with_a_local_model(monkeypatch, request, tmp_pa
 def test_thinking_switch_reaches_the_template(monkeypatch, request, tmp_path, tokenizer, which):
     """The sidebar's "Thinking" switch (not "Show thinking", which is display only) decides the prompt the model
     gets: on, our template leaves the header plain and minimind-3's opens <think> (its reply up to </think> is then
-    shown as thinking); off, both pre-fill the empty block. `-- --enable_thinking 0` starts the page with it off."""
+    shown as thinking); off, both pre-fill the empty block. It starts as the template does by default (ours: on,
+    minimind-3's: off); `-- --enable_thinking 0|1` starts the page with it off or on."""
     import scripts.model_loading as ml
     from helpers import assert_thinking_prompt, prompt_recorder
     if which == "minimind3":
@@ -263,7 +264,8 @@ def test_thinking_switch_reaches_the_template(monkeypatch, request, tmp_path, to
     monkeypatch.setattr(ml, "load_model", lambda args, log=print: (lm, tokenizer, "scripted"))
     save_tiny(tmp_path)
     at = app(monkeypatch, tmp_path).run()
-    assert at.toggle(key="thinking").value is True
+    assert at.toggle(key="thinking").value is (which == "ours")
+    at.toggle(key="thinking").set_value(True)
     at.toggle(key="show_thinking").set_value(False).run()  # display only: the model still thinks
     at.chat_input[0].set_value("问题").run()
     assert not at.exception, at.exception
@@ -277,9 +279,10 @@ def test_thinking_switch_reaches_the_template(monkeypatch, request, tmp_path, to
     assert_thinking_prompt(prompts[-1], which, on=False)
     assert len(prompts) == 2
 
-    monkeypatch.setattr(sys, "argv", [str(APP), "--enable_thinking", "0"])
-    at = app(monkeypatch, tmp_path).run()
-    assert at.toggle(key="thinking").value is False
+    for flag in (0, 1):
+        monkeypatch.setattr(sys, "argv", [str(APP), "--enable_thinking", str(flag)])
+        at = app(monkeypatch, tmp_path).run()
+        assert at.toggle(key="thinking").value is bool(flag)
 
 
 def test_page_without_models_says_what_to_do(monkeypatch, tmp_path):
