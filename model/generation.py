@@ -174,13 +174,25 @@ class BatchDecoder:
         direct = not self.rows  # nothing running: prefill straight into the full-size cache
         if direct:
             self.rows = new
-        cache = StaticKVCache(self.config, n, width + self._room(width) if direct else width, device=self.device,
+        # Equal prompts (the G samples of one RL prompt) are prefilled once and their cache rows copied: the
+        # prefill is most of a short rollout's compute, and a row's cache depends only on its own tokens.
+        slot, prefilled = {}, []  # a prompt -> its row in the prefill; the prompt of each prefilled row
+        for i, p in enumerate(prompts):
+            if slot.setdefault(tuple(p), len(prefilled)) == len(prefilled):
+                prefilled.append(i)
+        m = len(prefilled)
+        cache = StaticKVCache(self.config, m, width + self._room(width) if direct else width, device=self.device,
                               dtype=self.dtype)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         padded = any(len(p) < width for p in prompts)
-        out = self.model(input_ids=ids, attention_mask=mask if padded else None, position_ids=positions,
+        u = torch.tensor(prefilled, device=self.device) if m < n else slice(None)
+        out = self.model(input_ids=ids[u], attention_mask=mask[u] if padded else None, position_ids=positions[u],
                          cache=cache, use_cache=True, logits_to_keep=1)
         logits, pos = out.logits[:, -1].float(), positions[:, -1:] + 1
+        if m < n:  # each row takes its prompt's prefilled cache row and logits
+            back = torch.tensor([slot[tuple(p)] for p in prompts], device=self.device)
+            cache.reorder(back)
+            logits = logits[back]
         seen = None
         if self.seen is not None or any(s.repetition_penalty != 1.0 for s in sampling):
             # Each row's tokens so far, for the repetition penalty. Padding repeats the row's first token, which is

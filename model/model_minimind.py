@@ -436,8 +436,16 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
         kv_len = k.shape[2]
-        k, v = repeat_kv(k, self.n_rep), repeat_kv(v, self.n_rep)
         dropout_p = self.dropout if self.training else 0.0
+        if seq_len == 1 and self.flash and self.n_rep > 1:
+            # Decoding, one query per row: the n_rep query heads that share a KV head attend as n_rep queries of
+            # that head, so the cache is read where it lies instead of being copied n_rep times by repeat_kv
+            # (which, at batch 16 and a few hundred tokens of context, copies more bytes per step than the
+            # weights hold). A padding mask (B, 1, 1, kv) broadcasts over both.
+            q = q.reshape(bsz, self.n_kv_heads, self.n_rep, self.head_dim)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=dropout_p)
+            return self.resid_dropout(self.o_proj(out.reshape(bsz, 1, -1)))
+        k, v = repeat_kv(k, self.n_rep), repeat_kv(v, self.n_rep)
         if BlockMask is not None and isinstance(attention_mask, BlockMask):
             # Block-diagonal causal attention over packed documents: flex_attention skips the fully masked
             # 128x128 tiles instead of computing and masking a dense (T x T) score matrix.

@@ -40,6 +40,12 @@ Stages (one row per config x stage x mode):
             Decoding always runs --decode_tokens new tokens (EOS disabled) and its tokens/s includes the
             short prompt's prefill. The decode model is cast to the mode's dtype (as for serving); training
             keeps fp32 weights under autocast, as the stage scripts do.
+            roofline:  a decode step reads every weight once for the whole batch, so it can go no faster than
+                       batch x memory bandwidth / weight bytes. The bandwidth is probed beside each measured run
+                       (an fp32 matrix-vector product over --bandwidth_mb MB, the way batch-1 decoding reads its
+                       weights); each decode row reports the roofline and the fraction its median run reached,
+                       and a decode table puts batch 8's aggregate against one request at a time, ours and the
+                       original's (the naive batch 1, with --compare).
 
 The optimised mode also uses the vectorised MoE dispatch, fused AdamW on CUDA and, with --compile,
 torch.compile for the training forward (SFT/DPO batches padded to multiples of 64 and every shape compiled
@@ -143,9 +149,9 @@ DATA_FILES = {"pretrain": "pretrain.jsonl", "sft": "sft.jsonl", "dpo": "dpo.json
 PEAK_TFLOPS = [("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0), ("A10G", 70.0),
                ("L40S", 362.0), ("RTX 4090", 165.0), ("RTX 3090", 71.0)]
 SMOKE = dict(configs="tiny", steps=2, warmup=1, batch_size=2, max_seq_len=128, max_gen_len=8, num_generations=2,
-             decode_tokens=8, decode_runs=1, prefill_len=64)
+             decode_tokens=8, decode_runs=1, prefill_len=64, bandwidth_mb=16)
 DEFAULTS = dict(configs="26m", steps=10, warmup=2, batch_size=8, max_seq_len=512, max_gen_len=128,
-                num_generations=4, decode_tokens=128, decode_runs=3, prefill_len=256)
+                num_generations=4, decode_tokens=128, decode_runs=3, prefill_len=256, bandwidth_mb=256)
 
 
 def log(msg):
@@ -236,6 +242,23 @@ def peak_tflops_for(device, override):
         if key.lower() in name.lower():
             return value, f"table entry {key!r} for {name!r}"
     return None, f"unknown device {name!r}: pass --peak_tflops for MFU"
+
+
+def memory_bandwidth(device, nbytes: int, runs: int = 3) -> float:
+    """Bytes per second that a matrix-vector product streams from memory: an fp32 matrix of `nbytes` (far larger
+    than the caches) times a vector, the way batch-1 decoding reads its weights; the median of `runs` after one
+    untimed run. A decode step can read its weights no faster than this: the roofline."""
+    side = int(math.sqrt(nbytes / 4))
+    w, x = torch.randn(side, side, device=device), torch.randn(side, device=device)
+    times = []
+    for i in range(runs + 1):
+        sync(device)
+        t0 = time.perf_counter()
+        torch.mv(w, x)
+        sync(device)
+        if i:
+            times.append(time.perf_counter() - t0)
+    return side * side * 4 / float(np.median(times))
 
 
 def dispatch_reference(self, x, topk_idx, topk_weight):
@@ -493,12 +516,15 @@ class Bench:
         if naive:
             torch.cuda.empty_cache()  # the original did this every step; a no-op without CUDA
 
-    def timed(self, label, n_total, fn):
+    def timed(self, label, n_total, fn, before=None):
         """Run fn(i) for i in range(n_total), timing each call between CUDA syncs; returns [(seconds, result)]
-        for the steps after warmup."""
+        for the steps after warmup. `before(i)`, if given, runs untimed before each measured call (a probe that
+        should see the same load as the step beside it)."""
         warmup = self.args.warmup
         out = []
         for i in range(n_total):
+            if before is not None and i >= warmup:
+                before(i)
             sync(self.device)
             t0 = time.perf_counter()
             result = fn(i)
@@ -738,14 +764,27 @@ class Bench:
                 return sum(1 for _ in stream_generate(model, prompts[0], generator=gen, **kw))
             return generate(model, prompts, generator=gen, **kw).responses.shape[1]
 
-        timed = self.timed(label, a.warmup + a.decode_runs, run)
+        # The bandwidth probe runs before each measured run: on a shared machine both then see the same load.
+        bandwidths = []
+        timed = self.timed(label, a.warmup + a.decode_runs, run,
+                           before=lambda i: bandwidths.append(memory_bandwidth(self.device, a.bandwidth_mb << 20)))
         steps = sum(r for _, r in timed)
         assert steps == N * len(timed), f"{label}: expected {N} new tokens per run, got {steps}"
         tokens = steps * len(prompts)
         prompt_len = float(np.mean([len(p) for p in prompts]))
-        flops = forward_flops(flops_params(model)["flops_n"], model.config, tokens, prompt_len + N / 2)
+        n_used = flops_params(model)["flops_n"]
+        flops = forward_flops(n_used, model.config, tokens, prompt_len + N / 2)
+        # The roofline: each step reads every weight once (the tied embedding once, as the lm_head; MoE: the active
+        # experts only) for the whole batch, at the bandwidth measured beside the runs.
+        bandwidth = float(np.median(bandwidths))
+        weight_bytes = n_used * torch.finfo(self.mode_dtype(naive)).bits // 8
+        roofline = len(prompts) * bandwidth / weight_bytes
+        median_tps = len(prompts) / (float(np.median([t for t, _ in timed])) / N)
         self.add_row(cfg_name, name, naive, model, timed, tokens, tokens, flops, len(prompts),
-                     max(len(p) for p in prompts) + N, steps_per_call=N, prompt_len=prompt_len, new_tokens=N)
+                     max(len(p) for p in prompts) + N, steps_per_call=N, prompt_len=prompt_len, new_tokens=N,
+                     median_tokens_per_s=median_tps, mem_bandwidth_gbs=bandwidth / 1e9,
+                     weight_mb_per_step=weight_bytes / 1e6, roofline_tokens_per_s=roofline,
+                     roofline_frac=median_tps / roofline)
 
     def prefill_row(self, cfg_name, naive):
         a = self.args
@@ -789,6 +828,40 @@ def compare(rows):
         out.append(ratio)
         opt["speedup"], opt["mem_ratio"] = ratio["speedup"], ratio["mem_ratio"]
     return out
+
+
+def decode_summary(rows):
+    """Per config and mode: decode tokens/s at batch 1 and 8 (medians of the runs) against the roofline, and the
+    batch-8 aggregate against one request at a time, ours (same mode) and the original's (the naive batch 1)."""
+    by_key = {(r["config"], r["stage"], r["mode"]): r for r in rows}
+    out = []
+    for (cfg, stage, mode), b8 in by_key.items():
+        b1 = by_key.get((cfg, "decode_b1", mode))
+        if stage != "decode_b8" or b1 is None:
+            continue
+        naive_b1 = by_key.get((cfg, "decode_b1", "naive"))
+        out.append({"config": cfg, "mode": mode, "dtype": b8["dtype"],
+                    "b1_tokens_per_s": b1["median_tokens_per_s"], "b8_tokens_per_s": b8["median_tokens_per_s"],
+                    "b1_roofline_tokens_per_s": b1["roofline_tokens_per_s"],
+                    "b8_roofline_tokens_per_s": b8["roofline_tokens_per_s"],
+                    "b1_roofline_frac": b1["roofline_frac"], "b8_roofline_frac": b8["roofline_frac"],
+                    "mem_bandwidth_gbs": b1["mem_bandwidth_gbs"], "weight_mb_per_step": b1["weight_mb_per_step"],
+                    "b8_vs_b1": b8["median_tokens_per_s"] / b1["median_tokens_per_s"],
+                    "b8_vs_naive_b1": b8["median_tokens_per_s"] / naive_b1["median_tokens_per_s"]
+                    if naive_b1 and mode == "optimised" else None})
+    return out
+
+
+def decode_table(summary) -> str:
+    lines = ["decode (median of the runs; roofline = batch x measured bandwidth / weight bytes read per step):",
+             f"{'config':<12} {'mode':<9} {'dtype':<8} {'weights':>8} {'GB/s':>5} {'b1 tok/s':>9} {'of roof':>7} "
+             f"{'b8 tok/s':>9} {'of roof':>7} {'b8/b1':>6} {'b8/orig b1':>10}"]
+    for d in summary:
+        vs = f"{d['b8_vs_naive_b1']:.2f}x" if d["b8_vs_naive_b1"] else "-"
+        lines.append(f"{d['config']:<12} {d['mode']:<9} {d['dtype']:<8} {d['weight_mb_per_step']:>6.0f}MB "
+                     f"{d['mem_bandwidth_gbs']:>5.1f} {d['b1_tokens_per_s']:>9.1f} {d['b1_roofline_frac']:>7.0%} "
+                     f"{d['b8_tokens_per_s']:>9.1f} {d['b8_roofline_frac']:>7.0%} {d['b8_vs_b1']:>5.2f}x {vs:>10}")
+    return "\n".join(lines)
 
 
 def table(rows) -> str:
@@ -865,6 +938,8 @@ def parse_args(argv=None):
     p.add_argument("--rollout_turns", type=int, default=3, help="rollout: turns per episode")
     p.add_argument("--decode_runs", type=int, default=None, help="measured decode runs (default 3)")
     p.add_argument("--prefill_len", type=int, default=None, help="prompt tokens for the prefill latency (256)")
+    p.add_argument("--bandwidth_mb", type=int, default=None,
+                   help="matrix size for the memory-bandwidth probe of the decode roofline (default 256)")
     p.add_argument("--device", type=str, default=None, help="default: model.runtime.default_device()")
     p.add_argument("--dtype", type=str, default="auto", choices=["auto", "bfloat16", "float16", "float32"],
                    help="optimised rows; auto = bf16 where supported, CPUs with native bf16 included "
@@ -911,7 +986,8 @@ def parse_args(argv=None):
             p.error(f"--stages: unknown stage {s!r} (choose from {', '.join(STAGES)})")
     if args.naive and args.compare:
         p.error("--naive and --compare exclude each other (--compare already runs the naive mode)")
-    for k in ("steps", "batch_size", "max_seq_len", "max_gen_len", "decode_tokens", "decode_runs", "prefill_len"):
+    for k in ("steps", "batch_size", "max_seq_len", "max_gen_len", "decode_tokens", "decode_runs", "prefill_len",
+              "bandwidth_mb"):
         if getattr(args, k) < 1:
             p.error(f"--{k} must be >= 1")
     if args.threads is not None and args.threads < 1:
@@ -969,7 +1045,10 @@ def main(argv=None):
                 else:
                     bench.decode_rows(cfg, naive)
     ratios = compare(bench.rows)
+    decode = decode_summary(bench.rows)
     log("\n" + table(bench.rows))
+    if decode:
+        log("\n" + decode_table(decode))
     if ratios:
         log("speedup = optimised real tokens/s / naive real tokens/s (prefill: naive latency / optimised latency); "
             "mem ratio = optimised peak memory / naive peak memory")
@@ -992,9 +1071,17 @@ def main(argv=None):
                      "model_tflops": "train tokens x (6N + 12 L h T) + forward-only tokens x (2N + 4 L h T), "
                                      "per second",
                      "mfu": "model_tflops / peak_tflops (CUDA only)",
-                     "speedup": "optimised real_tokens_per_s / naive real_tokens_per_s"}},
+                     "speedup": "optimised real_tokens_per_s / naive real_tokens_per_s",
+                     "roofline_tokens_per_s": "decode: batch x mem_bandwidth / weight bytes read per step (every "
+                                              "weight once per step, the tied embedding once, MoE: active "
+                                              "experts; KV-cache reads left out)",
+                     "roofline_frac": "decode: median_tokens_per_s / roofline_tokens_per_s (the prompt's prefill "
+                                      "is in the timing, so this is a lower bound)",
+                     "mem_bandwidth_gbs": "fp32 matrix-vector product over --bandwidth_mb (median of 3), before "
+                                          "each measured decode run; the median over the runs"}},
         "rows": bench.rows,
         "comparison": ratios,
+        "decode": decode,
     }
     out = Path(args.output)
     write_json(result, out)

@@ -97,6 +97,65 @@ def test_meta_says_what_was_measured(report):
     assert {"real_tokens_per_s", "padded_tokens_per_s", "model_tflops", "mfu"} <= set(meta["definitions"])
 
 
+def test_decode_rows_carry_their_roofline(report):
+    """Every decode row: the weight bytes one step reads (all parameters once, the tied embedding once, in the row's
+    dtype), the bandwidth probed beside its runs, the roofline batch x bandwidth / bytes and the fraction of it that
+    the median run reached; the summary puts batch 8 against one request at a time, ours and the original's."""
+    from scripts.benchmark import build_model, flops_params
+    data, stdout = report
+    params = flops_params(build_model("tiny", 0, "cpu"))["flops_n"]
+    rows = {(r["stage"], r["mode"]): r for r in data["rows"]}
+    for stage, batch in (("decode_b1", 1), ("decode_b8", 8)):
+        for mode in ("optimised", "naive"):
+            r = rows[(stage, mode)]
+            size = torch.finfo(getattr(torch, r["dtype"])).bits // 8
+            assert r["weight_mb_per_step"] == pytest.approx(params * size / 1e6)
+            assert r["mem_bandwidth_gbs"] > 0 and math.isfinite(r["mem_bandwidth_gbs"])
+            assert r["roofline_tokens_per_s"] == pytest.approx(
+                batch * r["mem_bandwidth_gbs"] * 1e9 / (r["weight_mb_per_step"] * 1e6))
+            assert r["median_tokens_per_s"] == pytest.approx(batch * 1000 / r["median_step_time_ms"])
+            assert r["roofline_frac"] == pytest.approx(r["median_tokens_per_s"] / r["roofline_tokens_per_s"])
+    summary = {d["mode"]: d for d in data["decode"]}
+    assert set(summary) == {"optimised", "naive"}
+    for mode, d in summary.items():
+        b1, b8 = rows[("decode_b1", mode)], rows[("decode_b8", mode)]
+        assert d["b1_roofline_frac"] == b1["roofline_frac"] and d["b8_roofline_frac"] == b8["roofline_frac"]
+        assert d["b8_vs_b1"] == pytest.approx(b8["median_tokens_per_s"] / b1["median_tokens_per_s"])
+    assert summary["optimised"]["b8_vs_naive_b1"] == pytest.approx(
+        rows[("decode_b8", "optimised")]["median_tokens_per_s"] / rows[("decode_b1", "naive")]["median_tokens_per_s"])
+    assert summary["naive"]["b8_vs_naive_b1"] is None
+    assert "roofline" in stdout and "b8/orig b1" in stdout  # the printed decode table
+    assert "roofline_frac" in data["meta"]["definitions"]
+
+
+def test_decode_summary_on_hand_rows():
+    """The summary's arithmetic on made-up rows, and a config measured in one mode only has no cross ratio."""
+    from scripts.benchmark import decode_summary, decode_table
+
+    def row(cfg, stage, mode, tps, roof):
+        return {"config": cfg, "stage": stage, "mode": mode, "dtype": "float32", "median_tokens_per_s": tps,
+                "roofline_tokens_per_s": roof, "roofline_frac": tps / roof, "mem_bandwidth_gbs": 10.0,
+                "weight_mb_per_step": 100.0}
+
+    rows = [row("a", "decode_b1", "optimised", 80, 100), row("a", "decode_b8", "optimised", 400, 800),
+            row("a", "decode_b1", "naive", 50, 100), row("a", "decode_b8", "naive", 200, 800),
+            row("b", "decode_b1", "optimised", 10, 20), row("b", "decode_b8", "optimised", 60, 160),
+            row("a", "prefill_64", "optimised", 1, 1)]
+    out = {(d["config"], d["mode"]): d for d in decode_summary(rows)}
+    assert set(out) == {("a", "optimised"), ("a", "naive"), ("b", "optimised")}
+    assert out[("a", "optimised")]["b8_vs_b1"] == 5.0 and out[("a", "optimised")]["b8_vs_naive_b1"] == 8.0
+    assert out[("a", "optimised")]["b1_roofline_frac"] == 0.8 and out[("a", "optimised")]["b8_roofline_frac"] == 0.5
+    assert out[("b", "optimised")]["b8_vs_naive_b1"] is None and out[("b", "optimised")]["b8_vs_b1"] == 6.0
+    text = decode_table(decode_summary(rows))
+    assert "80%" in text and "8.00x" in text and "6.00x" in text
+
+
+def test_memory_bandwidth_probe_is_a_positive_rate():
+    from scripts.benchmark import memory_bandwidth
+    bw = memory_bandwidth("cpu", 4 << 20, runs=2)
+    assert math.isfinite(bw) and 1e8 < bw < 1e13  # bytes/s: between 0.1 GB/s and 10 TB/s
+
+
 def test_bad_arguments_fail_with_a_clear_message(capsys):
     from scripts.benchmark import parse_args
     for argv, msg in ((["--configs", "26m,huge"], "unknown config 'huge'"),

@@ -61,6 +61,69 @@ def test_generate_drops_finished_rows_and_matches_one_by_one(model, monkeypatch)
         assert (out.logprobs[i, n:] == 0).all()
 
 
+def test_equal_prompts_are_prefilled_once_and_decode_as_alone(model, monkeypatch):
+    """The G copies of an RL prompt share one prefill (fewer rows in the first forward); every row still gets
+    exactly its own greedy tokens, and seeded sampling is the same draw as without the sharing."""
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0], PROMPTS[2], PROMPTS[1], PROMPTS[0]]
+    rows = []
+    real_forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **kw: (rows.append((kw or {}).get("input_ids", a and a[0]).shape),
+                                                            real_forward(*a, **kw))[1])
+    out = generate(model, prompts, max_new_tokens=6, temperature=0, eos_token_id=-1)
+    assert rows[0] == (3, len(PROMPTS[2])) and rows[1] == (6, 1)  # 3 distinct prompts prefilled, 6 rows decode
+    for i, p in enumerate(prompts):
+        assert out.responses[i].tolist() == greedy_no_cache(model, p, 6)
+    sampled = generate(model, prompts, max_new_tokens=6, temperature=1.0, eos_token_id=-1,
+                       generator=torch.Generator().manual_seed(0))
+    monkeypatch.undo()
+    dec = BatchDecoder(model, stop_token_ids=-1)  # the same prompts admitted one by one: no sharing possible
+    for i, p in enumerate(prompts):
+        dec.admit([p], Sampling(), 6, tags=[i])
+    probs = F.softmax(dec.logits, -1)
+    torch.testing.assert_close(probs[[0, 2, 5]], probs[[0]].expand(3, -1))  # the shared rows' logits are right
+    first = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(0)).squeeze(1)
+    assert sampled.responses[:, 0].tolist() == first.tolist()
+    assert len(set(map(tuple, sampled.responses[[0, 2, 5]].tolist()))) > 1  # copies still sample on their own
+
+
+def test_gqa_decode_step_equals_the_full_forward():
+    """A one-token step attends with the query heads grouped over their shared KV head (no repeat_kv copy of the
+    cache): its logits equal the full forward's at that position, with left padding and with QK-norm."""
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[2]]
+    for qk_norm in (False, True):
+        m = tiny_model(0, initializer_range=0.3, qk_norm=qk_norm).eval()
+        assert m.config.num_attention_heads > m.config.num_key_value_heads
+        out = generate(m, prompts, max_new_tokens=5, temperature=0, eos_token_id=-1)
+        mask = out.attention_mask
+        with torch.no_grad():
+            full = m(input_ids=out.sequences, attention_mask=mask,
+                     position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+        assert torch.equal(full[:, out.prompt_len - 1:-1].argmax(-1), out.responses)
+        lp = F.log_softmax(full[:, out.prompt_len - 1:-1].float(), -1).gather(2, out.responses[..., None])[..., 0]
+        torch.testing.assert_close(out.logprobs, lp, atol=1e-4, rtol=1e-4)
+
+
+def test_bf16_weights_decode_in_bf16(model):
+    """Inference with bf16 weights (model.runtime.resolve_dtype's choice on CPUs with native bf16, emulated here):
+    the cache is bf16 too, and every greedy token is a top choice of the fp32 model at its position (bf16 keeps ~3
+    digits, so near-ties may go either way and the sequences may part; a broken cache or cast would pick tokens
+    far below the top)."""
+    m16 = tiny_model(0, initializer_range=0.3).eval().to(torch.bfloat16)
+    dec = BatchDecoder(m16)
+    dec.admit([PROMPTS[0]], Sampling(temperature=0), 4)
+    assert dec.cache.k[0].dtype == torch.bfloat16 and dec.logits.dtype == torch.float32
+    out = generate(m16, PROMPTS, max_new_tokens=12, temperature=0, eos_token_id=-1)
+    mask = out.attention_mask
+    with torch.no_grad():
+        ref = model(input_ids=out.sequences, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+    logits = ref.logits[:, out.prompt_len - 1:-1].float()
+    picked = logits.gather(2, out.responses[..., None])[..., 0]
+    gap = logits.max(-1).values - picked  # 0 where bf16 chose what fp32 would
+    spread = logits.std(-1)
+    assert (gap < 0.1 * spread).all(), (gap / spread).max()
+    assert (gap == 0).float().mean() > 0.8
+
+
 def test_logprobs_are_the_sampling_distribution(model):
     gen = torch.Generator().manual_seed(3)
     out = generate(model, PROMPTS, max_new_tokens=6, temperature=0.7, top_k=50, eos_token_id=-1, generator=gen)
