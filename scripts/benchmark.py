@@ -43,9 +43,10 @@ Stages (one row per config x stage x mode):
             roofline:  a decode step reads every weight once for the whole batch, so it can go no faster than
                        batch x memory bandwidth / weight bytes. The bandwidth is probed beside each measured run
                        (an fp32 matrix-vector product over --bandwidth_mb MB, the way batch-1 decoding reads its
-                       weights); each decode row reports the roofline and the fraction its median run reached,
-                       and a decode table puts batch 8's aggregate against one request at a time, ours and the
-                       original's (the naive batch 1, with --compare).
+                       weights). Each decode row reports the roofline and the fraction of it that its decode steps
+                       reached (the prefill and first token, timed by the same call for one token beside each run,
+                       left out), and a decode table puts batch 8's aggregate against one request at a time, ours
+                       and the original's (the naive batch 1, with --compare).
 
 The optimised mode also uses the vectorised MoE dispatch, fused AdamW on CUDA and, with --compile,
 torch.compile for the training forward (SFT/DPO batches padded to multiples of 64 and every shape compiled
@@ -244,6 +245,9 @@ def peak_tflops_for(device, override):
     return None, f"unknown device {name!r}: pass --peak_tflops for MFU"
 
 
+CLOCK = time.perf_counter  # --clock cpu: time.process_time
+
+
 def memory_bandwidth(device, nbytes: int, runs: int = 3) -> float:
     """Bytes per second that a matrix-vector product streams from memory: an fp32 matrix of `nbytes` (far larger
     than the caches) times a vector, the way batch-1 decoding reads its weights; the median of `runs` after one
@@ -253,11 +257,11 @@ def memory_bandwidth(device, nbytes: int, runs: int = 3) -> float:
     times = []
     for i in range(runs + 1):
         sync(device)
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         torch.mv(w, x)
         sync(device)
         if i:
-            times.append(time.perf_counter() - t0)
+            times.append(CLOCK() - t0)
     return side * side * 4 / float(np.median(times))
 
 
@@ -526,10 +530,10 @@ class Bench:
             if before is not None and i >= warmup:
                 before(i)
             sync(self.device)
-            t0 = time.perf_counter()
+            t0 = CLOCK()
             result = fn(i)
             sync(self.device)
-            dt = time.perf_counter() - t0
+            dt = CLOCK() - t0
             tag = "warmup" if i < warmup else "step"
             log(f"[bench] {label}: {tag} {i + 1 if i < warmup else i - warmup + 1}/"
                 f"{warmup if i < warmup else n_total - warmup} {dt * 1000:.0f} ms")
@@ -755,19 +759,29 @@ class Bench:
         model = self.inference_model(cfg_name, naive)
         kw = dict(max_new_tokens=N, temperature=1.0, eos_token_id=-1, pad_token_id=pad)  # EOS off: N tokens
 
-        def run(i):
+        def run(i, n=N):
             gen = step_generator(a.seed, 0, i, self.device)
             if naive:
-                seq, *_ = naive_generate(model, prompts, N, -1, pad, 1.0, gen)
+                seq, *_ = naive_generate(model, prompts, n, -1, pad, 1.0, gen)
                 return seq.shape[1] - max(len(p) for p in prompts)
             if len(prompts) == 1:
-                return sum(1 for _ in stream_generate(model, prompts[0], generator=gen, **kw))
-            return generate(model, prompts, generator=gen, **kw).responses.shape[1]
+                return sum(1 for _ in stream_generate(model, prompts[0], generator=gen, **{**kw, "max_new_tokens": n}))
+            return generate(model, prompts, generator=gen, **{**kw, "max_new_tokens": n}).responses.shape[1]
 
-        # The bandwidth probe runs before each measured run: on a shared machine both then see the same load.
-        bandwidths = []
-        timed = self.timed(label, a.warmup + a.decode_runs, run,
-                           before=lambda i: bandwidths.append(memory_bandwidth(self.device, a.bandwidth_mb << 20)))
+        # Before each measured run, untimed by the row: the bandwidth probe, and the same call for one token (the
+        # prompt's prefill and the first sample), whose time taken from the run's leaves the N - 1 decode steps.
+        # Both see the same load as the run beside them on a shared machine.
+        bandwidths, firsts = [], []
+
+        def before(i):
+            bandwidths.append(memory_bandwidth(self.device, a.bandwidth_mb << 20))
+            sync(self.device)
+            t0 = CLOCK()
+            run(i, 1)
+            sync(self.device)
+            firsts.append(CLOCK() - t0)
+
+        timed = self.timed(label, a.warmup + a.decode_runs, run, before=before)
         steps = sum(r for _, r in timed)
         assert steps == N * len(timed), f"{label}: expected {N} new tokens per run, got {steps}"
         tokens = steps * len(prompts)
@@ -780,11 +794,13 @@ class Bench:
         weight_bytes = n_used * torch.finfo(self.mode_dtype(naive)).bits // 8
         roofline = len(prompts) * bandwidth / weight_bytes
         median_tps = len(prompts) / (float(np.median([t for t, _ in timed])) / N)
+        decode_s = float(np.median([t - t1 for (t, _), t1 in zip(timed, firsts)]))
+        decode_tps = len(prompts) * (N - 1) / decode_s if decode_s > 0 else float("nan")
         self.add_row(cfg_name, name, naive, model, timed, tokens, tokens, flops, len(prompts),
                      max(len(p) for p in prompts) + N, steps_per_call=N, prompt_len=prompt_len, new_tokens=N,
-                     median_tokens_per_s=median_tps, mem_bandwidth_gbs=bandwidth / 1e9,
-                     weight_mb_per_step=weight_bytes / 1e6, roofline_tokens_per_s=roofline,
-                     roofline_frac=median_tps / roofline)
+                     median_tokens_per_s=median_tps, decode_tokens_per_s=decode_tps,
+                     mem_bandwidth_gbs=bandwidth / 1e9, weight_mb_per_step=weight_bytes / 1e6,
+                     roofline_tokens_per_s=roofline, roofline_frac=decode_tps / roofline)
 
     def prefill_row(self, cfg_name, naive):
         a = self.args
@@ -831,8 +847,9 @@ def compare(rows):
 
 
 def decode_summary(rows):
-    """Per config and mode: decode tokens/s at batch 1 and 8 (medians of the runs) against the roofline, and the
-    batch-8 aggregate against one request at a time, ours (same mode) and the original's (the naive batch 1)."""
+    """Per config and mode: decode tokens/s at batch 1 and 8 (the decode steps alone, medians of the runs) against
+    the roofline, and the batch-8 aggregate against one request at a time, ours (same mode) and the original's
+    (the naive batch 1)."""
     by_key = {(r["config"], r["stage"], r["mode"]): r for r in rows}
     out = []
     for (cfg, stage, mode), b8 in by_key.items():
@@ -841,19 +858,20 @@ def decode_summary(rows):
             continue
         naive_b1 = by_key.get((cfg, "decode_b1", "naive"))
         out.append({"config": cfg, "mode": mode, "dtype": b8["dtype"],
-                    "b1_tokens_per_s": b1["median_tokens_per_s"], "b8_tokens_per_s": b8["median_tokens_per_s"],
+                    "b1_tokens_per_s": b1["decode_tokens_per_s"], "b8_tokens_per_s": b8["decode_tokens_per_s"],
                     "b1_roofline_tokens_per_s": b1["roofline_tokens_per_s"],
                     "b8_roofline_tokens_per_s": b8["roofline_tokens_per_s"],
                     "b1_roofline_frac": b1["roofline_frac"], "b8_roofline_frac": b8["roofline_frac"],
                     "mem_bandwidth_gbs": b1["mem_bandwidth_gbs"], "weight_mb_per_step": b1["weight_mb_per_step"],
-                    "b8_vs_b1": b8["median_tokens_per_s"] / b1["median_tokens_per_s"],
-                    "b8_vs_naive_b1": b8["median_tokens_per_s"] / naive_b1["median_tokens_per_s"]
+                    "b8_vs_b1": b8["decode_tokens_per_s"] / b1["decode_tokens_per_s"],
+                    "b8_vs_naive_b1": b8["decode_tokens_per_s"] / naive_b1["decode_tokens_per_s"]
                     if naive_b1 and mode == "optimised" else None})
     return out
 
 
 def decode_table(summary) -> str:
-    lines = ["decode (median of the runs; roofline = batch x measured bandwidth / weight bytes read per step):",
+    lines = ["decode steps (prefill and first token left out; median of the runs; roofline = batch x measured "
+             "bandwidth / weight bytes read per step):",
              f"{'config':<12} {'mode':<9} {'dtype':<8} {'weights':>8} {'GB/s':>5} {'b1 tok/s':>9} {'of roof':>7} "
              f"{'b8 tok/s':>9} {'of roof':>7} {'b8/b1':>6} {'b8/orig b1':>10}"]
     for d in summary:
@@ -958,6 +976,9 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice). On a CPU shared with other jobs, 1 thread "
                         "avoids OpenMP barriers stalling on a descheduled thread (ms per small op)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="cpu: time steps by this process's CPU time (with --threads 1 on a CPU only): on a machine "
+                        "shared with other jobs, what the same run takes on a quiet one, less cache contention")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--output", type=str, default=str(ROOT / "out" / "benchmark.json"))
     p.add_argument("--plot", type=str, default=None, help="bar chart PNG (default: --output with .png)")
@@ -990,8 +1011,12 @@ def parse_args(argv=None):
               "bandwidth_mb"):
         if getattr(args, k) < 1:
             p.error(f"--{k} must be >= 1")
+    if args.decode_tokens < 2:
+        p.error("--decode_tokens must be >= 2 (decode speed leaves out the first token, which comes with the prefill)")
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be >= 1")
+    if args.clock == "cpu" and (args.threads != 1 or (args.device or "cpu") != "cpu"):
+        p.error("--clock cpu needs --threads 1 and --device cpu (CPU time adds up every thread's)")
     if args.warmup < 0:
         p.error("--warmup must be >= 0")
     if args.num_generations < 2:
@@ -1000,7 +1025,9 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    global CLOCK
     args = parse_args(argv)
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device = args.device or default_device()
@@ -1023,7 +1050,8 @@ def main(argv=None):
     modes = [False, True] if args.compare else [args.naive]
     device_name = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else cpu_name()
     log(f"[bench] device {device} ({device_name}), dtype {str(dtype).replace('torch.', '')}, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {args.clock} clock, load average "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg()) if hasattr(os, 'getloadavg') else '-'}")
     log(f"[bench] data: {data_src}")
     log(f"[bench] peak TFLOP/s for MFU: {peak if peak else '-'} ({peak_src})")
     for name in args.configs:
@@ -1057,6 +1085,7 @@ def main(argv=None):
 
     result = {
         "meta": {"device": device, "device_name": device_name, "dtype": str(dtype).replace("torch.", ""),
+                 "clock": args.clock, "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
                  "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
                  "peak_tflops": peak, "peak_tflops_source": peak_src, "data": data_src,
                  "data_files": {k: str(v) for k, v in paths.items()}, "memory_kind": bench.meter.kind,
@@ -1075,8 +1104,10 @@ def main(argv=None):
                      "roofline_tokens_per_s": "decode: batch x mem_bandwidth / weight bytes read per step (every "
                                               "weight once per step, the tied embedding once, MoE: active "
                                               "experts; KV-cache reads left out)",
-                     "roofline_frac": "decode: median_tokens_per_s / roofline_tokens_per_s (the prompt's prefill "
-                                      "is in the timing, so this is a lower bound)",
+                     "median_tokens_per_s": "decode: batch x new tokens / median run time (prefill included)",
+                     "decode_tokens_per_s": "decode: batch x (new tokens - 1) / median of (run time - time of the "
+                                            "same call for 1 token): the decode steps alone",
+                     "roofline_frac": "decode: decode_tokens_per_s / roofline_tokens_per_s",
                      "mem_bandwidth_gbs": "fp32 matrix-vector product over --bandwidth_mb (median of 3), before "
                                           "each measured decode run; the median over the runs"}},
         "rows": bench.rows,

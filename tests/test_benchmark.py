@@ -94,13 +94,14 @@ def test_meta_says_what_was_measured(report):
     assert "dataset/sample" in meta["data"].replace("\\", "/")
     assert meta["memory_kind"].startswith("cpu_")
     assert meta["peak_tflops"] is None
+    assert meta["clock"] == "wall" and len(meta["load_average"]) == 3  # what a noisy number was measured under
     assert {"real_tokens_per_s", "padded_tokens_per_s", "model_tflops", "mfu"} <= set(meta["definitions"])
 
 
 def test_decode_rows_carry_their_roofline(report):
     """Every decode row: the weight bytes one step reads (all parameters once, the tied embedding once, in the row's
     dtype), the bandwidth probed beside its runs, the roofline batch x bandwidth / bytes and the fraction of it that
-    the median run reached; the summary puts batch 8 against one request at a time, ours and the original's."""
+    the decode steps reached; the summary puts batch 8 against one request at a time, ours and the original's."""
     from scripts.benchmark import build_model, flops_params
     data, stdout = report
     params = flops_params(build_model("tiny", 0, "cpu"))["flops_n"]
@@ -114,15 +115,16 @@ def test_decode_rows_carry_their_roofline(report):
             assert r["roofline_tokens_per_s"] == pytest.approx(
                 batch * r["mem_bandwidth_gbs"] * 1e9 / (r["weight_mb_per_step"] * 1e6))
             assert r["median_tokens_per_s"] == pytest.approx(batch * 1000 / r["median_step_time_ms"])
-            assert r["roofline_frac"] == pytest.approx(r["median_tokens_per_s"] / r["roofline_tokens_per_s"])
+            assert r["decode_tokens_per_s"] > 0 and math.isfinite(r["decode_tokens_per_s"])
+            assert r["roofline_frac"] == pytest.approx(r["decode_tokens_per_s"] / r["roofline_tokens_per_s"])
     summary = {d["mode"]: d for d in data["decode"]}
     assert set(summary) == {"optimised", "naive"}
     for mode, d in summary.items():
         b1, b8 = rows[("decode_b1", mode)], rows[("decode_b8", mode)]
         assert d["b1_roofline_frac"] == b1["roofline_frac"] and d["b8_roofline_frac"] == b8["roofline_frac"]
-        assert d["b8_vs_b1"] == pytest.approx(b8["median_tokens_per_s"] / b1["median_tokens_per_s"])
+        assert d["b8_vs_b1"] == pytest.approx(b8["decode_tokens_per_s"] / b1["decode_tokens_per_s"])
     assert summary["optimised"]["b8_vs_naive_b1"] == pytest.approx(
-        rows[("decode_b8", "optimised")]["median_tokens_per_s"] / rows[("decode_b1", "naive")]["median_tokens_per_s"])
+        rows[("decode_b8", "optimised")]["decode_tokens_per_s"] / rows[("decode_b1", "naive")]["decode_tokens_per_s"])
     assert summary["naive"]["b8_vs_naive_b1"] is None
     assert "roofline" in stdout and "b8/orig b1" in stdout  # the printed decode table
     assert "roofline_frac" in data["meta"]["definitions"]
@@ -133,7 +135,7 @@ def test_decode_summary_on_hand_rows():
     from scripts.benchmark import decode_summary, decode_table
 
     def row(cfg, stage, mode, tps, roof):
-        return {"config": cfg, "stage": stage, "mode": mode, "dtype": "float32", "median_tokens_per_s": tps,
+        return {"config": cfg, "stage": stage, "mode": mode, "dtype": "float32", "decode_tokens_per_s": tps,
                 "roofline_tokens_per_s": roof, "roofline_frac": tps / roof, "mem_bandwidth_gbs": 10.0,
                 "weight_mb_per_step": 100.0}
 
@@ -161,7 +163,9 @@ def test_bad_arguments_fail_with_a_clear_message(capsys):
     for argv, msg in ((["--configs", "26m,huge"], "unknown config 'huge'"),
                       (["--stages", "pretrain,rlhf"], "unknown stage 'rlhf'"),
                       (["--naive", "--compare"], "exclude each other"),
-                      (["--num_generations", "1"], "--num_generations must be >= 2")):
+                      (["--num_generations", "1"], "--num_generations must be >= 2"),
+                      (["--clock", "cpu"], "--clock cpu needs --threads 1"),
+                      (["--decode_tokens", "1"], "--decode_tokens must be >= 2")):
         with pytest.raises(SystemExit) as e:
             parse_args(argv)
         assert e.value.code == 2 and msg in capsys.readouterr().err, argv
