@@ -7,6 +7,7 @@ step time, peak memory and (on CUDA) MFU; then batch-1 / batch-8 decoding and pr
     python scripts/benchmark.py --compare --configs 26m,104m,moe  # optimised and naive, with speedups
     python scripts/benchmark.py --compare --stages pretrain,sft --steps 5 --batch_size 8 --max_seq_len 512
     python scripts/benchmark.py --smoke                           # tiny config, seconds on a CPU (CI)
+    python scripts/benchmark.py --configs 26m,minimind3 --stages decode,rollout --compare  # decode vs roofline
     python scripts/benchmark.py --preset minimind2-small,minimind3,minimind3-moe --stages pretrain,sft
 
 Model configs (--configs, or --preset for the released shapes; both may be given): 26m, 104m and moe are the
