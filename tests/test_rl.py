@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dataset.lm_dataset import DataFormatError  # noqa: E402
+from model.generation import generate  # noqa: E402
 from helpers import (MINIMIND3_TOKENIZER, SAMPLE, SHARED, run_trainer, straight_and_resumed,  # noqa: E402
                      tiny_cpu_flags, tiny_model, train_log, write_jsonl)
 from trainer.rl_utils import (RewardFunction, RewardModelScorer, RLPromptDataset, add_rl_args,  # noqa: E402
@@ -386,28 +387,34 @@ def test_rl_resume_on_another_world_size_counts_optimizer_steps(tmp_path, tokeni
 
 
 # ================================================================================================ rollout
+def response_ids(ro):
+    """The sampled tokens of a Rollout, (B, N): what follows the (left-padded) prompts."""
+    return ro.sequences[:, ro.prompt_len:]
+
+
 def test_rollout_batched_greedy_equals_one_by_one(tiny_policy, tokenizer):
     prompts = ["hello", "a much longer prompt with many more words in it", "mid size prompt"]
     batched = rollout(tiny_policy, tokenizer, prompts, max_gen_len=8, temperature=0)
     assert batched.sequences.shape[1] == batched.prompt_len + 8
     for i, p in enumerate(prompts):
         single = rollout(tiny_policy, tokenizer, [p], max_gen_len=8, temperature=0)
-        assert torch.equal(single.response_ids[0], batched.response_ids[i])
+        assert torch.equal(response_ids(single)[0], response_ids(batched)[i])
         assert single.responses[0] == batched.responses[i]
 
 
 def test_rollout_response_mask_stops_after_eos(tokenizer):
     model = tiny_model(1).eval()
     prompts = ["one two three", "four five", "six"]  # plain text: no <|im_end|> (EOS) inside the prompts
-    first = rollout(model, tokenizer, prompts, max_gen_len=6, temperature=0).response_ids[0, 0]
+    first = rollout(model, tokenizer, prompts, max_gen_len=6, temperature=0)
+    first = response_ids(first)[0, 0]
     with torch.no_grad():  # make EOS beat row 0's first greedy token (tied embeddings: logit = h . e)
         emb = model.model.embed_tokens.weight
         emb[tokenizer.eos_token_id] = 3.0 * emb[first]
     ro = rollout(model, tokenizer, prompts, max_gen_len=6, temperature=0)
     eos = tokenizer.eos_token_id
-    assert ro.response_ids[0, 0] == eos and ro.response_mask[0].tolist() == [1, 0, 0, 0, 0, 0]
+    assert response_ids(ro)[0, 0] == eos and ro.response_mask[0].tolist() == [1, 0, 0, 0, 0, 0]
     for i in range(len(prompts)):
-        resp, m = ro.response_ids[i].tolist(), ro.response_mask[i].tolist()
+        resp, m = response_ids(ro)[i].tolist(), ro.response_mask[i].tolist()
         n = resp.index(eos) + 1 if eos in resp else len(resp)
         assert m == [1.0] * n + [0.0] * (len(resp) - n)
         assert all(t == tokenizer.pad_token_id for t in resp[n:])
@@ -425,7 +432,13 @@ def test_token_logps_match_sampling_logprobs(tiny_policy, tokenizer, temperature
         lp = token_logps(tiny_policy, ro.sequences, ro.attention_mask, ro.position_ids,
                          ro.response_mask.shape[1], temperature)
     m = ro.response_mask.bool()
-    assert torch.allclose(lp[m], ro.gen_logps[m], atol=1e-4)
+    # The sampler's own log-probs of the same draw (same global seed): the engine's, with temperature applied.
+    torch.manual_seed(0)
+    ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts for _ in range(2)]
+    out = generate(tiny_policy, ids, max_new_tokens=12, temperature=temperature,
+                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    assert torch.equal(out.sequences, ro.sequences)
+    assert torch.allclose(lp[m], out.logprobs.float()[m], atol=1e-4)
     # With grad: the same numbers and a gradient that reaches the weights.
     tiny_policy.zero_grad()
     lp2 = token_logps(tiny_policy, ro.sequences, ro.attention_mask, ro.position_ids, ro.response_mask.shape[1],

@@ -126,8 +126,6 @@ def test_http_rollout_equals_local_rollout_with_per_sample_seeds(server, tokeniz
     for name in ("sequences", "attention_mask", "position_ids", "response_mask"):
         assert torch.equal(getattr(local, name), getattr(remote, name)), name
     assert local.prompt_len == remote.prompt_len and local.responses == remote.responses
-    m = local.response_mask.bool()
-    assert torch.allclose(local.gen_logps[m], remote.gen_logps[m], atol=1e-4)  # the server's sampling log-probs
     # and the batch-wide generator (the default) samples otherwise: the flag is what makes the two agree
     default = rollout(policy, tokenizer, prompts, generator=torch.Generator().manual_seed(3), **kw)
     assert not torch.equal(default.sequences, local.sequences)
@@ -235,7 +233,7 @@ def test_transformers_folder_sync_reloads_a_served_export(tokenizer, tmp_path):
         http = HttpRollouts(url, tmp_path / "sync" / "policy.pth",
                             export=["--dtype", "float32", "--tokenizer_path", str(DEFAULT_TOKENIZER), *TINY])
         http.sync(trained, step=4)
-        [(out, _, _)] = http.generate(ids, [6], 0.0, 1.0, [tokenizer.eos_token_id], None)
+        [(out, _)] = http.generate(ids, [6], 0.0, 1.0, [tokenizer.eos_token_id], None)
         assert httpx.get(url + "/health").json()["weight_version"] == "4"
     assert (tmp_path / "sync" / "policy" / "config.json").is_file()
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""What the RL stages (PPO, GRPO, SPO) share, written once: prompts, rollouts, rewards and the RL math.
+"""What the RL stages (PPO, GRPO, SPO and agentic RL) share, written once: prompts, rollouts, rewards and the RL math.
 Each script writes its own loop (prompts -> rollout -> reward -> advantage -> loss -> step -> log -> save) with
 these pieces and the generic ones in trainer_utils.py (Batches, optimizer_step, save_checkpoint, TrainLogger...).
 
@@ -167,7 +167,7 @@ class RLPromptDataset(RLAIFDataset):
 
 def collate_prompts(batch: List[dict]) -> dict:
     """Prompts stay lists (of strings / token-id lists): the rollout pads them itself, left-aligned."""
-    return {"prompt": [b["prompt"] for b in batch], "prompt_ids": [b["prompt_ids"] for b in batch],
+    return {"prompt_ids": [b["prompt_ids"] for b in batch],
             "answer": [b["answer"] for b in batch], "messages": [b["messages"] for b in batch],
             "index": torch.tensor([b["index"] for b in batch])}
 
@@ -182,12 +182,7 @@ class Rollout:
     position_ids: torch.Tensor    # (B, P + N) positions counting real tokens only (left padding -> 0)
     response_mask: torch.Tensor   # (B, N) float, 1 for response tokens up to and including EOS
     prompt_len: int               # P
-    gen_logps: torch.Tensor       # (B, N) log-probs returned by the sampler (temperature/top-p applied)
     responses: List[str]          # decoded responses (special tokens removed)
-
-    @property
-    def response_ids(self) -> torch.Tensor:
-        return self.sequences[:, self.prompt_len:]
 
     @property
     def response_lengths(self) -> torch.Tensor:
@@ -268,7 +263,7 @@ def rollout(model, tokenizer, prompts: Sequence, max_gen_len: int, temperature: 
     responses = tokenizer.batch_decode(sequences[:, out.prompt_len:].tolist(), skip_special_tokens=True)
     return Rollout(sequences=sequences, attention_mask=attention_mask,
                    position_ids=position_ids_from_mask(attention_mask), response_mask=response_mask,
-                   prompt_len=out.prompt_len, gen_logps=out.logprobs.clone().float(), responses=responses)
+                   prompt_len=out.prompt_len, responses=responses)
 
 
 def pack_rollout(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], tokenizer, device,
@@ -280,17 +275,14 @@ def pack_rollout(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[
     n = max(len(r) for r in responses) if responses else 0
     resp = torch.full((len(responses), n), pad, dtype=torch.long)
     resp_mask = torch.zeros((len(responses), n), dtype=torch.long)
-    gen_logps = torch.zeros((len(responses), n))
     for i, r in enumerate(responses):
         resp[i, :len(r)] = torch.as_tensor(list(r), dtype=torch.long)
         resp_mask[i, :len(r)] = 1
-        if logps is not None and logps[i]:
-            gen_logps[i, :len(r)] = torch.as_tensor(list(logps[i]), dtype=torch.float)
     resp, resp_mask = resp.to(device), resp_mask.to(device)
     attention_mask = torch.cat([mask, resp_mask], 1)
     return Rollout(sequences=torch.cat([ids, resp], 1), attention_mask=attention_mask,
                    position_ids=position_ids_from_mask(attention_mask), response_mask=resp_mask.float(),
-                   prompt_len=ids.shape[1], gen_logps=gen_logps.to(device),
+                   prompt_len=ids.shape[1],
                    responses=tokenizer.batch_decode(resp.tolist(), skip_special_tokens=True))
 
 
@@ -344,7 +336,7 @@ class HttpRollouts(LocalRollouts):
                 barrier, so no rank samples from stale weights
 
     The log-probs that the losses use are always recomputed by the training model (`token_logps`), so the
-    importance ratios are the trainer's; the server's (gen_logps) are only kept for inspection.
+    importance ratios are the trainer's (the server is not asked for its own).
     """
 
     def __init__(self, url: str, sync_path, timeout: float = 600.0, api_key: Optional[str] = None,
@@ -410,8 +402,8 @@ class HttpRollouts(LocalRollouts):
         return folder
 
     def generate(self, contexts: List[List[int]], budgets: List[int], temperature: float, top_p: float,
-                 stop_ids: List[int], generator: Optional[torch.Generator], logprobs: bool = False):
-        """One /generate call -> [(output ids with the stop token, ended by a stop token, log-probs or None)]."""
+                 stop_ids: List[int], generator: Optional[torch.Generator]):
+        """One /generate call -> [(output ids with the stop token, whether a stop token ended them)]."""
         seeds = [None] * len(contexts)
         if temperature > 0 and generator is not None:
             seeds = sample_seeds(generator, len(contexts))
@@ -419,8 +411,7 @@ class HttpRollouts(LocalRollouts):
                    "skip_special_tokens": False, **({} if seed is None else {"sampling_seed": seed})}
                   for b, seed in zip(budgets, seeds)]
         t0 = time.perf_counter()
-        answer = self.post("/generate", {"input_ids": [list(c) for c in contexts], "sampling_params": params,
-                                         "return_logprob": logprobs})
+        answer = self.post("/generate", {"input_ids": [list(c) for c in contexts], "sampling_params": params})
         self.stats["generate_s"] += time.perf_counter() - t0
         if not isinstance(answer, list) or len(answer) != len(contexts):
             raise RolloutServerError(f"rollout server {self.url}/generate: expected a list of {len(contexts)} "
@@ -433,8 +424,7 @@ class HttpRollouts(LocalRollouts):
             matched = finish.get("matched")
             if stopped and isinstance(matched, int) and (not ids or ids[-1] != matched):
                 ids.append(matched)  # a server that leaves the matched stop token out of output_ids
-            lps = [float(x[0]) for x in meta.get("output_token_logprobs") or []] if logprobs else None
-            out.append((ids, stopped, lps[:len(ids)] if lps and len(lps) >= len(ids) else None))
+            out.append((ids, stopped))
             self.stats["tokens"] += len(ids)
         self.stats["requests"] += len(contexts)
         return out
@@ -443,16 +433,14 @@ class HttpRollouts(LocalRollouts):
                 num_generations: int = 1, autocast=None, generator: Optional[torch.Generator] = None) -> Rollout:
         ids = [tokenizer(p, add_special_tokens=False).input_ids if isinstance(p, str) else list(p) for p in prompts]
         ids = [x for x in ids for _ in range(num_generations)]
-        outs = self.generate(ids, [max_gen_len] * len(ids), temperature, top_p, stop_ids(tokenizer), generator,
-                             logprobs=True)
+        outs = self.generate(ids, [max_gen_len] * len(ids), temperature, top_p, stop_ids(tokenizer), generator)
         device = next(unwrap(model).parameters()).device
-        return pack_rollout(ids, [o[0][:max_gen_len] for o in outs], tokenizer, device, [o[2] for o in outs])
+        return pack_rollout(ids, [o[0][:max_gen_len] for o in outs], tokenizer, device)
 
     def episodes(self, model, tokenizer, episodes, *, max_turns: int, max_new_tokens: int, max_total_len: int,
                  temperature: float, top_p: float, generator: Optional[torch.Generator], autocast=None, **loop):
         def generate_turns(contexts, budgets):
-            return [(ids, stop) for ids, stop, _ in self.generate(contexts, budgets, temperature, top_p,
-                                                                  stop_ids(tokenizer), generator)]
+            return self.generate(contexts, budgets, temperature, top_p, stop_ids(tokenizer), generator)
         return run_episodes_by_turns(tokenizer, episodes, generate_turns, max_turns=max_turns,
                                      max_new_tokens=max_new_tokens, max_total_len=max_total_len, **loop)
 
