@@ -38,8 +38,9 @@ from model.atomic_io import atomic_write_text  # noqa: E402
 from model.chat_template import add_thinking_arg, thinking_arg  # noqa: E402
 from model.errors import exit_on_user_error  # noqa: E402
 from model.generation import stream_tokens  # noqa: E402
+from model.reply_stream import ReplyStream  # noqa: E402
 from model.runtime import setup_seed  # noqa: E402
-from scripts.model_loading import ReplyStream, add_model_args, chat_prompt, load_model  # noqa: E402
+from scripts.model_loading import add_model_args, chat_prompt, load_model  # noqa: E402
 
 CHAT_PROMPTS = [
     "你有什么特长？",

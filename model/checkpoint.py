@@ -1,4 +1,5 @@
-"""Model files: default paths, weight and resume file names, strict weight loading, the tokenizer, --preset.
+"""Model files: default paths, weight and resume files (names, writing, exact-resume loading), strict weight
+loading, the tokenizer.
 
 Names follow the original MiniMind: `{save_dir}/{stage}_{hidden}[_moe].pth` for weights and
 `{checkpoint_dir}/{stage}_{hidden}[_moe]_resume.pth` for resume state, for both generations (as upstream:
@@ -7,59 +8,24 @@ Names follow the original MiniMind: `{save_dir}/{stage}_{hidden}[_moe].pth` for 
 `WeightLoadError` with one actionable message naming the preset (and size flags) the file needs, read from its
 tensor shapes, instead of a key dump.
 """
+import random
 from pathlib import Path
+from typing import Callable, Optional
 
+import numpy as np
 import torch
+import torch.distributed
 
+from model.atomic_io import atomic_save
 from model.errors import UserError
 from model.model_minimind import PRESETS as MODEL_PRESETS
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM
+from model.runtime import unwrap
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TOKENIZER = ROOT / "model"
 DEFAULT_OUT = ROOT / "out"
 DEFAULT_CHECKPOINTS = ROOT / "checkpoints"
-
-
-PRESETS = tuple(MODEL_PRESETS)  # minimind2-small (default), minimind2, minimind2-moe, minimind3, minimind3-moe
-SIZE_FLAGS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "use_moe")
-
-
-def add_model_size_args(parser):
-    """--preset and the size flags every training, inference, eval and conversion script shares.
-
-    The size flags default to None: unset, they come from --preset (or, without one, from MiniMindConfig's
-    defaults, i.e. minimind2-small); set, they override it (`--preset minimind3 --num_hidden_layers 4`)."""
-    p = parser
-    p.add_argument("--preset", type=str, default=None, choices=PRESETS,
-                   help="model shape: minimind2-small (default, 25.8M), minimind2 (104M), minimind2-moe (145M), "
-                        "minimind3 (63.9M), minimind3-moe (198M, ~64M active); size flags below override it")
-    p.add_argument("--hidden_size", type=int, default=None, help="default: the preset's (512 without one)")
-    p.add_argument("--num_hidden_layers", type=int, default=None, help="default: the preset's (8)")
-    p.add_argument("--num_attention_heads", type=int, default=None, help="default: the preset's (8)")
-    p.add_argument("--num_key_value_heads", type=int, default=None, help="default: the preset's (2)")
-    p.add_argument("--use_moe", type=int, default=None, choices=[0, 1], help="default: the preset's (0)")
-    return p
-
-
-class ModelConfigError(UserError, ValueError):
-    """--preset / size flags that make no model (e.g. a hidden size the head count does not divide)."""
-
-
-def model_config_from_args(args, **overrides) -> MiniMindConfig:
-    """The model config from --preset and the size flags (unset flags keep the preset's value; no --preset is
-    minimind2-small, MiniMindConfig's defaults). `overrides` are further config fields set by the caller."""
-    kw = {k: getattr(args, k, None) for k in SIZE_FLAGS}
-    kw = {k: v for k, v in kw.items() if v is not None}
-    if "use_moe" in kw:
-        kw["use_moe"] = bool(kw["use_moe"])
-    kw.update(overrides)
-    preset = getattr(args, "preset", None) or "minimind2-small"
-    try:
-        return MiniMindConfig.from_preset(preset, **kw)
-    except ValueError as e:
-        flags = " ".join(f"--{k} {int(v) if isinstance(v, bool) else v}" for k, v in kw.items() if k in SIZE_FLAGS)
-        raise ModelConfigError(f"--preset {preset} {flags}: {e}".replace("  ", " ")) from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -151,24 +117,22 @@ def resume_path(checkpoint_dir, stage: str, config: MiniMindConfig) -> Path:
     return Path(checkpoint_dir) / f"{weight_name(stage, config)}_resume.pth"
 
 
-def unwrap(model):
-    """The plain module under DDP and/or torch.compile wrappers (`.module`, `._orig_mod`)."""
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        model = model.module
-    return getattr(model, "_orig_mod", model)
-
-
 def half_state_dict(model) -> dict:
     """Weights for release/inference: half precision on CPU, like the original MiniMind's .pth files."""
     return {k: (v.half() if v.is_floating_point() else v).cpu() for k, v in unwrap(model).state_dict().items()}
 
 
-def load_tokenizer(path=DEFAULT_TOKENIZER):
+def load_tokenizer(path=DEFAULT_TOKENIZER, vocab_size=None):
+    """The tokenizer in folder `path`; with `vocab_size` (the model's), an error if it has more tokens than the
+    model has embeddings."""
     from transformers import AutoTokenizer
     path = Path(path)
     if not (path / "tokenizer.json").exists():
         raise FileNotFoundError(f"no tokenizer.json in {path} (train one with trainer/train_tokenizer.py)")
-    return AutoTokenizer.from_pretrained(str(path))
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if vocab_size is not None and len(tokenizer) > vocab_size:
+        raise ValueError(f"tokenizer at {path} has {len(tokenizer)} tokens but the model's vocab_size is {vocab_size}")
+    return tokenizer
 
 
 def load_state_dict_file(path) -> dict:
@@ -206,3 +170,83 @@ def load_weights(model, path, what="weights"):
         raise WeightLoadError(f"{what}: {path} does not match the model{built}: {hint}\n"
                               + "\n".join(first)) from None
     return model
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Resume checkpoints: everything an exact resume needs, beside the weight file
+# ---------------------------------------------------------------------------------------------------------------
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict):
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(weight_file, resume_file, model, optimizer, scaler, step: int, batches, dist_state, *,
+                    run_id=None, flags: Optional[dict] = None,
+                    extra: Optional[dict] = None, weights: Callable = half_state_dict):
+    """Rank 0 (`dist_state.is_main`) writes, each file atomically (model/atomic_io.py):
+
+      weight_file  `weights(model)`: half-precision weights for inference (LoRA passes `lora_state_dict`)
+      resume_file  everything an exact resume needs: fp32 model, optimizer, GradScaler, the `extra` modules
+                   ({name: module}, e.g. a value tracker), step, data position, world size, RNG states, the
+                   tracker's run id and the run's `flags` (scripts/report.py shows them)
+    `batches` gives the data position (`state_dict()`: trainer/trainer_utils.Batches). Every rank then waits at a
+    barrier, so none runs ahead while the files are written.
+    """
+    if dist_state.is_main:
+        model = unwrap(model)
+        atomic_save(weights(model), weight_file)
+        atomic_save({
+            "model": {k: v.cpu() for k, v in model.state_dict().items()},  # full precision for exact resume
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "extra": {name: module.state_dict() for name, module in (extra or {}).items()},
+            "step": step, **batches.state_dict(), "world_size": dist_state.world_size, "rng": rng_state(),
+            "run_id": run_id,
+            "args": {k: v for k, v in (flags or {}).items() if isinstance(v, (int, float, str, bool, type(None)))},
+        }, resume_file)
+    if dist_state.ddp:
+        torch.distributed.barrier()
+
+
+def load_checkpoint(resume_file, model, optimizer, scaler, batches, world_size: int = 1,
+                    extra: Optional[dict] = None, steps_per_group: int = 1, log=print):
+    """Restore what `save_checkpoint` wrote (strictly) into the plain model, optimizer, scaler, `extra` modules
+    and data position (`batches.load_state_dict`), and the RNG states; `log` prints (print0 in training: rank 0
+    only). Returns (step, tracker run id); (0, None) when there is no file yet.
+
+    Steps count optimizer steps of one world size: resumed on a different number of ranks, the same position
+    is a different step, and the step (hence the LR schedule) continues from `batches.steps_done()` times
+    `steps_per_group` (the optimizer steps a stage takes per item of `batches`: RL takes several per rollout).
+    """
+    resume_file = Path(resume_file)
+    if not resume_file.is_file():
+        log(f"--from_resume 1: no checkpoint at {resume_file}, starting fresh")
+        return 0, None
+    ck = torch.load(resume_file, map_location="cpu", weights_only=True)
+    unwrap(model).load_state_dict(ck["model"], strict=True)
+    optimizer.load_state_dict(ck["optimizer"])
+    scaler.load_state_dict(ck["scaler"])
+    for name, module in (extra or {}).items():
+        module.load_state_dict(ck["extra"][name], strict=True)
+    batches.load_state_dict(ck)
+    set_rng_state(ck["rng"])
+    step = ck["step"]
+    log(f"resumed from {resume_file}: epoch {batches.epoch + 1}, step {step}")
+    if ck["world_size"] != world_size:
+        step = batches.steps_done() * steps_per_group
+        log(f"resuming a {ck['world_size']}-process run on {world_size} processes: continuing after sample "
+               f"{batches.consumed} of epoch {batches.epoch + 1}; step rescaled to {step} for world size {world_size}")
+    return step, ck.get("run_id")

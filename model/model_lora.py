@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.atomic_io import atomic_save, atomic_write_text
-from model.checkpoint import unwrap
+from model.runtime import unwrap
 from model.errors import UserError
 
 # Every attention and MLP projection. In MoE models the MLP names also match each expert's projections

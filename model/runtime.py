@@ -1,4 +1,5 @@
-"""Where and in what precision code runs: device choice, dtype, autocast, seeding.
+"""Where and in what precision code runs: device choice, dtype, autocast, seeding, and the plain module under
+the DDP / torch.compile wrappers (`unwrap`).
 
 Shared by training (trainer/), inference (eval_llm.py, scripts/) and tests, so it lives in model/, the lowest
 layer. Device order: Ascend NPU, then CUDA, then Apple MPS, then CPU; `--device` overrides.
@@ -78,3 +79,10 @@ def setup_seed(seed: int):
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.cuda.manual_seed_all(seed)
+
+
+def unwrap(model):
+    """The plain module under DDP and/or torch.compile wrappers (`.module`, `._orig_mod`)."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    return getattr(model, "_orig_mod", model)

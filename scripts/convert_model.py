@@ -62,9 +62,9 @@ from model.atomic_io import atomic_save, atomic_write_text  # noqa: E402
 from model.errors import USER_ERRORS, UserError  # noqa: E402
 from model.model_minimind import (TRANSFORMERS_V5, YARN_ROPE_SCALING, MiniMindConfig,  # noqa: E402
                                   MiniMindForCausalLM)
-from model.checkpoint import (DEFAULT_OUT, DEFAULT_TOKENIZER, add_model_size_args, describe_model,  # noqa: E402
-                              describe_state, half_state_dict, load_state_dict_file, model_config_from_args,
-                              preset_for_state, weight_name)
+from model.checkpoint import (DEFAULT_OUT, DEFAULT_TOKENIZER, describe_model, describe_state,  # noqa: E402
+                              half_state_dict, load_state_dict_file, preset_for_state, weight_name)
+from model.config_flags import add_model_size_args, model_config_from_args  # noqa: E402
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 # Sampling defaults shipped with every export (generation_config.json, Modelfile): MiniMind's own eval defaults.

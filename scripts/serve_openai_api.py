@@ -64,7 +64,8 @@ from fastapi.responses import JSONResponse, StreamingResponse  # noqa: E402
 
 from model.checkpoint import WeightLoadError, load_weights  # noqa: E402
 from model.errors import USER_ERRORS, run_main  # noqa: E402
-from scripts.model_loading import ReplyStream, add_model_args, chat_prompt, load_model  # noqa: E402
+from model.reply_stream import ReplyStream  # noqa: E402
+from scripts.model_loading import add_model_args, chat_prompt, load_model  # noqa: E402
 from model.chat_template import ChatTemplateArgumentError  # noqa: E402
 from scripts.openai_protocol import (EXCEPTION_HANDLERS, APIError, ChatCompletionRequest,  # noqa: E402
                                      GenerateRequest, SamplingParams, UpdateWeightsFromDiskRequest, error_body,

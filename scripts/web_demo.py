@@ -42,12 +42,13 @@ import torch  # noqa: E402
 from openai import APIError  # noqa: E402
 
 from model.chat_template import add_thinking_arg, template_default  # noqa: E402
-from model.checkpoint import model_config_from_args  # noqa: E402
+from model.config_flags import model_config_from_args  # noqa: E402
 from model.errors import USER_ERRORS  # noqa: E402
 from model.generation import IncrementalDecoder, stream_tokens  # noqa: E402
+from model.reply_stream import ChatStreamParser  # noqa: E402
 from model.tool_loop import Episode, Turn, run_turns, split_valid  # noqa: E402
 from model.tools import TOOL_NAMES, tool_schemas  # noqa: E402
-from scripts.model_loading import ChatStreamParser, add_model_args, chat_prompt, load_model  # noqa: E402
+from scripts.model_loading import add_model_args, chat_prompt, load_model  # noqa: E402
 
 DEFAULT_SAVE_DIR = ROOT / "out"
 DEFAULT_API_BASE = "http://127.0.0.1:8998/v1"
@@ -71,7 +72,7 @@ def reply_events(pieces: Iterable[Tuple[str, object]], parse_tools: bool = False
     "tool_call", value) events.
 
     "text" is raw model output: a reasoning model writes `<think>...</think>` and MiniMind2's reasoning models
-    wrap the answer in `<answer>` tags, so it goes through model_loading's ChatStreamParser (which also copes
+    wrap the answer in `<answer>` tags, so it goes through model/reply_stream.py's ChatStreamParser (which also copes
     with a tag split across pieces). "reasoning" is already separated (an API server's `reasoning_content`), and
     so is "tool_call" ({"name", "arguments"}, joined from an API server's deltas). With parse_tools (tools were
     offered), `<tool_call>` blocks in the text become tool_call events too; without, they stay visible as text.

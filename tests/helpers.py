@@ -21,7 +21,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
-from trainer.trainer_utils import atomic_save, half_state_dict  # noqa: E402
+from model.atomic_io import atomic_save  # noqa: E402
+from model.checkpoint import half_state_dict  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"   # real data (tests skip when it is absent)
 SAMPLE = ROOT / "dataset" / "sample"       # the bundled sample data

@@ -15,9 +15,9 @@ from dataset.lm_dataset import PadCollator, SFTDataset, assistant_mask  # noqa: 
 from helpers import SAMPLE, SHARED, finish, save_tiny, start_script, tiny_cpu_flags, tiny_model, train_log  # noqa: E402
 from model.checkpoint import WeightLoadError, load_tokenizer  # noqa: E402
 from model.model_minimind import MiniMindConfig  # noqa: E402
-from trainer.train_distillation import (check_same_vocab, distillation_kl, distillation_loss,  # noqa: E402
-                                        load_teacher)
+from trainer.train_distillation import distillation_kl, distillation_loss  # noqa: E402
 from trainer.train_reason import reason_loss, reason_token_weights, tag_token_ids  # noqa: E402
+from trainer.trainer_utils import freeze, init_model  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -39,22 +39,29 @@ def test_distillation_kl_matches_direct_formula(temperature):
     assert distillation_kl(s, t, torch.zeros_like(mask), temperature) == 0   # nothing labelled: 0, not NaN
 
 
-def test_vocab_mismatch_is_a_clear_error(tmp_path):
-    with pytest.raises(WeightLoadError, match="vocab_size 6500 != student vocab_size 6400"):
-        check_same_vocab(tiny_model(), tiny_model(vocab_size=6500))
-    check_same_vocab(tiny_model(), tiny_model(hidden_size=128))  # different sizes are fine
-    # load_teacher reads the vocab from the weight file, so a teacher from another tokenizer is reported as such
-    save_tiny(tmp_path / "full_sft_128.pth", hidden_size=128, vocab_size=6500)
-    def teacher_config(hidden_size):
+def test_teacher_loads_like_the_student_and_a_vocab_mismatch_is_a_clear_error(tmp_path):
+    """The teacher goes through the student's init_model (then freeze): the file's weights, frozen; a teacher
+    trained with another tokenizer fails its strict load with a message naming that vocabulary."""
+    def teacher_config(hidden_size, vocab_size=6400):
         return MiniMindConfig(hidden_size=hidden_size, num_hidden_layers=2, num_attention_heads=4,
-                              num_key_value_heads=2)
+                              num_key_value_heads=2, vocab_size=vocab_size)
 
-    teacher = load_teacher("full_sft", teacher_config(128), tmp_path, "cpu", log=lambda *a: None)
-    assert teacher.config.vocab_size == 6500 and not any(p.requires_grad for p in teacher.parameters())
-    with pytest.raises(WeightLoadError, match="same tokenizer"):
-        check_same_vocab(tiny_model(), teacher)
+    def load(hidden_size, save_dir):
+        return freeze(init_model(teacher_config(hidden_size), "full_sft", save_dir=save_dir, device="cpu",
+                                 flag="--teacher_weight", size_flags="--teacher_hidden_size/--teacher_use_moe",
+                                 log=lambda *a: None))
+
+    save_tiny(tmp_path / "full_sft_128.pth", seed=3, hidden_size=128)
+    teacher = load(128, tmp_path)
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    want = tiny_model(3, hidden_size=128).half().float().state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in teacher.state_dict().items())
+    other = tmp_path / "other"
+    save_tiny(other / "full_sft_128.pth", hidden_size=128, vocab_size=6500)
+    with pytest.raises(WeightLoadError, match="6500-token tokenizer"):
+        load(128, other)
     with pytest.raises(FileNotFoundError, match="teacher_hidden_size"):
-        load_teacher("full_sft", teacher_config(256), tmp_path, "cpu")
+        load(256, tmp_path)
 
 
 def sft_batch(path, n=4, max_len=256):
@@ -159,7 +166,7 @@ def test_distillation_and_reason_scripts_resume(tmp_path, run_in_process):
     procs = [start_script([*args, "--max_steps", "2"], tmp_path, cache=tmp_path / "cache")
              for args in (distill, reason)]
     outs = [finish(p, timeout=180).stdout for p in procs]
-    assert "teacher:" in outs[0] and "'<think>': 3" in outs[1]
+    assert f"loaded weights from {tmp_path / 'full_sft_128.pth'}" in outs[0] and "'<think>': 3" in outs[1]
     for args in (distill, reason):
         out = run_in_process(*args, "--max_steps", "4", "--from_resume", "1")
         assert "resumed from" in out and "step 2" in out, out

@@ -14,8 +14,9 @@ import torch  # noqa: E402
 from dataset.lm_dataset import DataLengthError, DPODataset, PadCollator, check_trainable  # noqa: E402
 from helpers import (SAMPLE, SHARED, run_script, save_tiny, tiny_cpu_flags, tiny_model, train_log,  # noqa: E402
                      write_jsonl)
-from trainer.train_dpo import dpo_loss, make_reference, sequence_logps  # noqa: E402
-from trainer.trainer_utils import half_state_dict, load_tokenizer  # noqa: E402
+from trainer.train_dpo import dpo_loss, sequence_logps  # noqa: E402
+from trainer.trainer_utils import frozen_copy  # noqa: E402
+from model.checkpoint import half_state_dict, load_tokenizer  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -95,7 +96,7 @@ def dpo_batch_loss(model, ref, batch, beta=0.1):
 def test_dpo_on_real_pairs_learns_the_preference():
     batch = short_pairs()
     model = tiny_model().train()
-    ref = make_reference(model)
+    ref = frozen_copy(model)
     assert not any(p.requires_grad for p in ref.parameters())
 
     loss, m = dpo_batch_loss(model, ref, batch)  # policy == reference: every implicit reward is 0
@@ -114,7 +115,7 @@ def test_dpo_on_real_pairs_learns_the_preference():
     assert m["margin"] > 0 and m["chosen_reward"] > m["rejected_reward"], m
     assert loss.item() < 0.5 * math.log(2), loss.item()
     # the reference did not move
-    ref_again = make_reference(tiny_model())
+    ref_again = frozen_copy(tiny_model())
     assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), ref_again.state_dict().values()))
 
 

@@ -241,7 +241,7 @@ def test_gsm8k_greedy_generation_runs_batched(model, tokenizer):
 
 # ------------------------------------------------------------------------------------------------ command line
 def test_cli_mc_and_ppl_on_native_weights(model, tmp_path, capsys):
-    from trainer.trainer_utils import half_state_dict
+    from model.checkpoint import half_state_dict
     torch.save(half_state_dict(model), tmp_path / "pretrain_64.pth")
     flags = ["--weight", "pretrain", "--save_dir", str(tmp_path), "--hidden_size", "64", "--num_hidden_layers", "2",
              "--num_attention_heads", "4", "--num_key_value_heads", "2", "--device", "cpu"]
@@ -297,7 +297,7 @@ def test_lm_eval_harness_on_a_torch2hf_export_matches_our_scores(model, tokenize
     pytest.importorskip("lm_eval", reason="lm_eval not installed (optional: pip install 'lm_eval[hf]')")
     pytest.importorskip("accelerate", reason="lm_eval's hf model needs accelerate: pip install 'lm_eval[hf]'")
     # Weights exactly representable in fp16, so the exported folder and the in-memory model are identical.
-    from trainer.trainer_utils import half_state_dict
+    from model.checkpoint import half_state_dict
     state = half_state_dict(model)
     torch.save(state, tmp_path / "tiny.pth")
     ref = MiniMindForCausalLM(MiniMindConfig(**TINY_CFG))

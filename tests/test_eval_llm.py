@@ -17,8 +17,9 @@ sys.path.insert(0, str(ROOT))
 import eval_llm  # noqa: E402
 from helpers import ScriptedLM, read_jsonl, save_tiny, tiny_model as tiny_base_model  # noqa: E402
 from model.generation import IncrementalDecoder, generate  # noqa: E402
-from scripts.model_loading import (ChatStreamParser, add_model_args, chat_prompt, load_model, model_args,  # noqa: E402
-                                   split_thinking)
+from model.chat_template import split_thinking  # noqa: E402
+from model.reply_stream import ChatStreamParser  # noqa: E402
+from scripts.model_loading import add_model_args, chat_prompt, load_model, model_args  # noqa: E402
 from model.checkpoint import WeightLoadError  # noqa: E402
 
 TINY = ["--hidden_size", "64", "--num_hidden_layers", "2", "--num_attention_heads", "4",

@@ -17,8 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from helpers import spread_weights_  # noqa: E402
-from model.checkpoint import (ModelConfigError, WeightLoadError, describe_state, load_weights,  # noqa: E402
-                              model_config_from_args, preset_for_state, state_shapes, weight_name)
+from model.checkpoint import (WeightLoadError, describe_state, load_weights, preset_for_state,  # noqa: E402
+                              state_shapes, weight_name)
+from model.config_flags import ModelConfigError, model_config_from_args  # noqa: E402
 from model.errors import UserError  # noqa: E402
 from model.generation import generate  # noqa: E402
 from model.model_minimind import PRESETS, MiniMindConfig, MiniMindForCausalLM  # noqa: E402

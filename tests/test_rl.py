@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dataset.lm_dataset import DataFormatError  # noqa: E402
+from model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from model.generation import generate  # noqa: E402
 from helpers import (MINIMIND3_TOKENIZER, SAMPLE, SHARED, run_trainer, straight_and_resumed,  # noqa: E402
                      tiny_cpu_flags, tiny_model, train_log, write_jsonl)
@@ -22,8 +23,7 @@ from trainer.rl_utils import (RewardFunction, RewardModelScorer, RLPromptDataset
                               kl_k3, length_reward, parse_reward_spec, rollout, token_logps)
 from trainer.train_ppo import CriticModel  # noqa: E402
 from trainer.train_spo import SPOValueTracker  # noqa: E402
-from trainer.trainer_utils import (Batches, DistState, add_common_args, load_checkpoint,  # noqa: E402
-                                   save_checkpoint)
+from trainer.trainer_utils import Batches, DistState, add_common_args  # noqa: E402
 
 FAST = ["--max_gen_len", "16", "--batch_size", "2", "--max_steps", "2", "--temperature", "1.0",
         "--learning_rate", "1e-3", "--max_prompt_len", "64"]

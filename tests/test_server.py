@@ -20,7 +20,8 @@ sys.path.insert(0, str(ROOT))
 from helpers import PromptScriptedLM, ScriptedLM, serve, tiny_model  # noqa: E402
 from model.errors import run_main  # noqa: E402
 from model.generation import generate  # noqa: E402
-from scripts.model_loading import ChatStreamParser, chat_prompt  # noqa: E402
+from model.reply_stream import ChatStreamParser  # noqa: E402
+from scripts.model_loading import chat_prompt  # noqa: E402
 from scripts.serve_engine import Engine, Job  # noqa: E402
 from scripts.serve_openai_api import create_app  # noqa: E402
 

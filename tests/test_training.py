@@ -1,5 +1,6 @@
 """Pretrain / SFT end to end: loss falls on real text, exact resume, DDP on gloo, clear errors, atomic saves, no
 deprecation warnings."""
+import argparse
 import re
 import sys
 from itertools import islice
@@ -434,15 +435,17 @@ def test_batches_are_padded_to_multiples_of_64_on_accelerators_only(tokenizer, m
     """SFT-style batches on a GPU/NPU (or compiled) are padded to a multiple of 64 (odd lengths get slow kernels
     there: 0.64x vs 1.9x on an H100, see padding_multiple); on a CPU to the longest row only."""
     from dataset.lm_dataset import SFTDataset
-    from trainer.trainer_utils import Batches, DistState, TrainRun, padding_multiple
+    from trainer.trainer_utils import Batches, DistState, add_common_args, padding_multiple
     monkeypatch.setattr(Batches, "_to_device", lambda self, batch: batch)  # no GPU here: the batches stay on the CPU
     assert [padding_multiple(d, c) for d, c in [("cpu", False), ("cpu", True), ("cuda", False), ("cuda:1", False),
                                                 ("npu", False), ("mps", False)]] == [1, 64, 64, 64, 64, 1]
     ds = SFTDataset(SAMPLE / "sft.jsonl", tokenizer, 200)
     lengths = {}
+    parser = add_common_args(argparse.ArgumentParser(), stage="full_sft", data_path="d.jsonl")
+    args = parser.parse_args(["--batch_size", "4", "--seed", "0", "--num_workers", "0", "--max_seq_len", "200"])
     for device in ("cpu", "cuda"):
-        run = TrainRun("full_sft", MiniMindConfig(), DistState(device=device), batch_size=4, seed=0)
-        batches = list(islice(run.batches(ds, pad_id=tokenizer.pad_token_id), 12))
+        batches = Batches.from_flags(args, ds, DistState(device=device), pad_id=tokenizer.pad_token_id)
+        batches = list(islice(batches, 12))
         lengths[device] = [b[0]["input_ids"].shape[1] for b in batches]
         assert all(int(b[0]["attention_mask"][:, -1].max()) == 1 for b in batches if device == "cpu")
     assert all(t % 64 == 0 for t in lengths["cuda"]) and any(t % 64 for t in lengths["cpu"])
@@ -458,19 +461,21 @@ def test_train_run_step_range_save_schedule_and_resume(tmp_path):
 
     from helpers import TINY_CFG, tiny_model
     from model.model_minimind import MiniMindConfig
-    from trainer.trainer_utils import DistState, TrainRun, add_common_args, make_optimizer
+    from trainer.trainer_utils import Batches, DistState, TrainRun, add_common_args, make_optimizer, mixed_precision
 
     data = [{"x": torch.tensor([i])} for i in range(12)]
     collate = lambda items: {"x": torch.cat([it["x"] for it in items])}  # noqa: E731
 
-    def start(**fields):
+    def start(steps_per_batch=1, **fields):
         model = tiny_model()
-        run = TrainRun("stage", model.config, DistState(), save_dir=tmp_path / "out", checkpoint_dir=tmp_path / "ck",
-                       batch_size=2, seed=0, learning_rate=1.0, **fields)
-        batches = run.batches(data, collate_fn=collate)  # 6 batches
+        batches = Batches(data, collate, DistState(), batch_size=2, epochs=1, seed=0)  # 6 batches
+        run = TrainRun("stage", model.config, DistState(), total_steps=batches.total_steps * steps_per_batch,
+                       save_dir=tmp_path / "out", checkpoint_dir=tmp_path / "ck", learning_rate=1.0,
+                       steps_per_batch=steps_per_batch, **fields)
         optimizer = make_optimizer(model.parameters(), 1.0, 0.0, "cpu")
-        _, scaler = run.precision()
-        return (run, batches, optimizer, scaler, *run.start(model, optimizer, scaler, batches))
+        dtype, _, scaler = mixed_precision("float32", "cpu")
+        step = run.resume(model, optimizer, scaler, batches)
+        return run, batches, optimizer, scaler, model, step, run.open_logger(step, batches, dtype)
 
     def train(run, batches, optimizer, scaler, model, step, logger, steps_per_batch):
         saved = []
@@ -484,6 +489,7 @@ def test_train_run_step_range_save_schedule_and_resume(tmp_path):
     run, *rest = start(steps_per_batch=2, max_steps=9, save_interval=3)
     assert (run.total_steps, run.last_step, run.batches_left(0)) == (12, 9, 5)
     assert run.lr(0) == pytest.approx(1.0) and run.lr(12) == pytest.approx(0.1)
+    assert [run.save_due(s) for s in (4, 4, 8, 9)] == [True, True, False, True]  # a pure check: ask it twice
     assert train(run, *rest, 2) == [(2, False), (4, True), (6, True), (8, False), (9, True)]
     assert run.weight_file == tmp_path / "out" / "stage_64.pth" and run.weight_file.is_file()
     assert torch.load(tmp_path / "ck" / "stage_64_resume.pth", weights_only=True)["step"] == 9
@@ -498,6 +504,8 @@ def test_train_run_step_range_save_schedule_and_resume(tmp_path):
     parser = argparse.ArgumentParser()
     add_common_args(parser, stage="x", data_path="d.jsonl")
     args = parser.parse_args(["--save_interval", "0", "--max_steps", "5", "--use_wandb", "--from_resume", "1"])
-    run = TrainRun.from_flags(args, MiniMindConfig(**TINY_CFG), DistState(), steps_per_batch=3)
+    batches = Batches(data, collate, DistState(), batch_size=2, epochs=1, seed=0)
+    run = TrainRun.from_flags(args, MiniMindConfig(**TINY_CFG), DistState(), batches, steps_per_batch=3)
     assert (run.name, run.save_interval, run.max_steps, run.from_resume, run.steps_per_batch) == ("x", 0, 5, True, 3)
+    assert (run.total_steps, run.last_step) == (18, 5)
     assert run.wandb_project == "MiniMind-x" and run.flags["data_path"].endswith("d.jsonl")

@@ -40,9 +40,11 @@ if str(ROOT) not in sys.path:
 from dataset.lm_dataset import DataFormatError, RLAIFDataset, probability  # noqa: E402
 from model.atomic_io import atomic_save  # noqa: E402
 from model.chat_template import template_default  # noqa: E402
-from model.checkpoint import SIZE_FLAGS, WeightLoadError, unwrap  # noqa: E402
+from model.checkpoint import WeightLoadError  # noqa: E402
+from model.config_flags import SIZE_FLAGS  # noqa: E402
 from model.errors import UserError  # noqa: E402
 from model.generation import Sampling, generate, left_pad  # noqa: E402
+from model.runtime import unwrap  # noqa: E402
 from model.tool_loop import run_episodes, run_episodes_by_turns  # noqa: E402
 from model.scoring import answer_fraction, final_number, gold_number, same_number  # noqa: E402
 
@@ -266,8 +268,7 @@ def rollout(model, tokenizer, prompts: Sequence, max_gen_len: int, temperature: 
                    prompt_len=out.prompt_len, responses=responses)
 
 
-def pack_rollout(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], tokenizer, device,
-                 logps: Optional[Sequence[Sequence[float]]] = None) -> Rollout:
+def pack_rollout(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], tokenizer, device) -> Rollout:
     """Prompt and response token lists -> a Rollout laid out exactly as `rollout` lays out `generate()`'s output:
     left-padded prompts, responses padded after their last token (EOS included) to the longest one."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

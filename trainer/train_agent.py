@@ -33,7 +33,6 @@ Output:  out/agent_{hidden}[_moe].pth, checkpoints/agent_{hidden}[_moe]_resume.p
     python trainer/train_agent.py --from_resume 1          # continue an interrupted run
 """
 import argparse
-import copy
 import sys
 from itertools import islice
 from pathlib import Path
@@ -44,14 +43,18 @@ from torch.utils.data import Subset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any directory
 
 from dataset.lm_dataset import AgentRLDataset, DataFormatError, check_trainable, collate_lists  # noqa: E402
+from model.checkpoint import load_tokenizer  # noqa: E402
+from model.config_flags import model_config_from_args  # noqa: E402
+from model.errors import run_main  # noqa: E402
+from model.runtime import unwrap  # noqa: E402
 from model.tool_loop import new_episodes  # noqa: E402
 from trainer.rl_utils import (AGENT_RULES, LocalRollouts, RewardModelScorer, RewardFunction,  # noqa: E402
                               add_clip_args, add_rl_args, aggregate_loss, check_rl_args, expand, group_advantages,
                               kl_k3, make_rollout_engine, masked_mean, policy_loss, position_ids_from_mask,
                               reward_metrics, step_generator, thinking_ratio, token_logps)
-from trainer.trainer_utils import (TrainRun, add_common_args, init_distributed, init_model,  # noqa: E402
-                                   make_optimizer, model_config_from_args, optimizer_step, print0, run_main,
-                                   set_lr, unwrap)
+from trainer.trainer_utils import (Batches, TrainRun, add_common_args, frozen_copy, init_distributed,  # noqa: E402
+                                   init_model, make_optimizer, mixed_precision, optimizer_step, print0, set_lr,
+                                   wrap_model)
 
 AGENT_REWARDS = (*AGENT_RULES, "model")
 
@@ -128,39 +131,44 @@ def main():
         parser.error("--max_total_len must exceed --max_prompt_len: an episode needs room to answer")
 
     # ---- processes, model, tasks, reward, optimizer
-    ddp = init_distributed(args.device, seed=args.seed)  # the same seed on every rank: the same initial weights
-    config = model_config_from_args(args)
-    run = TrainRun.from_flags(args, config, ddp, steps_per_batch=args.num_iterations)
-    model, tokenizer = init_model(config, args.from_weight, args.save_dir, args.tokenizer_path, ddp.device, print0)
+    dist_state = init_distributed(args.device, seed=args.seed)  # one seed on every rank: the same initial weights
+    device, config = dist_state.device, model_config_from_args(args)
+    tokenizer = load_tokenizer(args.tokenizer_path, vocab_size=config.vocab_size)
+    model = init_model(config, args.from_weight, save_dir=args.save_dir, device=device)
     dataset = AgentRLDataset(args.data_path, tokenizer, skip_bad_lines=args.skip_bad_lines)
     # A prompt is never cut (its start holds the tool schemas, its end the task): long ones are left out, and a
     # file where most are too long stops here with the --max_prompt_len that fits.
-    check_trainable(dataset, args.max_prompt_len, "--max_prompt_len", verbose=ddp.is_main)
+    check_trainable(dataset, args.max_prompt_len, "--max_prompt_len", verbose=dist_state.is_main)
     dataset = Subset(dataset, [i for i in range(len(dataset))
                                if len(dataset[i]["prompt_ids"]) <= args.max_prompt_len or not args.max_prompt_len])
     if len(dataset) == 0:
         raise DataFormatError(f"{args.data_path}: no task fits --max_prompt_len {args.max_prompt_len}")
-    autocast, scaler = run.precision()
+    dtype, autocast, scaler = mixed_precision(args.dtype, device)
     think_ratio = thinking_ratio(args, tokenizer)  # share of episodes with the template's thinking switch on
     # The reference: the starting policy, frozen, copied before a resume overwrites the policy's weights.
-    ref_model = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
+    ref_model = frozen_copy(model)
     scorer = None
     if any(n == "model" for n, _ in reward_terms):
-        scorer = RewardModelScorer.load(args.reward_model_path, ddp.device, batch_size=args.reward_batch_size)
+        scorer = RewardModelScorer.load(args.reward_model_path, device, batch_size=args.reward_batch_size)
     print0("reward = " + " + ".join(f"{w:g}*{n}" for n, w in reward_terms))
     reward_fn = RewardFunction(reward_terms, scorer, reward_clip=args.reward_clip, rules=AGENT_RULES,
                                total_clip=args.reward_total_clip)
-    batches = run.batches(dataset, collate_fn=collate_lists)
-    optimizer = make_optimizer(model.parameters(), args.learning_rate, args.weight_decay, ddp.device)
-    model, step, logger = run.start(model, optimizer, scaler, batches,  # --from_resume 1 continues from checkpoints/
-                                    info=f"{G} episodes per task, up to {args.max_turns} turns, {args.loss_type}")
-    rollouts = make_rollout_engine(args, run.weight_file.stem, ddp.is_main, print0)  # --rollout_engine local|http
+    batches = Batches.from_flags(args, dataset, dist_state, collate_fn=collate_lists)
+    optimizer = make_optimizer(model.parameters(), args.learning_rate, args.weight_decay, device)
+
+    # ---- the run's files, step range and schedules; resume (--from_resume 1), then compile / DDP, then the log
+    run = TrainRun.from_flags(args, config, dist_state, batches, steps_per_batch=args.num_iterations)
+    step = run.resume(model, optimizer, scaler, batches)  # 0 unless --from_resume 1 finds a checkpoint
+    model = wrap_model(model, dist_state, compile=bool(args.use_compile))
+    logger = run.open_logger(step, batches, dtype,
+                             info=f"{G} episodes per task, up to {args.max_turns} turns, {args.loss_type}")
+    rollouts = make_rollout_engine(args, run.weight_file.stem, dist_state.is_main, print0)  # --rollout_engine
     rollouts.sync(model, step)  # http: the inference server starts from these (possibly resumed) weights
 
     # ---- the loop: one rollout batch -> --num_iterations optimizer steps
     for [batch] in islice(batches, run.batches_left(step)):
         # 1. rollout: the random stream belongs to (seed, rank, step), so a resumed run plays the same episodes
-        gen = step_generator(args.seed, ddp.rank, step, ddp.device)
+        gen = step_generator(args.seed, dist_state.rank, step, device)
         tasks = [dict(zip(batch, values)) for values in zip(*batch.values())]
         episodes = rollout(model, tokenizer, tasks, G, gen, args, think_ratio, autocast, rollouts)
         # 2. rewards; then dynamic sampling: flat groups are replaced by groups of other tasks
@@ -179,10 +187,10 @@ def main():
                 rewards[rows], spread[g] = new_r[k * G:(k + 1) * G], new_spread[k]
                 for name in parts:
                     parts[name][rows] = new_parts[name][k * G:(k + 1) * G]
-        rewards = rewards.to(ddp.device)
+        rewards = rewards.to(device)
         advantages, group_std = group_advantages(rewards, G)
         # 3. the episodes as one padded batch; `mask` keeps the sampled tokens only (tool results are context)
-        sequences, attention_mask, position_ids, mask = pack(episodes, tokenizer.pad_token_id, ddp.device)
+        sequences, attention_mask, position_ids, mask = pack(episodes, tokenizer.pad_token_id, device)
         seq = (sequences, attention_mask, position_ids, mask.shape[1], args.temperature)
         with torch.no_grad(), autocast:
             ref_logps = token_logps(ref_model, *seq)
@@ -213,7 +221,7 @@ def main():
                    zero_std_frac=(group_std < 1e-6).float().mean(), kl=masked_mean(kl.detach(), mask),
                    clip_frac=masked_mean(clipped.float(), mask))
         logger.log(step, {"lr": lr, "grad_norm": grad_norm}, epoch=batches.current_epoch)
-        if args.debug_mode and ddp.is_main:
+        if args.debug_mode and dist_state.is_main:
             e = episodes[0]
             logger.info(f"episode 0 (gt {tasks[0]['gt']}, reward {float(rewards[0]):.3f}):\n"
                         + tokenizer.decode(e.prompt_ids + e.ids, skip_special_tokens=False))

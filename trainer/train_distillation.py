@@ -32,10 +32,12 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any directory
 
 from dataset.lm_dataset import IGNORE_INDEX, SFTDataset, add_augment_args, augment_kwargs, check_trainable  # noqa: E402
-from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
-from trainer.trainer_utils import (TrainRun, WeightLoadError, add_common_args, ddp_sync,  # noqa: E402
-                                   init_distributed, init_model, load_weights, make_optimizer, model_config_from_args,
-                                   optimizer_step, print0, run_main, set_lr, weight_path)
+from model.checkpoint import load_tokenizer  # noqa: E402
+from model.config_flags import model_config_from_args  # noqa: E402
+from model.errors import run_main  # noqa: E402
+from model.model_minimind import MiniMindConfig  # noqa: E402
+from trainer.trainer_utils import (Batches, TrainRun, add_common_args, ddp_sync, freeze, init_distributed,  # noqa: E402
+                                   init_model, make_optimizer, mixed_precision, optimizer_step, set_lr, wrap_model)
 
 
 def distillation_kl(student_logits, teacher_logits, mask, temperature: float = 1.0) -> torch.Tensor:
@@ -66,36 +68,6 @@ def distillation_loss(student_logits, teacher_logits, labels, alpha: float, temp
     return alpha * ce + (1 - alpha) * kl, ce, kl
 
 
-def check_same_vocab(student, teacher):
-    """The KL term compares the two models' distributions id by id, so they must share the vocabulary."""
-    sv, tv = student.config.vocab_size, teacher.config.vocab_size
-    if sv != tv or student.lm_head.out_features != teacher.lm_head.out_features:
-        raise WeightLoadError(f"teacher vocab_size {tv} != student vocab_size {sv}: distillation needs both models "
-                              f"trained with the same tokenizer (same token ids)")
-
-
-def load_teacher(weight: str, config: MiniMindConfig, save_dir, device, log=print0):
-    """The frozen teacher (eval mode): `weight` is a stage name (save_dir/{weight}_{hidden}.pth for `config`'s
-    size) or a .pth path, loaded strictly. Its vocab size is read from the file's embedding, so a teacher
-    trained with another tokenizer is reported as such (check_same_vocab), not as a generic shape mismatch."""
-    path = Path(weight) if weight.endswith(".pth") else weight_path(save_dir, weight, config)
-    if not path.is_file():
-        raise FileNotFoundError(f"--teacher_weight {weight}: {path} not found. Check --teacher_hidden_size/"
-                                f"--teacher_use_moe and --save_dir, or pass the .pth path.")
-    # mmap: only the embedding's header is touched here.
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    state = state.get("model", state)
-    if "model.embed_tokens.weight" in state:
-        config.vocab_size = state["model.embed_tokens.weight"].shape[0]
-    del state
-    teacher = load_weights(MiniMindForCausalLM(config), path, f"--teacher_weight {weight}")
-    teacher.eval().requires_grad_(False)
-    n = sum(p.numel() for p in teacher.parameters())
-    log(f"teacher: {path} ({n / 1e6:.3f}M parameters, hidden={config.hidden_size}, "
-        f"layers={config.num_hidden_layers}, moe={int(config.use_moe)})")
-    return teacher.to(device)
-
-
 def main():
     parser = argparse.ArgumentParser(description="MiniMind white-box knowledge distillation")
     add_common_args(parser, stage="full_dist", data_path="dataset/sft_mini_512.jsonl", epochs=6, batch_size=32,
@@ -119,24 +91,32 @@ def main():
         parser.error("--teacher_weight is required: distilling from a random teacher teaches nothing")
 
     # ---- processes, student + teacher, data, optimizer
-    ddp = init_distributed(args.device, seed=args.seed)  # the same seed on every rank: the same initial weights
-    config = model_config_from_args(args)
-    run = TrainRun.from_flags(args, config, ddp)  # files, resume, step range, saving, logging (see its docstring)
-    model, tokenizer = init_model(config, args.from_weight, args.save_dir, args.tokenizer_path, ddp.device, print0)
+    dist_state = init_distributed(args.device, seed=args.seed)  # one seed on every rank: the same initial weights
+    device, config = dist_state.device, model_config_from_args(args)
+    tokenizer = load_tokenizer(args.tokenizer_path, vocab_size=config.vocab_size)
+    model = init_model(config, args.from_weight, save_dir=args.save_dir, device=device)
+    # The teacher loads like the student, then is frozen. The KL compares the two distributions id by id, so it
+    # has the student's vocabulary: a teacher trained with another tokenizer fails its strict load, which names
+    # the file's vocabulary ("... and its 6500-token tokenizer").
     teacher_config = MiniMindConfig(hidden_size=args.teacher_hidden_size,
                                     num_hidden_layers=args.teacher_num_hidden_layers,
                                     num_attention_heads=args.teacher_num_attention_heads,
                                     num_key_value_heads=args.teacher_num_key_value_heads,
-                                    use_moe=bool(args.teacher_use_moe))
-    teacher = load_teacher(args.teacher_weight, teacher_config, args.save_dir, ddp.device)
-    check_same_vocab(model, teacher)
+                                    use_moe=bool(args.teacher_use_moe), vocab_size=config.vocab_size)
+    teacher = freeze(init_model(teacher_config, args.teacher_weight, save_dir=args.save_dir, device=device,
+                                flag="--teacher_weight", size_flags="--teacher_hidden_size/--teacher_use_moe"))
     dataset = SFTDataset(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines,
                          **augment_kwargs(args, tokenizer))  # --drop_empty_think, --add_system_ratio
-    check_trainable(dataset, args.max_seq_len, verbose=ddp.is_main)  # stop if truncation leaves nothing to learn
-    batches = run.batches(dataset, pad_id=tokenizer.pad_token_id)
-    autocast, scaler = run.precision()
-    optimizer = make_optimizer(model.parameters(), args.learning_rate, args.weight_decay, ddp.device)
-    model, step, logger = run.start(model, optimizer, scaler, batches)  # --from_resume 1 continues from checkpoints/
+    check_trainable(dataset, args.max_seq_len, verbose=dist_state.is_main)  # stop if truncation leaves nothing to learn
+    batches = Batches.from_flags(args, dataset, dist_state, pad_id=tokenizer.pad_token_id)
+    dtype, autocast, scaler = mixed_precision(args.dtype, device)
+    optimizer = make_optimizer(model.parameters(), args.learning_rate, args.weight_decay, device)
+
+    # ---- the run's files, step range and schedules; resume (--from_resume 1), then compile / DDP, then the log
+    run = TrainRun.from_flags(args, config, dist_state, batches)
+    step = run.resume(model, optimizer, scaler, batches)  # 0 unless --from_resume 1 finds a checkpoint
+    model = wrap_model(model, dist_state, compile=bool(args.use_compile))
+    logger = run.open_logger(step, batches, dtype)
 
     # ---- the loop: one optimizer step per group of --accumulation_steps micro-batches
     for group in islice(batches, run.batches_left(step)):  # islice: stop at --max_steps

@@ -23,7 +23,6 @@ forget its SFT skills), batch 4 pairs, max_seq_len 1024, 1 epoch; β = 0.1 (the 
 upstream uses 0.15). The reference model costs one extra forward (no backward) and one model copy in memory.
 """
 import argparse
-import copy
 import sys
 from itertools import islice
 from pathlib import Path
@@ -35,8 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any dir
 
 from dataset.lm_dataset import (IGNORE_INDEX, DPODataset, add_augment_args, augment_kwargs,  # noqa: E402
                                 check_trainable)
-from trainer.trainer_utils import (TrainRun, add_common_args, ddp_sync, init_distributed, init_model,  # noqa: E402
-                                   make_optimizer, model_config_from_args, optimizer_step, print0, run_main, set_lr)
+from model.checkpoint import load_tokenizer  # noqa: E402
+from model.config_flags import model_config_from_args  # noqa: E402
+from model.errors import run_main  # noqa: E402
+from trainer.trainer_utils import (Batches, TrainRun, add_common_args, ddp_sync, frozen_copy,  # noqa: E402
+                                   init_distributed, init_model, make_optimizer, mixed_precision, optimizer_step,
+                                   set_lr, wrap_model)
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
@@ -81,13 +84,6 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
     return losses, chosen_rewards, rejected_rewards
 
 
-def make_reference(model):
-    """A frozen copy of the starting policy: π_ref in every DPO formula."""
-    ref = copy.deepcopy(model).eval()
-    ref.requires_grad_(False)
-    return ref
-
-
 def main():
     parser = argparse.ArgumentParser(description="MiniMind DPO")
     add_common_args(parser, stage="dpo", data_path="dataset/dpo.jsonl", epochs=1, batch_size=4,
@@ -98,19 +94,24 @@ def main():
     args = parser.parse_args()
 
     # ---- processes, policy + reference, data, optimizer
-    ddp = init_distributed(args.device, seed=args.seed)  # the same seed on every rank: the same initial weights
-    config = model_config_from_args(args)
-    run = TrainRun.from_flags(args, config, ddp)  # files, resume, step range, saving, logging (see its docstring)
-    model, tokenizer = init_model(config, args.from_weight, args.save_dir, args.tokenizer_path, ddp.device, print0)
-    # The reference is the *starting* weights, also on resume (run.start then loads the trained policy).
-    ref_model = make_reference(model)
+    dist_state = init_distributed(args.device, seed=args.seed)  # one seed on every rank: the same initial weights
+    device, config = dist_state.device, model_config_from_args(args)
+    tokenizer = load_tokenizer(args.tokenizer_path, vocab_size=config.vocab_size)
+    model = init_model(config, args.from_weight, save_dir=args.save_dir, device=device)
+    # π_ref: a frozen copy of the *starting* weights, also on resume (run.resume then loads the trained policy).
+    ref_model = frozen_copy(model)
     dataset = DPODataset(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines,
                          **augment_kwargs(args, tokenizer))  # --drop_empty_think, --add_system_ratio
-    check_trainable(dataset, args.max_seq_len, verbose=ddp.is_main)  # stop if truncation cuts away the responses
-    batches = run.batches(dataset, pad_id=tokenizer.pad_token_id)
-    autocast, scaler = run.precision()
-    optimizer = make_optimizer(model.parameters(), args.learning_rate, args.weight_decay, ddp.device)
-    model, step, logger = run.start(model, optimizer, scaler, batches)  # --from_resume 1 continues from checkpoints/
+    check_trainable(dataset, args.max_seq_len, verbose=dist_state.is_main)  # stop if truncation cuts away the responses
+    batches = Batches.from_flags(args, dataset, dist_state, pad_id=tokenizer.pad_token_id)
+    dtype, autocast, scaler = mixed_precision(args.dtype, device)
+    optimizer = make_optimizer(model.parameters(), args.learning_rate, args.weight_decay, device)
+
+    # ---- the run's files, step range and schedules; resume (--from_resume 1), then compile / DDP, then the log
+    run = TrainRun.from_flags(args, config, dist_state, batches)
+    step = run.resume(model, optimizer, scaler, batches)  # 0 unless --from_resume 1 finds a checkpoint
+    model = wrap_model(model, dist_state, compile=bool(args.use_compile))
+    logger = run.open_logger(step, batches, dtype)
 
     # ---- the loop: one optimizer step per group of --accumulation_steps micro-batches
     for group in islice(batches, run.batches_left(step)):  # islice: stop at --max_steps

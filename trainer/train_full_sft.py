@@ -18,8 +18,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any directory
 
 from dataset.lm_dataset import SFTDataset, add_augment_args, augment_kwargs, check_trainable  # noqa: E402
-from trainer.trainer_utils import (TrainRun, add_common_args, ddp_sync, init_distributed, init_model,  # noqa: E402
-                                   make_optimizer, model_config_from_args, optimizer_step, print0, run_main, set_lr)
+from model.checkpoint import load_tokenizer  # noqa: E402
+from model.config_flags import model_config_from_args  # noqa: E402
+from model.errors import run_main  # noqa: E402
+from trainer.trainer_utils import (Batches, TrainRun, add_common_args, ddp_sync, init_distributed,  # noqa: E402
+                                   init_model, make_optimizer, mixed_precision, optimizer_step, set_lr, wrap_model)
 
 
 def main():
@@ -30,18 +33,23 @@ def main():
     args = parser.parse_args()
 
     # ---- processes, model, data, optimizer
-    ddp = init_distributed(args.device, seed=args.seed)  # the same seed on every rank: the same initial weights
-    config = model_config_from_args(args)
-    run = TrainRun.from_flags(args, config, ddp)  # files, resume, step range, saving, logging (see its docstring)
-    model, tokenizer = init_model(config, args.from_weight, args.save_dir, args.tokenizer_path, ddp.device, print0)
+    dist_state = init_distributed(args.device, seed=args.seed)  # one seed on every rank: the same initial weights
+    device, config = dist_state.device, model_config_from_args(args)
+    tokenizer = load_tokenizer(args.tokenizer_path, vocab_size=config.vocab_size)
+    model = init_model(config, args.from_weight, save_dir=args.save_dir, device=device)
     dataset = SFTDataset(args.data_path, tokenizer, args.max_seq_len, args.skip_bad_lines,
                          **augment_kwargs(args, tokenizer))  # --drop_empty_think, --add_system_ratio
-    check_trainable(dataset, args.max_seq_len, verbose=ddp.is_main)  # stop if truncation leaves nothing to learn
+    check_trainable(dataset, args.max_seq_len, verbose=dist_state.is_main)  # stop if truncation leaves nothing to learn
     # Length-grouped batches (by record size) + dynamic padding: little compute is spent on padding.
-    batches = run.batches(dataset, pad_id=tokenizer.pad_token_id)
-    autocast, scaler = run.precision()
-    optimizer = make_optimizer(model.parameters(), args.learning_rate, args.weight_decay, ddp.device)
-    model, step, logger = run.start(model, optimizer, scaler, batches)  # --from_resume 1 continues from checkpoints/
+    batches = Batches.from_flags(args, dataset, dist_state, pad_id=tokenizer.pad_token_id)
+    dtype, autocast, scaler = mixed_precision(args.dtype, device)
+    optimizer = make_optimizer(model.parameters(), args.learning_rate, args.weight_decay, device)
+
+    # ---- the run's files, step range and schedules; resume (--from_resume 1), then compile / DDP, then the log
+    run = TrainRun.from_flags(args, config, dist_state, batches)
+    step = run.resume(model, optimizer, scaler, batches)  # 0 unless --from_resume 1 finds a checkpoint
+    model = wrap_model(model, dist_state, compile=bool(args.use_compile))
+    logger = run.open_logger(step, batches, dtype)
 
     # ---- the loop: one optimizer step per group of --accumulation_steps micro-batches
     for group in islice(batches, run.batches_left(step)):  # islice: stop at --max_steps

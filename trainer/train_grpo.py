@@ -27,7 +27,6 @@ Output: out/grpo_{hidden}[_moe].pth, checkpoints/grpo_{hidden}[_moe]_resume.pth 
     python trainer/train_grpo.py --from_resume 1                                  # continue an interrupted run
 """
 import argparse
-import copy
 import sys
 from itertools import islice
 from pathlib import Path
@@ -37,13 +36,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any directory
 
 from dataset.lm_dataset import check_trainable  # noqa: E402
+from model.checkpoint import load_tokenizer  # noqa: E402
+from model.config_flags import model_config_from_args  # noqa: E402
+from model.errors import run_main  # noqa: E402
+from model.runtime import unwrap  # noqa: E402
 from trainer.rl_utils import (LOSS_TYPES, RLPromptDataset, add_clip_args, add_rl_args,  # noqa: E402
                               aggregate_loss, build_reward_function, check_rl_args, collate_prompts, expand,
                               group_advantages, kl_k3, make_rollout_engine, masked_mean, policy_loss,
                               reward_metrics, step_generator, thinking_ratio, token_logps)
-from trainer.trainer_utils import (TrainRun, add_common_args, init_distributed, init_model,  # noqa: E402
-                                   make_optimizer, model_config_from_args, optimizer_step, print0, run_main,
-                                   set_lr, unwrap)
+from trainer.trainer_utils import (Batches, TrainRun, add_common_args, frozen_copy, init_distributed,  # noqa: E402
+                                   init_model, make_optimizer, mixed_precision, optimizer_step, print0, set_lr,
+                                   wrap_model)
 
 
 def main():
@@ -69,38 +72,39 @@ def main():
                      "lower --batch_size or --num_generations to save memory")
 
     # ---- processes, models, reward, prompts, optimizer
-    ddp = init_distributed(args.device, seed=args.seed)  # the same seed on every rank: the same initial weights
-    config = model_config_from_args(args)
-    # files, resume, step range, saving, logging (see its docstring); --num_iterations optimizer steps per batch
-    run = TrainRun.from_flags(args, config, ddp, steps_per_batch=args.num_iterations)
-    model, tokenizer = init_model(config, args.from_weight, args.save_dir, args.tokenizer_path, ddp.device, print0)
+    dist_state = init_distributed(args.device, seed=args.seed)  # one seed on every rank: the same initial weights
+    device, config = dist_state.device, model_config_from_args(args)
+    tokenizer = load_tokenizer(args.tokenizer_path, vocab_size=config.vocab_size)
+    model = init_model(config, args.from_weight, save_dir=args.save_dir, device=device)
     # The reference is the starting policy, copied before a resume overwrites the policy's weights.
-    ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    reward_fn = build_reward_function(reward_terms, ddp.device, args.reward_model_path, args.reward_batch_size,
+    ref_model = frozen_copy(model)
+    reward_fn = build_reward_function(reward_terms, device, args.reward_model_path, args.reward_batch_size,
                                       args.length_target, args.reward_clip, print0)
     dataset = RLPromptDataset(args.data_path, tokenizer, args.max_prompt_len, args.skip_bad_lines,
                               thinking_ratio=thinking_ratio(args, tokenizer), seed=args.seed)
-    check_trainable(dataset, args.max_prompt_len, "--max_prompt_len", verbose=ddp.is_main)  # stop if most are cut
-    batches = run.batches(dataset, collate_fn=collate_prompts)
-    autocast, scaler = run.precision()
-    optimizer = make_optimizer(model.parameters(), args.learning_rate, args.weight_decay, ddp.device)
-    # --from_resume 1 continues from checkpoints/
-    model, step, logger = run.start(model, optimizer, scaler, batches,
-                                    info=f"{G} generations per prompt, loss {args.loss_type}")
-    rollouts = make_rollout_engine(args, run.weight_file.stem, ddp.is_main, print0)  # --rollout_engine local|http
-    # --rollout_engine http: the inference server starts from these (possibly resumed) weights
-    rollouts.sync(model, step)
+    check_trainable(dataset, args.max_prompt_len, "--max_prompt_len", verbose=dist_state.is_main)  # stop: most cut
+    batches = Batches.from_flags(args, dataset, dist_state, collate_fn=collate_prompts)
+    dtype, autocast, scaler = mixed_precision(args.dtype, device)
+    optimizer = make_optimizer(model.parameters(), args.learning_rate, args.weight_decay, device)
+
+    # ---- the run's files, step range and schedules; resume (--from_resume 1), then compile / DDP, then the log
+    run = TrainRun.from_flags(args, config, dist_state, batches, steps_per_batch=args.num_iterations)
+    step = run.resume(model, optimizer, scaler, batches)  # 0 unless --from_resume 1 finds a checkpoint
+    model = wrap_model(model, dist_state, compile=bool(args.use_compile))
+    logger = run.open_logger(step, batches, dtype, info=f"{G} generations per prompt, loss {args.loss_type}")
+    rollouts = make_rollout_engine(args, run.weight_file.stem, dist_state.is_main, print0)  # --rollout_engine
+    rollouts.sync(model, step)  # http: the inference server starts from these (possibly resumed) weights
 
     # ---- the loop: one rollout batch -> --num_iterations optimizer steps
     for [batch] in islice(batches, run.batches_left(step)):
         # 1. rollout: G responses per prompt (consecutive rows), batched with a KV cache; the random stream belongs
         #    to (seed, rank, step), so an interrupted and resumed run draws the same samples
-        gen = step_generator(args.seed, ddp.rank, step, ddp.device)
+        gen = step_generator(args.seed, dist_state.rank, step, device)
         ro = rollouts.rollout(model, tokenizer, batch["prompt_ids"], args.max_gen_len, args.temperature, args.top_p,
                               num_generations=G, autocast=autocast, generator=gen)
         # 2. rewards first: a large reward model should not sit in memory next to the policy's activations
         rewards, parts = reward_fn(expand(batch["messages"], G), ro.responses, expand(batch["answer"], G))
-        rewards = rewards.to(ddp.device)
+        rewards = rewards.to(device)
         # 3. advantage of each response: its reward against its group's, shared by all its tokens
         advantages, group_std = group_advantages(rewards, G, scale_std=args.loss_type != "dr_grpo")
         # 4. log-probs of the frozen reference (for the KL) and, with several iterations, of the sampling policy

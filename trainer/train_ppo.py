@@ -29,7 +29,6 @@ Output: out/ppo_actor_{hidden}[_moe].pth and out/ppo_critic_{hidden}[_moe].pth; 
     python trainer/train_ppo.py --from_resume 1
 """
 import argparse
-import copy
 import math
 import sys
 from itertools import islice
@@ -41,14 +40,18 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any directory
 
 from dataset.lm_dataset import check_trainable  # noqa: E402
+from model.checkpoint import WeightLoadError, load_tokenizer  # noqa: E402
+from model.config_flags import model_config_from_args  # noqa: E402
+from model.errors import run_main  # noqa: E402
 from model.model_minimind import MiniMindConfig, MiniMindModel  # noqa: E402
+from model.runtime import unwrap  # noqa: E402
 from trainer.rl_utils import (KL_ESTIMATORS, RLPromptDataset, add_rl_args, build_reward_function,  # noqa: E402
                               check_rl_args, clipped_policy_loss, clipped_value_loss, collate_prompts, gae,
                               make_rollout_engine, masked_mean, masked_whiten, reward_metrics, step_generator,
                               thinking_ratio, token_logps)
-from trainer.trainer_utils import (TrainRun, WeightLoadError, add_common_args, init_distributed,  # noqa: E402
-                                   init_model, make_optimizer, model_config_from_args, optimizer_step, print0,
-                                   run_main, set_lr, unwrap)
+from trainer.trainer_utils import (Batches, TrainRun, add_common_args, frozen_copy, grad_scaler,  # noqa: E402
+                                   init_distributed, init_model, make_optimizer, mixed_precision, optimizer_step,
+                                   print0, set_lr, wrap_model)
 
 
 class CriticModel(nn.Module):
@@ -113,48 +116,51 @@ def main():
         parser.error("--accumulation_steps is not used by PPO: use --mini_batch_size to split updates")
 
     # ---- processes, models (actor, critic, reference), reward, prompts
-    ddp = init_distributed(args.device, seed=args.seed)  # the same seed on every rank: the same initial weights
-    config = model_config_from_args(args)
-    n_mb = math.ceil(args.batch_size / args.mini_batch_size) if args.mini_batch_size else 1
-    # files, resume, step range, saving, logging (see its docstring); ppo_epochs x mini-batches steps per batch
-    run = TrainRun.from_flags(args, config, ddp, steps_per_batch=args.ppo_epochs * n_mb)
-    actor, tokenizer = init_model(config, args.from_weight, args.save_dir, args.tokenizer_path, ddp.device, print0)
+    dist_state = init_distributed(args.device, seed=args.seed)  # one seed on every rank: the same initial weights
+    device, config = dist_state.device, model_config_from_args(args)
+    tokenizer = load_tokenizer(args.tokenizer_path, vocab_size=config.vocab_size)
+    actor = init_model(config, args.from_weight, save_dir=args.save_dir, device=device)
     # Reference and critic start from the base weights, before a resume overwrites the actor.
-    ref_model = copy.deepcopy(actor).eval().requires_grad_(False)
+    ref_model = frozen_copy(actor)
     critic = CriticModel.from_policy(actor)
-    reward_fn = build_reward_function(reward_terms, ddp.device, args.reward_model_path, args.reward_batch_size,
+    reward_fn = build_reward_function(reward_terms, device, args.reward_model_path, args.reward_batch_size,
                                       args.length_target, args.reward_clip, print0)
     dataset = RLPromptDataset(args.data_path, tokenizer, args.max_prompt_len, args.skip_bad_lines,
                               thinking_ratio=thinking_ratio(args, tokenizer), seed=args.seed)
-    check_trainable(dataset, args.max_prompt_len, "--max_prompt_len", verbose=ddp.is_main)  # stop if most are cut
-    batches = run.batches(dataset, collate_fn=collate_prompts)
+    check_trainable(dataset, args.max_prompt_len, "--max_prompt_len", verbose=dist_state.is_main)  # stop: most cut
+    batches = Batches.from_flags(args, dataset, dist_state, collate_fn=collate_prompts)
 
     # ---- two optimizers, each with its own loss scale (fp16): the critic's gradients are not the actor's
-    autocast, actor_scaler = run.precision()
-    _, critic_scaler = run.precision()
-    actor_optimizer = make_optimizer(actor.parameters(), args.learning_rate, args.weight_decay, ddp.device)
-    critic_optimizer = make_optimizer(critic.parameters(), args.critic_learning_rate, args.weight_decay, ddp.device)
+    dtype, autocast, actor_scaler = mixed_precision(args.dtype, device)
+    critic_scaler = grad_scaler(dtype, device)
+    actor_optimizer = make_optimizer(actor.parameters(), args.learning_rate, args.weight_decay, device)
+    critic_optimizer = make_optimizer(critic.parameters(), args.critic_learning_rate, args.weight_decay, device)
 
-    # ---- resume both (--from_resume 1: their checkpoints were written side by side), then compile / DDP
-    actor, step, logger = run.start(actor, actor_optimizer, actor_scaler, batches,
-                                    info=f"{args.ppo_epochs} PPO epoch(s) x {n_mb} mini-batch(es)")
-    critic, critic_step, _ = run.start(critic, critic_optimizer, critic_scaler, batches, name=args.critic_save_weight)
+    # ---- the run (ppo_epochs x mini-batches optimizer steps per rollout batch); resume both models (--from_resume
+    #      1: their checkpoints were written side by side), then compile / DDP each, then the log
+    n_mb = math.ceil(args.batch_size / args.mini_batch_size) if args.mini_batch_size else 1
+    run = TrainRun.from_flags(args, config, dist_state, batches, steps_per_batch=args.ppo_epochs * n_mb)
+    step = run.resume(actor, actor_optimizer, actor_scaler, batches)
+    critic_step = run.resume(critic, critic_optimizer, critic_scaler, batches, name=args.critic_save_weight)
     if critic_step != step:
         raise WeightLoadError(f"--from_resume 1: the actor checkpoint ({run.files()[1]}) is at step {step} but the "
                               f"critic's ({run.files(args.critic_save_weight)[1]}) at step {critic_step}; they must "
                               f"come from the same run")
-    rollouts = make_rollout_engine(args, run.weight_file.stem, ddp.is_main, print0)  # --rollout_engine local|http
+    actor = wrap_model(actor, dist_state, compile=bool(args.use_compile))
+    critic = wrap_model(critic, dist_state, compile=bool(args.use_compile))
+    logger = run.open_logger(step, batches, dtype, info=f"{args.ppo_epochs} PPO epoch(s) x {n_mb} mini-batch(es)")
+    rollouts = make_rollout_engine(args, run.weight_file.stem, dist_state.is_main, print0)  # --rollout_engine
     rollouts.sync(actor, step)  # http: the inference server starts from these (possibly resumed) weights
 
     # ---- the loop: one rollout batch -> ppo_epochs x mini-batches optimizer steps of actor and critic
     for [batch] in islice(batches, run.batches_left(step)):
         # 1. rollout: one response per prompt, batched with a KV cache, from the (seed, rank, step) random stream
-        gen = step_generator(args.seed, ddp.rank, step, ddp.device)
+        gen = step_generator(args.seed, dist_state.rank, step, device)
         ro = rollouts.rollout(actor, tokenizer, batch["prompt_ids"], args.max_gen_len, args.temperature, args.top_p,
                               autocast=autocast, generator=gen)
         # 2. rewards, before any other forward pass
         rewards, parts = reward_fn(batch["messages"], ro.responses, batch["answer"])
-        rewards = rewards.to(ddp.device)
+        rewards = rewards.to(device)
         # 3. no grad: the sampling policy's log-probs (pi_old), the reference's, the critic's values
         mask = ro.response_mask
         seq = (ro.sequences, ro.attention_mask, ro.position_ids, mask.shape[1], args.temperature)
@@ -166,14 +172,14 @@ def main():
         kl = KL_ESTIMATORS[args.kl_estimator](old_logps, ref_logps) * mask
         token_rewards = -args.kl_coef * kl
         last = (ro.response_lengths.long() - 1).clamp(min=0)  # index of EOS, or of the last token if cut off
-        token_rewards[torch.arange(len(last), device=ddp.device), last] += rewards
+        token_rewards[torch.arange(len(last), device=device), last] += rewards
         advantages, returns = gae(token_rewards, old_values, mask, args.gamma, args.lam)
         if args.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
         # 5. ppo_epochs passes over the batch in mini-batches (a resumable order), one step of each model apiece
         bsz = ro.sequences.shape[0]
-        order = step_generator(args.seed + 1, ddp.rank, step)
-        updates = [idx.to(ddp.device) for _ in range(args.ppo_epochs)
+        order = step_generator(args.seed + 1, dist_state.rank, step)
+        updates = [idx.to(device) for _ in range(args.ppo_epochs)
                    for idx in torch.randperm(bsz, generator=order).split(args.mini_batch_size or bsz)]
         for idx in updates[:run.last_step - step]:
             lr = set_lr(actor_optimizer, run.lr(step))
@@ -184,9 +190,9 @@ def main():
                 logps, aux_loss = token_logps(actor, *sub, with_aux=True)
                 values = response_values(critic, *sub[:4])
             pg, clipped = clipped_policy_loss(logps, old_logps[idx], advantages[idx], args.clip_epsilon)
-            policy_loss = masked_mean(pg, m) + aux_loss
+            actor_loss = masked_mean(pg, m) + aux_loss
             value_loss = masked_mean(clipped_value_loss(values, old_values[idx], returns[idx], args.value_clip), m)
-            actor_scaler.scale(policy_loss).backward()
+            actor_scaler.scale(actor_loss).backward()
             critic_scaler.scale(args.vf_coef * value_loss).backward()
             grad_norm = optimizer_step(actor_optimizer, actor_scaler, args.grad_clip)
             critic_grad_norm = optimizer_step(critic_optimizer, critic_scaler, args.grad_clip)
@@ -194,7 +200,7 @@ def main():
         rollouts.sync(actor, step)  # --rollout_engine http: the server loads the new weights (local: nothing)
         # 6. log, save both models (after the whole batch: a resume continues with the next one)
         logger.add(tokens=mask.sum(), **{
-            "loss": policy_loss, "value_loss": value_loss, **reward_metrics(rewards, parts),
+            "loss": actor_loss, "value_loss": value_loss, **reward_metrics(rewards, parts),
             "kl": masked_mean(kl, mask), "value": masked_mean(old_values, mask), "return": masked_mean(returns, mask),
             "clip_frac": masked_mean(clipped.float(), m), "response_len": ro.response_lengths.mean()})
         logger.log(step, {"lr": lr, "grad_norm": grad_norm, "critic_grad_norm": critic_grad_norm},

@@ -38,7 +38,6 @@ Output: out/spo_{hidden}[_moe].pth, checkpoints/spo_{hidden}[_moe]_resume.pth (w
     python trainer/train_spo.py --from_resume 1
 """
 import argparse
-import copy
 import sys
 from itertools import islice
 from pathlib import Path
@@ -49,13 +48,17 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any directory
 
 from dataset.lm_dataset import check_trainable  # noqa: E402
+from model.checkpoint import load_tokenizer  # noqa: E402
+from model.config_flags import model_config_from_args  # noqa: E402
+from model.errors import run_main  # noqa: E402
+from model.runtime import unwrap  # noqa: E402
 from trainer.rl_utils import (RLPromptDataset, add_rl_args, aggregate_loss, all_gather_cat,  # noqa: E402
                               build_reward_function, check_rl_args, clipped_policy_loss, collate_prompts, kl_k3,
                               make_rollout_engine, masked_mean, reward_metrics, step_generator, thinking_ratio,
                               token_logps)
-from trainer.trainer_utils import (TrainRun, add_common_args, init_distributed, init_model,  # noqa: E402
-                                   make_optimizer, model_config_from_args, optimizer_step, print0, run_main, set_lr,
-                                   unwrap)
+from trainer.trainer_utils import (Batches, TrainRun, add_common_args, frozen_copy, init_distributed,  # noqa: E402
+                                   init_model, make_optimizer, mixed_precision, optimizer_step, print0, set_lr,
+                                   wrap_model)
 
 
 class SPOValueTracker(nn.Module):
@@ -148,43 +151,46 @@ def main():
         parser.error("--accumulation_steps is not used by SPO: each rollout batch is one update")
 
     # ---- processes, models, reward, prompts, value tracker, optimizer
-    ddp = init_distributed(args.device, seed=args.seed)  # the same seed on every rank: the same initial weights
-    config = model_config_from_args(args)
-    run = TrainRun.from_flags(args, config, ddp)  # files, resume, step range, saving, logging (see its docstring)
-    model, tokenizer = init_model(config, args.from_weight, args.save_dir, args.tokenizer_path, ddp.device, print0)
-    ref_model = copy.deepcopy(model).eval().requires_grad_(False)  # the starting policy, before any resume
-    reward_fn = build_reward_function(reward_terms, ddp.device, args.reward_model_path, args.reward_batch_size,
+    dist_state = init_distributed(args.device, seed=args.seed)  # one seed on every rank: the same initial weights
+    device, config = dist_state.device, model_config_from_args(args)
+    tokenizer = load_tokenizer(args.tokenizer_path, vocab_size=config.vocab_size)
+    model = init_model(config, args.from_weight, save_dir=args.save_dir, device=device)
+    ref_model = frozen_copy(model)  # the starting policy, before any resume
+    reward_fn = build_reward_function(reward_terms, device, args.reward_model_path, args.reward_batch_size,
                                       args.length_target, args.reward_clip, print0)
     dataset = RLPromptDataset(args.data_path, tokenizer, args.max_prompt_len, args.skip_bad_lines,
                               thinking_ratio=thinking_ratio(args, tokenizer), seed=args.seed)
-    check_trainable(dataset, args.max_prompt_len, "--max_prompt_len", verbose=ddp.is_main)  # stop if most are cut
-    batches = run.batches(dataset, collate_fn=collate_prompts)
+    check_trainable(dataset, args.max_prompt_len, "--max_prompt_len", verbose=dist_state.is_main)  # stop: most cut
+    batches = Batches.from_flags(args, dataset, dist_state, collate_fn=collate_prompts)
     tracker = SPOValueTracker(len(dataset), args.spo_rho_min, args.spo_rho_max, args.spo_d_half,
                               args.spo_rho_mode, args.spo_rho)
-    autocast, scaler = run.precision()
-    optimizer = make_optimizer(model.parameters(), args.learning_rate, args.weight_decay, ddp.device)
-    # --from_resume 1 continues from checkpoints/, the tracker included
-    model, step, logger = run.start(model, optimizer, scaler, batches, extra={"spo_tracker": tracker},
-                                    info=f"rho {args.spo_rho_mode}")
-    rollouts = make_rollout_engine(args, run.weight_file.stem, ddp.is_main, print0)  # --rollout_engine local|http
+    dtype, autocast, scaler = mixed_precision(args.dtype, device)
+    optimizer = make_optimizer(model.parameters(), args.learning_rate, args.weight_decay, device)
+
+    # ---- the run's files, step range and schedules; resume (--from_resume 1), then compile / DDP, then the log
+    run = TrainRun.from_flags(args, config, dist_state, batches)
+    step = run.resume(model, optimizer, scaler, batches, extra={"spo_tracker": tracker})  # the tracker too
+    model = wrap_model(model, dist_state, compile=bool(args.use_compile))
+    logger = run.open_logger(step, batches, dtype, info=f"rho {args.spo_rho_mode}")
+    rollouts = make_rollout_engine(args, run.weight_file.stem, dist_state.is_main, print0)  # --rollout_engine
     rollouts.sync(model, step)  # http: the inference server starts from these (possibly resumed) weights
 
     # ---- the loop: one rollout batch (one response per prompt) -> one optimizer step
     for [batch] in islice(batches, run.batches_left(step)):
         # 1. rollout: one response per prompt, batched with a KV cache, from the (seed, rank, step) random stream
-        gen = step_generator(args.seed, ddp.rank, step, ddp.device)
+        gen = step_generator(args.seed, dist_state.rank, step, device)
         ro = rollouts.rollout(model, tokenizer, batch["prompt_ids"], args.max_gen_len, args.temperature, args.top_p,
                               num_generations=1, autocast=autocast, generator=gen)
         # 2. rewards
         rewards, parts = reward_fn(batch["messages"], ro.responses, batch["answer"])
         # 3. advantage: reward minus the prompt's tracked baseline, normalised over the whole batch. Baselines and
         #    normalisation use every rank's prompts, so all ranks agree on the tracker.
-        all_idx, all_rewards = all_gather_cat(batch["index"]), all_gather_cat(rewards.to(ddp.device))
+        all_idx, all_rewards = all_gather_cat(batch["index"]), all_gather_cat(rewards.to(device))
         fallback = float(all_rewards.mean())
-        baselines = tracker.baselines(all_idx, fallback).to(ddp.device)
+        baselines = tracker.baselines(all_idx, fallback).to(device)
         adv_all = all_rewards - baselines
         adv_all = (adv_all - adv_all.mean()) / (adv_all.std() + 1e-6) if adv_all.numel() > 1 else adv_all * 0
-        mine = slice(ddp.rank * len(rewards), (ddp.rank + 1) * len(rewards))
+        mine = slice(dist_state.rank * len(rewards), (dist_state.rank + 1) * len(rewards))
         advantages = adv_all[mine]
         rhos = tracker.update(all_idx, all_rewards, fallback)
         # 4. loss: clipped policy term (ratio 1: one update per rollout) + beta * k3 KL to the reference
@@ -206,7 +212,7 @@ def main():
         rollouts.sync(model, step)  # --rollout_engine http: the server loads the new weights (local: nothing)
         # 6. how far the step moved the policy: KL(pi_before || pi_after) on this step's tokens (k3, y ~ pi_before),
         #    averaged over ranks; it advances the tracker's drift clock
-        drift = torch.zeros((), device=ddp.device)
+        drift = torch.zeros((), device=device)
         if tracker.rho_mode == "kl":
             with torch.no_grad(), autocast:
                 new_logps = token_logps(unwrap(model), *seq)

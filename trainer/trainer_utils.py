@@ -1,57 +1,54 @@
 """The small pieces every stage script's training loop calls. The loop itself is written out in each
 trainer/train_*.py; here is only what would otherwise be repeated. Each helper does one thing and takes what it
-needs as parameters; `TrainRun.from_flags` is the one place that reads the common flags from `args`:
+needs as parameters; `Batches.from_flags` and `TrainRun.from_flags` are the two places that read the common
+flags from `args`:
 
   flags        add_common_args(parser, *, stage, data_path, epochs, batch_size, learning_rate, max_seq_len,
                                from_weight, accumulation_steps, save_interval, log_interval)
   processes    init_distributed(device_arg, seed=None) -> DistState(rank, local_rank, world_size, device, is_main,
                    ddp); seeds every rank alike (elastic_attempt_store: per-restart rendezvous keys under
                    `torchrun --max_restarts`);  cleanup_distributed();  print0(*args): print on rank 0 only
-  model        init_model(config, from_weight, save_dir, tokenizer_path, device, log) -> (model, tokenizer)
+  precision    mixed_precision(dtype_name, device) -> (dtype, autocast context, GradScaler)
+               grad_scaler(dtype, device) -> a GradScaler of its own (a second optimizer: PPO's critic)
+  model        init_model(config, weight, *, save_dir, device, flag="--from_weight") -> model: built, `weight`
+                   loaded strictly (the student, and the distillation teacher through the same path)
+               frozen_copy(model) / freeze(model) -> eval mode, no gradients: references and the teacher
                wrap_model(model, dist_state, compile=False) -> torch.compile and/or DDP wrapper
                lm_loss(model, batch, doc_attention_impl) -> (loss, aux_loss): pretraining's forward + loss
-  precision    mixed_precision(dtype_name, device) -> (dtype, autocast context, GradScaler)
   data         dynamic_padding(dataset, pad_id, max_seq_len, pad_to_max, group_by_length, pad_multiple)
                    -> (collate_fn, lengths)
                padding_multiple(device, compiled) -> 64 on GPUs / NPUs and compiled, else 1
                Batches(dataset, collate_fn, dist_state, *, batch_size, epochs, seed, accumulation_steps=1,
-                       lengths=None, shuffle=True, num_workers=0): iterate -> one list of device micro-batches
-                   per optimizer step; .total_steps, .steps_per_epoch, .current_epoch, .describe(),
+                       lengths=None, shuffle=True, num_workers=0), or Batches.from_flags(args, dataset, dist_state,
+                       pad_id= | collate_fn=): iterate -> one list of device micro-batches per optimizer step;
+                   .total_steps, .steps_per_epoch, .current_epoch, .describe(),
                    .state_dict() / .load_state_dict() (epoch, consumed), .steps_done()
                ResumableSampler: the seeded, DDP-sharded, length-grouped order under Batches
   optimizing   make_optimizer(params, lr, weight_decay, device) -> AdamW
                get_lr(step, total_steps, lr, min_lr_ratio, warmup_steps) -> float;  set_lr(optimizer, lr)
                ddp_sync(model, sync) -> context for a forward: DDP all-reduces gradients only when `sync`
                optimizer_step(optimizer, scaler, grad_clip) -> grad_norm tensor (unscale, clip, step, zero_grad)
-  checkpoints  save_checkpoint(weight_file, resume_file, model, optimizer, scaler, step, batches, dist_state, *,
-                               run_id=None, flags=None, extra=None, weights=half_state_dict)
-               load_checkpoint(resume_file, model, optimizer, scaler, batches, world_size=1, extra=None,
-                               steps_per_group=1) -> (step, run_id)
-               (names and paths: weight_path / resume_path from model/checkpoint.py; atomic writes: atomic_save)
   logging      TrainLogger(name, save_dir, dist_state, *, log_interval, last_step, start_step=0, append=False,
                            wandb_project=None, tracker="wandb", config=None, run_id=None)
                    .add(tokens=None, **values) per micro-batch, .log(step, metrics, epoch) per step, .info(msg),
                    .close(), .run_id
-  a run        TrainRun(name, config, dist_state, *, save_dir, checkpoint_dir, batch size / epochs / ... fields)
-               or TrainRun.from_flags(args, config, dist_state, *, name=None, steps_per_batch=1): the bookkeeping
-               around a loop, built from the pieces above:
-                   .batches(dataset, pad_id= | collate_fn=) -> Batches;  .precision() -> (autocast, scaler)
-                   .start(model, optimizer, scaler, batches, *, name=None, extra=None, info="")
-                       -> (model, step, logger): resume, train mode, compile/DDP, the logger
+  a run        TrainRun.from_flags(args, config, dist_state, batches, *, steps_per_batch=1): the bookkeeping
+               around a loop (file names, step range, LR schedule, save schedule, the logger):
+                   .resume(model, optimizer, scaler, batches, *, name=None, extra=None) -> step
+                   .open_logger(step, batches, dtype, info="") -> TrainLogger
                    .batches_left(step), .last_step, .total_steps, .lr(step, base_lr=None)
                    .maybe_save(step, model, optimizer, scaler, batches, *, extra=None, weights=half_state_dict)
                    .save_due(step) + .save(step, ..., name=None) (several models), .finish(step), .weight_file
 
-trainer/train_full_sft.py is the shortest example of a stage script built from them.
-
-Device, dtype, autocast and seed live in model/runtime.py; weight names, strict loading and the tokenizer in
-model/checkpoint.py (both re-exported here for the stage scripts).
+trainer/train_full_sft.py is the shortest example of a stage script built from them. Weight and resume files
+(names, save_checkpoint / load_checkpoint, strict loading, the tokenizer) are model/checkpoint.py's; device,
+dtype, autocast, seed and `unwrap` model/runtime.py's; the model-size flags model/config_flags.py's.
 """
 import argparse
+import copy
 import json
 import math
 import os
-import random
 import sys
 import time
 from contextlib import nullcontext
@@ -59,7 +56,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -70,16 +66,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from dataset.lm_dataset import PadCollator, doc_attention_mask  # noqa: E402
-from model.atomic_io import atomic_save  # noqa: E402
-# Re-exported for the stage scripts (one import line each): names, paths and strict loading from model/checkpoint.py,
-# device / dtype / seed from model/runtime.py, the exit helper from model/errors.py.
-from model.checkpoint import (DEFAULT_CHECKPOINTS, DEFAULT_OUT, DEFAULT_TOKENIZER, WeightLoadError,  # noqa: E402,F401
-                              add_model_size_args, half_state_dict, load_tokenizer, load_weights,
-                              model_config_from_args, resume_path, unwrap, weight_name, weight_path)
-from model.errors import run_main  # noqa: E402,F401
+from model.checkpoint import (DEFAULT_CHECKPOINTS, DEFAULT_OUT, DEFAULT_TOKENIZER, half_state_dict,  # noqa: E402
+                              load_checkpoint, load_weights, resume_path, save_checkpoint, weight_name, weight_path)
+from model.config_flags import add_model_size_args  # noqa: E402
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
-from model.runtime import (autocast_context, default_device, is_accelerator, resolve_dtype,  # noqa: E402,F401
-                           setup_seed)
+from model.runtime import (autocast_context, default_device, is_accelerator, resolve_dtype, setup_seed,  # noqa: E402
+                           unwrap)
 
 
 # ================================================================================================================
@@ -218,37 +210,50 @@ def mixed_precision(dtype_name: str, device: str):
     gradients underflow); for other dtypes it is a disabled pass-through. On CUDA, fp32 matmuls may use TF32.
     """
     dtype = resolve_dtype(dtype_name, device)
-    kind = torch.device(device).type
-    if kind == "cuda":
+    if torch.device(device).type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    scaler = torch.amp.GradScaler(kind, enabled=dtype == torch.float16)
-    return dtype, autocast_context(device, dtype), scaler
+    return dtype, autocast_context(device, dtype), grad_scaler(dtype, device)
+
+
+def grad_scaler(dtype: torch.dtype, device: str) -> torch.amp.GradScaler:
+    """A GradScaler for one optimizer: active under fp16 only. A second optimizer (PPO's critic) takes its own, so
+    its loss scale follows its own gradients."""
+    return torch.amp.GradScaler(torch.device(device).type, enabled=dtype == torch.float16)
 
 
 # ================================================================================================================
 # Model
 # ================================================================================================================
-def init_model(config: MiniMindConfig, from_weight: str = "none", save_dir=DEFAULT_OUT,
-               tokenizer_path=DEFAULT_TOKENIZER, device="cpu", log=print):
-    """Build the model, load `from_weight` strictly, and load the tokenizer; check they agree on the vocab."""
-    tokenizer = load_tokenizer(tokenizer_path)
-    if len(tokenizer) > config.vocab_size:
-        raise ValueError(f"tokenizer at {tokenizer_path} has {len(tokenizer)} tokens but the model's vocab_size "
-                         f"is {config.vocab_size}")
+def init_model(config: MiniMindConfig, weight: str = "none", *, save_dir=DEFAULT_OUT, device="cpu",
+               flag: str = "--from_weight", size_flags: str = "--preset/--hidden_size/--use_moe", log=print0):
+    """A model of `config` on `device`, with `weight` loaded strictly (`load_weights`): a stage name
+    ({save_dir}/{weight}_{hidden}[_moe].pth), a .pth path, or "none" (random initialisation). `flag` and
+    `size_flags` name the command-line flags in the messages (the distillation teacher has its own)."""
     model = MiniMindForCausalLM(config)
-    if from_weight and from_weight != "none":
-        path = Path(from_weight) if from_weight.endswith(".pth") else weight_path(save_dir, from_weight, config)
+    if weight and weight != "none":
+        path = Path(weight) if weight.endswith(".pth") else weight_path(save_dir, weight, config)
         if not path.is_file():
             raise FileNotFoundError(
-                f"--from_weight {from_weight}: {path} not found. Train that stage first, point --save_dir at the "
-                f"folder holding it, check --hidden_size/--use_moe, or pass --from_weight none.")
-        load_weights(model, path, f"--from_weight {from_weight}")
+                f"{flag} {weight}: {path} not found. Train that stage first, point --save_dir at the folder "
+                f"holding it, check {size_flags}, or pass a .pth path.")
+        load_weights(model, path, f"{flag} {weight}")
         log(f"loaded weights from {path}")
     n = sum(p.numel() for p in model.parameters())
-    log(f"model: {n / 1e6:.3f}M parameters (hidden={config.hidden_size}, layers={config.num_hidden_layers}, "
+    log(f"{flag} {weight}: {n / 1e6:.3f}M parameters (hidden={config.hidden_size}, layers={config.num_hidden_layers}, "
         f"moe={int(config.use_moe)})")
-    return model.to(device), tokenizer
+    return model.to(device)
+
+
+def freeze(model):
+    """Eval mode and no gradients: a model that only runs forward (a reference policy, a teacher)."""
+    return model.eval().requires_grad_(False)
+
+
+def frozen_copy(model):
+    """A frozen copy of the plain model as it is now: the reference policy of DPO and the RL stages, taken from
+    the starting weights (before a resume loads the trained ones)."""
+    return freeze(copy.deepcopy(unwrap(model)))
 
 
 def wrap_model(model, dist_state: DistState, compile: bool = False):
@@ -406,6 +411,20 @@ class Batches:
         self.total_steps = self.steps_per_epoch * epochs
         self.epoch, self.consumed = 0, 0
 
+    @classmethod
+    def from_flags(cls, args: argparse.Namespace, dataset, dist_state: DistState, *, pad_id: Optional[int] = None,
+                   collate_fn: Optional[Callable] = None) -> "Batches":
+        """`dataset` as Batches configured by the data flags `add_common_args` declares. With `pad_id`: each
+        batch padded to its longest row (rounded up to `padding_multiple`) and similar lengths batched together
+        (`dynamic_padding`); with `collate_fn`: batches made by it, in plain shuffled order."""
+        lengths = None
+        if collate_fn is None:
+            collate_fn, lengths = dynamic_padding(dataset, pad_id, args.max_seq_len, args.pad_to_max,
+                                                  bool(args.group_by_length),
+                                                  padding_multiple(dist_state.device, bool(args.use_compile)))
+        return cls(dataset, collate_fn, dist_state, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
+                   accumulation_steps=args.accumulation_steps, lengths=lengths, num_workers=args.num_workers)
+
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "consumed": self.consumed}
 
@@ -501,84 +520,6 @@ def optimizer_step(optimizer, scaler, grad_clip: float) -> torch.Tensor:
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return grad_norm
-
-
-# ================================================================================================================
-# Checkpoints (atomic writes: `atomic_save` from model/atomic_io.py)
-# ================================================================================================================
-def rng_state() -> dict:
-    np_state = np.random.get_state()
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:])}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict):
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(weight_file, resume_file, model, optimizer, scaler, step: int, batches: Batches,
-                    dist_state: DistState, *, run_id=None, flags: Optional[dict] = None,
-                    extra: Optional[dict] = None, weights: Callable = half_state_dict):
-    """Rank 0 writes, each file atomically (model/atomic_io.py):
-
-      weight_file  `weights(model)`: half-precision weights for inference (LoRA passes `lora_state_dict`)
-      resume_file  everything an exact resume needs: fp32 model, optimizer, GradScaler, the `extra` modules
-                   ({name: module}, e.g. a value tracker), step, data position, world size, RNG states, the
-                   tracker's run id and the run's `flags` (scripts/report.py shows them)
-    Every rank then waits at a barrier, so none runs ahead while the files are written.
-    """
-    if dist_state.is_main:
-        model = unwrap(model)
-        atomic_save(weights(model), weight_file)
-        atomic_save({
-            "model": {k: v.cpu() for k, v in model.state_dict().items()},  # full precision for exact resume
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(),
-            "extra": {name: module.state_dict() for name, module in (extra or {}).items()},
-            "step": step, **batches.state_dict(), "world_size": dist_state.world_size, "rng": rng_state(),
-            "run_id": run_id,
-            "args": {k: v for k, v in (flags or {}).items() if isinstance(v, (int, float, str, bool, type(None)))},
-        }, resume_file)
-    if dist_state.ddp:
-        dist.barrier()
-
-
-def load_checkpoint(resume_file, model, optimizer, scaler, batches: Batches, world_size: int = 1,
-                    extra: Optional[dict] = None, steps_per_group: int = 1):
-    """Restore what `save_checkpoint` wrote (strictly) into the plain model, optimizer, scaler, `extra` modules
-    and data position, and the RNG states. Returns (step, tracker run id); (0, None) when there is no file yet.
-
-    Steps count optimizer steps of one world size: resumed on a different number of ranks, the same position
-    is a different step, and the step (hence the LR schedule) continues from `batches.steps_done()` times
-    `steps_per_group` (the optimizer steps a stage takes per item of `batches`: RL takes several per rollout).
-    """
-    resume_file = Path(resume_file)
-    if not resume_file.is_file():
-        print0(f"--from_resume 1: no checkpoint at {resume_file}, starting fresh")
-        return 0, None
-    ck = torch.load(resume_file, map_location="cpu", weights_only=True)
-    unwrap(model).load_state_dict(ck["model"], strict=True)
-    optimizer.load_state_dict(ck["optimizer"])
-    scaler.load_state_dict(ck["scaler"])
-    for name, module in (extra or {}).items():
-        module.load_state_dict(ck["extra"][name], strict=True)
-    batches.load_state_dict(ck)
-    set_rng_state(ck["rng"])
-    step = ck["step"]
-    print0(f"resumed from {resume_file}: epoch {batches.epoch + 1}, step {step}")
-    if ck["world_size"] != world_size:
-        step = batches.steps_done() * steps_per_group
-        print0(f"resuming a {ck['world_size']}-process run on {world_size} processes: continuing after sample "
-               f"{batches.consumed} of epoch {batches.epoch + 1}; step rescaled to {step} for world size {world_size}")
-    return step, ck.get("run_id")
 
 
 # ================================================================================================================
@@ -694,79 +635,67 @@ def format_eta(seconds: float) -> str:
 
 
 # ================================================================================================================
-# A run: what every stage does around its loop
+# A run: the bookkeeping around a stage's loop
 # ================================================================================================================
 @dataclass
 class TrainRun:
-    """The bookkeeping around a stage's loop (not the loop: that stays in the script). One object that knows the
-    run's settings, files, step range, logger and save schedule, so each script keeps only its algorithm:
+    """The bookkeeping around a stage's loop (not the loop, and not its setup: both stay in the script). It knows
+    the run's files, step range, learning-rate schedule and save schedule:
 
-      batches(dataset, pad_id= | collate_fn=)   the data as `Batches` (seeded, DDP-sharded, resumable order)
-      precision()                               (autocast context, GradScaler) for the `dtype` flag
-      start(model, optimizer, scaler, batches)  --from_resume: load the checkpoint into the plain model; then
-                                                train mode + compile/DDP; the first call opens the logger
-                                                -> (model, step, logger)
-      batches_left(step)                        how many items of `batches` the loop takes: it stops at
-                                                `last_step` (the end of the data, or max_steps)
-      lr(step, base_lr=None)                    this step's learning rate: `get_lr` over `total_steps`
-      maybe_save(step, model, ...)              save every `save_interval` steps (0: only at the end) and at the
-                                                last step; PPO's two models: `if run.save_due(step):` + save() x 2
-      finish(step)                              the "done" line, close the logger, leave the process group
+      resume(model, optimizer, scaler, batches)   with --from_resume 1: load the checkpoint into the plain model,
+                                                  optimizer, scaler and data position -> the step to continue
+                                                  from (else 0); the run then ends where the data ends from there
+      open_logger(step, batches, dtype, info)     the TrainLogger, and its first line (data, device, dtype)
+      batches_left(step)                          how many items of `batches` the loop takes: it stops at
+                                                  `last_step` (the end of the data, or max_steps)
+      lr(step, base_lr=None)                      this step's learning rate: `get_lr` over `total_steps`
+      save_due(step)                              whether `step` is a save step (pure: RL steps jump by several)
+      maybe_save(step, model, ...)                save when due; PPO's two models: `if run.save_due(step):` +
+                                                  save() x 2
+      finish(step)                                the "done" line, close the logger, leave the process group
 
     Files (`files(name)`): {save_dir}/{name}_{hidden}[_moe].pth (weights), {checkpoint_dir}/..._resume.pth (exact
-    resume), {save_dir}/logs/{name}_{hidden}[_moe].jsonl (metrics). `TrainRun.from_flags` is the one place that
-    reads the flags `add_common_args` declares; the fields below say what each one does.
+    resume), {save_dir}/logs/{name}_{hidden}[_moe].jsonl (metrics). `TrainRun.from_flags` reads the flags
+    `add_common_args` declares; the fields below say what each one does.
     """
     name: str                       # file prefix (--save_weight), e.g. "full_sft" or "lora/lora_identity"
     config: MiniMindConfig          # the model size is part of every file name
-    dist: DistState
+    dist_state: DistState
+    total_steps: int                # the learning-rate schedule's length: all the data's optimizer steps
     save_dir: Path = DEFAULT_OUT
     checkpoint_dir: Path = DEFAULT_CHECKPOINTS
-    # data: Batches and dynamic padding
-    batch_size: int = 32
-    epochs: int = 1
-    accumulation_steps: int = 1
-    seed: int = 42
-    num_workers: int = 0
-    max_seq_len: Optional[int] = None
-    pad_to_max: bool = False
-    group_by_length: bool = True
-    # precision and learning-rate schedule
-    dtype: str = "auto"
+    # learning-rate schedule
     learning_rate: float = 5e-4
     min_lr_ratio: float = 0.1
     warmup_steps: int = 0
-    # length, resume, saving
+    # step range, resume, saving
     steps_per_batch: int = 1        # optimizer steps per item of `batches` (RL: several per rollout batch)
     max_steps: int = 0              # 0: no limit
     save_interval: int = 1000       # 0: save only at the end
     from_resume: bool = False
-    compile: bool = False
     # logging
     log_interval: int = 100
     wandb_project: Optional[str] = None  # None: no tracker
     tracker: str = "wandb"
     flags: dict = field(default_factory=dict)  # all flags: stored in the checkpoint and in the tracker's config
     # set by the run
-    total_steps: int = field(default=0, init=False)
-    last_step: int = field(default=0, init=False)
+    last_step: int = field(default=0, init=False)   # where the loop stops (resume moves it)
+    run_id: Optional[str] = field(default=None, init=False)  # the tracker's run, continued after a resume
     logger: Optional[TrainLogger] = field(default=None, init=False)
-    autocast_dtype: Optional[torch.dtype] = field(default=None, init=False)
-    _checked: int = field(default=0, init=False, repr=False)
-    _saved: list = field(default_factory=list, init=False, repr=False)
+    saved: list = field(default_factory=list, init=False, repr=False)  # weight files written (the "done" line)
+
+    def __post_init__(self):
+        self.last_step = min(self.total_steps, self.max_steps or self.total_steps)
 
     @classmethod
-    def from_flags(cls, args: argparse.Namespace, config: MiniMindConfig, dist_state: DistState, *,
-                   name: Optional[str] = None, steps_per_batch: int = 1) -> "TrainRun":
-        """A run configured by the flags `add_common_args` declares (the only helper that reads `args`)."""
-        return cls(name or args.save_weight, config, dist_state, save_dir=Path(args.save_dir),
-                   checkpoint_dir=Path(args.checkpoint_dir), batch_size=args.batch_size, epochs=args.epochs,
-                   accumulation_steps=args.accumulation_steps, seed=args.seed, num_workers=args.num_workers,
-                   max_seq_len=getattr(args, "max_seq_len", None), pad_to_max=args.pad_to_max,
-                   group_by_length=bool(args.group_by_length), dtype=args.dtype, learning_rate=args.learning_rate,
-                   min_lr_ratio=args.min_lr_ratio, warmup_steps=args.warmup_steps, steps_per_batch=steps_per_batch,
-                   max_steps=args.max_steps, save_interval=args.save_interval, from_resume=bool(args.from_resume),
-                   compile=bool(args.use_compile), log_interval=args.log_interval,
+    def from_flags(cls, args: argparse.Namespace, config: MiniMindConfig, dist_state: DistState, batches: Batches,
+                   *, name: Optional[str] = None, steps_per_batch: int = 1) -> "TrainRun":
+        """A run over `batches` configured by the flags `add_common_args` declares."""
+        return cls(name or args.save_weight, config, dist_state, total_steps=batches.total_steps * steps_per_batch,
+                   save_dir=Path(args.save_dir), checkpoint_dir=Path(args.checkpoint_dir),
+                   learning_rate=args.learning_rate, min_lr_ratio=args.min_lr_ratio, warmup_steps=args.warmup_steps,
+                   steps_per_batch=steps_per_batch, max_steps=args.max_steps, save_interval=args.save_interval,
+                   from_resume=bool(args.from_resume), log_interval=args.log_interval,
                    wandb_project=args.wandb_project if args.use_wandb else None, tracker=args.logger,
                    flags=vars(args))
 
@@ -779,55 +708,34 @@ class TrainRun:
     def weight_file(self) -> Path:
         return self.files()[0]
 
-    def batches(self, dataset, *, pad_id: Optional[int] = None, collate_fn: Optional[Callable] = None) -> Batches:
-        """`dataset` as `Batches`. With `pad_id`: each batch padded to its longest row and similar lengths batched
-        together (`dynamic_padding`); with `collate_fn`: batches made by it, in plain shuffled order."""
-        lengths = None
-        if collate_fn is None:
-            collate_fn, lengths = dynamic_padding(dataset, pad_id, self.max_seq_len, self.pad_to_max,
-                                                  self.group_by_length,
-                                                  padding_multiple(self.dist.device, self.compile))
-        return Batches(dataset, collate_fn, self.dist, batch_size=self.batch_size, epochs=self.epochs,
-                       seed=self.seed, accumulation_steps=self.accumulation_steps, lengths=lengths,
-                       num_workers=self.num_workers)
+    def resume(self, model, optimizer, scaler, batches: Batches, *, name: Optional[str] = None,
+               extra: Optional[dict] = None) -> int:
+        """With `from_resume`: load the checkpoint of `name` (default: the run's) strictly into the plain model,
+        optimizer, scaler, `extra` modules ({name: module}) and the data position, and return its step (no
+        checkpoint yet: 0). Call it before `wrap_model` (the wrappers prefix the state-dict keys).
 
-    def precision(self):
-        """(autocast context, GradScaler) for the `dtype` flag (`mixed_precision`). Each call makes a new scaler:
-        a second optimizer (PPO's critic) gets its own loss scale."""
-        self.autocast_dtype, autocast, scaler = mixed_precision(self.dtype, self.dist.device)
-        return autocast, scaler
-
-    def start(self, model, optimizer, scaler, batches: Batches, *, name: Optional[str] = None,
-              extra: Optional[dict] = None, info: str = ""):
-        """Get `model` ready for the loop; returns (model, step, logger).
-
-        With `from_resume`, loads the checkpoint of `name` (default: the run's) strictly into the plain model,
-        optimizer, scaler, `extra` modules ({name: module}) and the data position, and continues from its step
-        (no checkpoint yet: step 0). Then train mode, torch.compile and DDP (after loading: the wrappers prefix
-        the state-dict keys). The first call fixes total_steps (the schedule's length) and last_step (the end of
-        the data from here, or max_steps) and opens the logger (`info`: more words for its first line).
+        The run then ends where the data ends from that position (or at max_steps): a run stopped by --max_steps
+        inside a batch's steps (RL) resumes with the next batch, so it ends a few steps short of total_steps.
         """
-        step, run_id = 0, None
-        if self.from_resume:
-            step, run_id = load_checkpoint(self.files(name)[1], model, optimizer, scaler, batches,
-                                           self.dist.world_size, extra, steps_per_group=self.steps_per_batch)
-        model.train()
-        model = wrap_model(model, self.dist, compile=self.compile)
-        if self.logger is None:
-            self.total_steps = batches.total_steps * self.steps_per_batch  # the learning-rate schedule's length
-            # Where the data ends from here: a run stopped by --max_steps inside a batch's steps (RL) resumes with
-            # the next batch, so it ends a few steps short of total_steps; its last step must still be saved.
-            end = step + (batches.total_steps - batches.steps_done()) * self.steps_per_batch
-            self.last_step = min(end, self.max_steps or end)
-            self._checked = step
-            self.logger = TrainLogger(weight_name(self.name, self.config), self.save_dir, self.dist,
-                                      log_interval=self.log_interval, last_step=self.last_step, start_step=step,
-                                      append=self.from_resume, wandb_project=self.wandb_project,
-                                      tracker=self.tracker, config=self.flags, run_id=run_id)
-            dtype = str(self.autocast_dtype or resolve_dtype(self.dtype, self.dist.device)).replace("torch.", "")
-            self.logger.info(f"{batches.describe(self.steps_per_batch)}, {info + ', ' if info else ''}"
-                             f"device {self.dist.device}, dtype {dtype}")
-        return model, step, self.logger
+        if not self.from_resume:
+            return 0
+        step, self.run_id = load_checkpoint(self.files(name)[1], model, optimizer, scaler, batches,
+                                            self.dist_state.world_size, extra, steps_per_group=self.steps_per_batch,
+                                            log=print0)
+        end = step + (batches.total_steps - batches.steps_done()) * self.steps_per_batch
+        self.last_step = min(end, self.max_steps or end)
+        return step
+
+    def open_logger(self, step: int, batches: Batches, dtype: torch.dtype, info: str = "") -> "TrainLogger":
+        """The run's TrainLogger from `step` on (a resumed run appends to its log and continues its tracker run),
+        with a first line saying what runs where (`info`: the stage's own words)."""
+        self.logger = TrainLogger(weight_name(self.name, self.config), self.save_dir, self.dist_state,
+                                  log_interval=self.log_interval, last_step=self.last_step, start_step=step,
+                                  append=self.from_resume, wandb_project=self.wandb_project, tracker=self.tracker,
+                                  config=self.flags, run_id=self.run_id)
+        self.logger.info(f"{batches.describe(self.steps_per_batch)}, {info + ', ' if info else ''}"
+                         f"device {self.dist_state.device}, dtype {str(dtype).replace('torch.', '')}")
+        return self.logger
 
     def batches_left(self, step: int) -> int:
         """Items of `batches` the loop still takes from `step` on, to stop at `last_step`."""
@@ -839,20 +747,19 @@ class TrainRun:
         return get_lr(step, self.total_steps, base, self.min_lr_ratio, self.warmup_steps)
 
     def save_due(self, step: int) -> bool:
-        """True at the last step, and when the steps crossed a multiple of save_interval since the last call
-        (RL steps may jump by several at once). save_interval <= 0: only at the last step."""
-        prev, self._checked = self._checked, step
+        """True at the last step, and when the batch that ended at `step` (steps_per_batch steps: RL takes several
+        per rollout batch) crossed a multiple of save_interval. save_interval <= 0: only at the last step."""
         every = self.save_interval
-        return step >= self.last_step or (every > 0 and step // every > prev // every)
+        return step >= self.last_step or (every > 0 and step // every > (step - self.steps_per_batch) // every)
 
     def save(self, step: int, model, optimizer, scaler, batches: Batches, *, name: Optional[str] = None,
              extra: Optional[dict] = None, weights: Callable = half_state_dict):
         """`save_checkpoint` to the files of `name` (default: the run's), with the run id and the flags."""
         weight_file, resume_file = self.files(name)
-        save_checkpoint(weight_file, resume_file, model, optimizer, scaler, step, batches, self.dist,
+        save_checkpoint(weight_file, resume_file, model, optimizer, scaler, step, batches, self.dist_state,
                         run_id=self.logger.run_id, flags=self.flags, extra=extra, weights=weights)
-        if weight_file not in self._saved:
-            self._saved.append(weight_file)
+        if weight_file not in self.saved:
+            self.saved.append(weight_file)
 
     def maybe_save(self, step: int, model, optimizer, scaler, batches: Batches, *, extra: Optional[dict] = None,
                    weights: Callable = half_state_dict) -> bool:
@@ -864,7 +771,7 @@ class TrainRun:
 
     def finish(self, step: int):
         """The closing line (which weights were written), close the logger, leave the process group."""
-        written = ", ".join(str(f) for f in self._saved or [self.weight_file])
+        written = ", ".join(str(f) for f in self.saved or [self.weight_file])
         self.logger.info(f"done: {step} steps; weights -> {written}")
         self.logger.close()
         cleanup_distributed()
