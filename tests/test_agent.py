@@ -26,7 +26,7 @@ from model.model_minimind import MiniMindConfig  # noqa: E402
 from model.tool_loop import (Episode, Turn, new_episodes, render_prompt, run_episodes, run_turns,  # noqa: E402
                              tool_turn_ids, turn_from_text)
 from model.tools import tool_schemas  # noqa: E402
-from trainer import train_agent  # noqa: E402
+from trainer import rl_utils, train_agent  # noqa: E402
 from trainer.rl_utils import (AGENT_RULES, CISPO_EPS_HIGH, RewardFunction, add_clip_args,  # noqa: E402
                               agent_answer_reward, aggregate_loss, calls_reward, cispo_policy_loss,
                               closure_reward, clipped_policy_loss, kl_k3, needed_calls, parse_reward_spec,
@@ -475,13 +475,13 @@ def test_no_answer_credit_without_a_successful_call():
 
 # ================================================================================================ one tool loop
 def test_training_eval_and_demo_share_the_one_tool_loop(tokenizer, monkeypatch):
-    """train_agent.py, scripts/eval_toolcall.py and scripts/web_demo.py play their episodes through
-    model/tool_loop.py: the same drivers (run_episodes for our model, run_turns for a turn at a time), and every
-    reply is acted on by the same Episode.take_turn."""
+    """train_agent.py (through trainer/rl_utils.py's rollout engine), scripts/eval_toolcall.py and
+    scripts/web_demo.py play their episodes through model/tool_loop.py: the same drivers (run_episodes for our
+    model, run_turns for a turn at a time), and every reply is acted on by the same Episode.take_turn."""
     import importlib
     ev = importlib.import_module("scripts.eval_toolcall")
     wd = importlib.import_module("scripts.web_demo")
-    assert train_agent.run_episodes is tool_loop.run_episodes and train_agent.new_episodes is tool_loop.new_episodes
+    assert rl_utils.run_episodes is tool_loop.run_episodes and train_agent.new_episodes is tool_loop.new_episodes
     assert ev.run_turns is tool_loop.run_turns and ev.run_episodes is tool_loop.run_episodes
     assert ev.Episode is wd.Episode is tool_loop.Episode and wd.run_turns is tool_loop.run_turns
 
@@ -502,12 +502,12 @@ def test_training_eval_and_demo_share_the_one_tool_loop(tokenizer, monkeypatch):
         monkeypatch.setattr(module, name, wrapper)
 
     # agent RL: the rollout (thinking off, as the scripted policy expects)
-    counted(train_agent, "run_episodes")
+    counted(rl_utils, "run_episodes")  # the local engine (--rollout_engine local, the default)
     messages, tools, _ = task_prompts()
     eps = rollout(ToolScriptPolicy(tokenizer, agent_script), tokenizer, [{"messages": messages[0], "tools": CALC}],
                   1, torch.Generator().manual_seed(0), rollout_args(max_turns=3, max_gen_len=64), 0.0, None)
     assert eps[0].answer == "The answer is -762."
-    assert driven == ["trainer.train_agent.run_episodes"] and taken == [eps[0].turns[0].text, eps[0].answer]
+    assert driven == ["trainer.rl_utils.run_episodes"] and taken == [eps[0].turns[0].text, eps[0].answer]
 
     # the tool eval: our model (LocalPolicy.play) and an endpoint-like policy
     taken.clear()
